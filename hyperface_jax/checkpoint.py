@@ -1,0 +1,66 @@
+"""Orbax checkpoints of the solver state, and the guard that a resumed run is the same run."""
+
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from hyperface_jax.files import InputError, save_json
+
+RUN_FILE = "run.json"  # beside the step folders: the flags that define the run
+
+
+def open_manager(directory, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, cleanup_tmp_directories=True, create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state) -> None:
+    """Start an asynchronous save of `state` at its own step (no-op if already saved)."""
+    step = int(state.step)
+    if step not in manager.all_steps():
+        manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore_latest(manager: ocp.CheckpointManager, template):
+    """The latest saved state with the structure of `template`, or None if there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types for damaged or foreign files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"checkpoint at step {step} in {manager.directory} is unreadable or does not match "
+            f"this run ({first_line[:200]}); delete it or use a new --out_dir") from None
+
+
+def check_same_run(directory, identity: dict) -> None:
+    """Refuse to resume a checkpoint folder written by a run with other defining flags.
+
+    `identity` holds the flags that change the optimisation (not --steps, which may be
+    extended, nor logging). The first run writes it; later runs must match it.
+    """
+    path = Path(directory) / RUN_FILE
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is unreadable ({e}); use a new --out_dir") from None
+    diffs = [f"--{k}={saved.get(k)!r} there, {v!r} now"
+             for k, v in identity.items() if saved.get(k) != v]
+    if diffs:
+        raise InputError(
+            f"{directory} holds checkpoints of a different run ({'; '.join(diffs)}); "
+            "use a new --out_dir or the same flags")
+
+
+def record_run(directory, identity: dict) -> None:
+    path = Path(directory) / RUN_FILE
+    if not path.exists():
+        save_json(path, identity)

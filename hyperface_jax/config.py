@@ -1,0 +1,103 @@
+"""The packing run's configuration: one dataclass, from which the absl flags are made.
+
+Each field is a flag of `python -m hyperface_jax.pack` with the same name, default and
+help text, so the CLI, the Python API and `report.json` cannot drift apart.
+"""
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class PackConfig:
+    out_dir: str = _f("", "Folder for embeddings.npy, report.json, curves.png, checkpoints/. "
+                          "Re-running on the same folder resumes.")
+    num_identities: int = _f(10_000, "n: number of synthetic identities (reference embeddings). "
+                                     "Taken from --init when that is a file.")
+    dim: int = _f(512, "d: embedding dimension. Taken from --gallery or --init when given.")
+    gallery: str = _f("", "Gallery embeddings (.npy, (m, d)) for the manifold regulariser; "
+                          "empty: none (then --alpha must be 0).")
+    init: str = _f("random", "Initial references: 'random' (Gaussian, normalised), 'gallery' "
+                             "(random subset of the gallery) or a .npy file.")
+    alpha: float = _f(0.5, "Weight of the manifold regulariser R (paper default 0.5).")
+    packing_reduce: str = _f("mean", "Packing term over identities: 'mean' of nearest-neighbour "
+                                     "cosines (paper Eq. 1) or 'max' (the literal worst pair).")
+    optimizer: str = _f("adam", "Any optax optimizer by name: adam, adamw, rmsprop, sgd, lamb, "
+                                "lion, adafactor, ...")
+    learning_rate: float = _f(0.01, "Initial learning rate.")
+    schedule: str = _f("staircase", "Learning-rate schedule: constant, staircase (lr x "
+                                    "decay_rate every decay_every steps, the paper's), "
+                                    "exponential (the same, continuous), cosine.")
+    decay_rate: float = _f(0.5, "Factor of the staircase/exponential schedule.")
+    decay_every: int = _f(1000, "Steps per decay of the staircase/exponential schedule.")
+    final_learning_rate: float = _f(0.0, "End value of the cosine schedule.")
+    steps: int = _f(5000, "Total optimisation steps (a resumed run continues up to this).")
+    batch_size: int = _f(0, "Mini-batch size B (paper Algorithm 2); 0 = full batch.")
+    minibatch_update: str = _f("sparse", "Mini-batch mode: 'sparse' updates only the batch rows "
+                                         "and their optimizer state; 'dense' lets momentum move "
+                                         "every row.")
+    project_gradient: bool = _f(True, "Project gradients onto the sphere's tangent space "
+                                      "before the optimizer (the gradient of the loss at "
+                                      "normalize(x)).")
+    seed: int = _f(0, "PRNG seed for the initialisation and the mini-batch order.")
+    tile_size: int = _f(1024, "Rows per tile of the blockwise nearest-neighbour search "
+                              "(memory ~ tile_size x max(n, m) floats).")
+    b1: float | None = _f(None, "Optimizer hyper-parameter b1 (adam family, lion); optax "
+                                "default if unset.")
+    b2: float | None = _f(None, "Optimizer hyper-parameter b2; optax default if unset.")
+    eps: float | None = _f(None, "Optimizer epsilon; optax default if unset.")
+    weight_decay: float | None = _f(None, "Weight decay (adamw, lamb, lion); optax default if unset.")
+    momentum: float | None = _f(None, "Momentum (sgd, rmsprop); optax default if unset.")
+    nesterov: bool | None = _f(None, "Nesterov momentum (sgd, rmsprop).")
+    decay: float | None = _f(None, "Decay of the squared-gradient average (rmsprop).")
+    checkpoint_every: int = _f(500, "Steps between orbax checkpoints.")
+    max_to_keep: int = _f(3, "Checkpoints kept on disk.")
+    log_every: int = _f(50, "Steps between exact figures (logged, plotted, in report.json).")
+    progress: bool = _f(True, "Show a progress bar.")
+    # Names of the fields the user set explicitly (CLI flags present or keyword arguments);
+    # used to detect conflicts such as --dim against the gallery's dimension.
+    explicit: frozenset = field(default=frozenset(), metadata={"flag": False})
+
+    def optimizer_hyperparameters(self) -> dict[str, Any]:
+        names = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov", "decay")
+        return {k: getattr(self, k) for k in names}
+
+    def flag_values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in flag_fields()}
+
+
+def flag_fields():
+    return [f for f in dataclasses.fields(PackConfig) if f.metadata.get("flag", True)]
+
+
+def make_config(**values) -> PackConfig:
+    """A PackConfig from keyword arguments, remembering which were given explicitly."""
+    return PackConfig(**values, explicit=frozenset(values))
+
+
+def define_flags(flag_values) -> None:
+    """Define one absl flag per PackConfig field on `flag_values` (e.g. absl.flags.FLAGS)."""
+    from absl import flags
+
+    for f in flag_fields():
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        define = {
+            "int": flags.DEFINE_integer,
+            "float": flags.DEFINE_float,
+            "bool": flags.DEFINE_bool,
+            "str": flags.DEFINE_string,
+            "float | None": flags.DEFINE_float,
+            "bool | None": flags.DEFINE_bool,
+        }[kind]
+        define(f.name, f.default, f.metadata["help"], flag_values=flag_values)
+
+
+def config_from_flags(flag_values) -> PackConfig:
+    values = {f.name: flag_values[f.name].value for f in flag_fields()}
+    explicit = frozenset(f.name for f in flag_fields() if flag_values[f.name].present)
+    return PackConfig(**values, explicit=explicit)

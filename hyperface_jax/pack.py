@@ -1,0 +1,248 @@
+"""`python -m hyperface_jax.pack --flagfile=configs/quickstart.flags`: the packing job.
+
+Parses flags, builds the problem and the solver, runs the loop with progress, checkpoints
+and exact figures, writes `embeddings.npy`, `report.json`, `curves.png` into --out_dir.
+Re-running the same command on the same --out_dir resumes from the latest checkpoint.
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure,
+130 interrupted (after saving a checkpoint).
+"""
+
+import json
+import signal
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from tqdm import tqdm
+
+from hyperface_jax import checkpoint, metrics, optimizers, plots, solver
+from hyperface_jax.config import PackConfig, config_from_flags, define_flags
+from hyperface_jax.files import InputError, save_embeddings, save_json
+from hyperface_jax.problem import build_problem
+
+# Flags that may change between a run and its resumption (they do not alter the state).
+RUN_LENGTH_FLAGS = ("out_dir", "steps", "checkpoint_every", "max_to_keep", "log_every", "progress")
+
+
+def build_optimizer(c: PackConfig):
+    try:
+        schedule = optimizers.make_schedule(
+            c.schedule, c.learning_rate, steps=c.steps, decay_rate=c.decay_rate,
+            decay_every=c.decay_every, final_learning_rate=c.final_learning_rate)
+        return optimizers.make_optimizer(c.optimizer, schedule, **c.optimizer_hyperparameters())
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def solver_config(c: PackConfig) -> solver.SolverConfig:
+    return solver.SolverConfig(
+        alpha=c.alpha, reduce=c.packing_reduce, batch_size=c.batch_size,
+        minibatch_update=c.minibatch_update, project_gradient=c.project_gradient,
+        tile_size=c.tile_size)
+
+
+def _next_boundary(step: int, c: PackConfig) -> int:
+    def up(k):
+        return (step // k + 1) * k
+    return min(up(c.log_every), up(c.checkpoint_every), c.steps)
+
+
+def _read_history(path: Path, upto: int) -> list[dict]:
+    """Logged figures of earlier sessions up to the restored step (a torn last line from a
+    kill is dropped)."""
+    if not path.exists():
+        return []
+    history = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("step", upto + 1) <= upto:
+            history.append(entry)
+    return history
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def run(c: PackConfig, *, log=None) -> dict:
+    """Run (or resume) a packing job; returns the report that is also written to disk."""
+    started = time.time()
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    problem = build_problem(c)
+    optimizer = build_optimizer(c)
+    config = solver_config(c)
+    n, d = problem.n, problem.d
+    state = solver.init_state(problem.init, optimizer, problem.batch_key)
+    if not solver.is_full_batch(config, n) and c.minibatch_update == "sparse":
+        try:
+            solver.check_sparse_compatible(state.opt_state, (n, d))
+        except ValueError as e:
+            raise InputError(f"--optimizer={c.optimizer}: {e}") from None
+
+    identity = {k: v for k, v in c.flag_values().items() if k not in RUN_LENGTH_FLAGS}
+    identity.update(n=n, d=d, **problem.fingerprint())
+    out = Path(c.out_dir)
+    checkpoint.check_same_run(out / "checkpoints", identity)
+
+    # Inputs are valid: from here on, files are written.
+    out.mkdir(parents=True, exist_ok=True)
+    manager = checkpoint.open_manager(out / "checkpoints", max_to_keep=c.max_to_keep)
+    checkpoint.record_run(out / "checkpoints", identity)
+    restored = checkpoint.restore_latest(manager, state)
+    if restored is not None:
+        state = restored
+    step = int(state.step)
+    if step > c.steps:
+        raise InputError(f"{out} holds a checkpoint at step {step}, beyond --steps={c.steps}; "
+                         "raise --steps or use a new --out_dir")
+    resumed_from = step if restored is not None else None
+    if resumed_from is not None:
+        log(f"resuming from the checkpoint at step {step} in {out / 'checkpoints'}")
+
+    gallery = None if problem.gallery is None else jnp.asarray(problem.gallery)
+    figures_at = jax.jit(partial(metrics.packing_figures, alpha=c.alpha,
+                                 reduce=c.packing_reduce, tile_size=c.tile_size))
+    history_path = out / "history.jsonl"
+    history = _read_history(history_path, step)
+    stepped_before = history[-1]["seconds"] if history else 0.0
+    save_json_lines(history_path, history)
+
+    t = time.perf_counter()
+    run_steps = solver.make_runner(optimizer, config, n).lower(
+        state, gallery, jnp.int32(0)).compile()
+    compile_seconds = time.perf_counter() - t
+
+    def record(state, seconds):
+        entry = {"step": int(state.step), "seconds": round(seconds, 4),
+                 **metrics.to_python(figures_at(state.embeddings, gallery))}
+        history.append(entry)
+        with open(history_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return entry
+
+    if not history:
+        record(state, 0.0)
+    first = history[-1]
+    log(f"n={n} d={d} m={0 if gallery is None else gallery.shape[0]} "
+        f"{'full batch' if solver.is_full_batch(config, n) else f'batch {c.batch_size}'} "
+        f"backend={jax.default_backend()} devices={jax.device_count()} "
+        f"step {step}: max_cos={first['max_cos']:.4f} mean_nn_cos={first['mean_nn_cos']:.4f}")
+
+    stepping = 0.0
+    steps_run = 0
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    bar = tqdm(total=c.steps, initial=step, disable=not c.progress, unit="step",
+               dynamic_ncols=True, file=sys.stderr)
+    try:
+        while step < c.steps:
+            target = _next_boundary(step, c)
+            t = time.perf_counter()
+            state, _ = run_steps(state, gallery, jnp.int32(target - step))
+            jax.block_until_ready(state)
+            stepping += time.perf_counter() - t
+            steps_run += target - step
+            bar.update(target - step)
+            step = target
+            if step % c.log_every == 0 or step == c.steps:
+                entry = record(state, stepped_before + stepping)
+                bar.set_postfix(max_cos=f"{entry['max_cos']:.4f}",
+                                mean_nn=f"{entry['mean_nn_cos']:.4f}")
+                if not c.progress:
+                    log(f"step {step}: loss={entry['loss']:.5f} max_cos={entry['max_cos']:.5f} "
+                        f"mean_nn_cos={entry['mean_nn_cos']:.5f}")
+            if step % c.checkpoint_every == 0 or step == c.steps:
+                checkpoint.save(manager, state)
+    except (KeyboardInterrupt, _Terminated):
+        bar.close()
+        log(f"interrupted at step {step}: saving a checkpoint to resume from")
+        checkpoint.save(manager, state)
+        manager.wait_until_finished()
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        bar.close()
+    checkpoint.save(manager, state)
+    manager.wait_until_finished()
+    manager.close()
+
+    if history[-1]["step"] != step:
+        record(state, stepped_before + stepping)
+    final = {k: v for k, v in history[-1].items() if k not in ("step", "seconds")}
+    report = {
+        "figures": final,
+        "initial_figures": {k: v for k, v in history[0].items() if k not in ("step", "seconds")},
+        "n": n, "d": d, "m": 0 if gallery is None else int(gallery.shape[0]),
+        "steps": step,
+        "resumed_from_step": resumed_from,
+        "flags": c.flag_values(),
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "devices": [str(dev) for dev in jax.devices()],
+        "wall_seconds": round(time.time() - started, 3),
+        "compile_seconds": round(compile_seconds, 3),
+        "seconds_per_step": round(stepping / steps_run, 6) if steps_run else None,
+        "stepping_seconds_total": round(stepped_before + stepping, 3),
+        "history": history,
+    }
+    save_embeddings(out / "embeddings.npy", np.asarray(state.embeddings))
+    save_json(out / "report.json", report)
+    plots.packing_curves(history, out / "curves.png",
+                         title=f"n={n}, d={d}, alpha={c.alpha}, {c.optimizer}")
+    log(f"done: step {step} max_cos={final['max_cos']:.5f} mean_nn_cos={final['mean_nn_cos']:.5f} "
+        f"min_angle={final['min_angle_deg']:.2f} deg -> {out}")
+    return report
+
+
+def save_json_lines(path: Path, entries: list[dict]) -> None:
+    """Rewrite a JSON-lines file atomically (drops lines past a restored checkpoint)."""
+    from hyperface_jax.files import _atomic_write
+
+    text = "".join(json.dumps(e) + "\n" for e in entries)
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def make_flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    define_flags(fv)
+    return fv
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    fv = make_flag_values()
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.get_help())
+        return 0
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(rest) > 1:
+        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        return 2
+    try:
+        run(config_from_flags(fv))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Turning a PackConfig into validated arrays: the gallery, the initial references, n and d.
+
+Everything here runs before anything is written, so bad input leaves no trace on disk.
+"""
+
+import dataclasses
+import hashlib
+
+import jax
+import numpy as np
+
+from hyperface_jax import sphere
+from hyperface_jax.config import PackConfig
+from hyperface_jax.files import InputError, load_embeddings
+from hyperface_jax.objective import PACKING_REDUCTIONS
+from hyperface_jax.solver import MINIBATCH_UPDATES
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    init: np.ndarray  # (n, d) float32 unit rows
+    gallery: np.ndarray | None  # (m, d) float32 unit rows
+    batch_key: jax.Array  # PRNG key of the mini-batch order
+
+    @property
+    def n(self) -> int:
+        return self.init.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.init.shape[1]
+
+    def fingerprint(self) -> dict:
+        """Shapes and digests of the inputs: what a resumed run must share."""
+        out = {"init_sha256": _digest(self.init)}
+        if self.gallery is not None:
+            out["gallery_sha256"] = _digest(self.gallery)
+        return out
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def check_settings(c: PackConfig) -> None:
+    """Checks that need no file: names, ranges."""
+    if not c.out_dir:
+        raise InputError("--out_dir is required")
+    if c.packing_reduce not in PACKING_REDUCTIONS:
+        raise InputError(f"unknown --packing_reduce {c.packing_reduce!r}; "
+                         f"choose one of {', '.join(PACKING_REDUCTIONS)}")
+    if c.minibatch_update not in MINIBATCH_UPDATES:
+        raise InputError(f"unknown --minibatch_update {c.minibatch_update!r}; "
+                         f"choose one of {', '.join(MINIBATCH_UPDATES)}")
+    if c.alpha < 0:
+        raise InputError(f"--alpha must be >= 0, got {c.alpha}")
+    if c.alpha > 0 and not c.gallery:
+        raise InputError(f"--alpha={c.alpha} needs a --gallery; pass --alpha=0 for pure packing")
+    for name in ("steps", "batch_size"):
+        if getattr(c, name) < 0:
+            raise InputError(f"--{name} must be >= 0, got {getattr(c, name)}")
+    for name in ("tile_size", "log_every", "checkpoint_every", "max_to_keep"):
+        if getattr(c, name) < 1:
+            raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
+
+
+def build_problem(c: PackConfig) -> Problem:
+    check_settings(c)
+    init_key, batch_key = jax.random.split(jax.random.PRNGKey(c.seed))
+    gallery = load_embeddings(c.gallery, "gallery") if c.gallery else None
+    from_file = c.init not in ("random", "gallery")
+    init = load_embeddings(c.init, "init") if from_file else None
+
+    d = c.dim
+    for name, array in (("gallery", gallery), ("init", init)):
+        if array is None:
+            continue
+        if "dim" in c.explicit and array.shape[1] != c.dim:
+            raise InputError(f"--dim={c.dim} conflicts with the {name} file {getattr(c, name)} "
+                             f"of dimension {array.shape[1]}")
+        d = array.shape[1]
+    if gallery is not None and init is not None and gallery.shape[1] != init.shape[1]:
+        raise InputError(f"dimension mismatch: gallery {c.gallery} has d={gallery.shape[1]}, "
+                         f"init {c.init} has d={init.shape[1]}")
+    if d < 2:
+        raise InputError(f"--dim must be >= 2, got {d}")
+
+    n = c.num_identities
+    if init is not None:
+        if "num_identities" in c.explicit and init.shape[0] != n:
+            raise InputError(f"--num_identities={n} conflicts with the init file {c.init} "
+                             f"of {init.shape[0]} rows")
+        n = init.shape[0]
+    if n < 2:
+        raise InputError(f"need at least 2 identities, got {n}")
+    if c.batch_size == 1 or c.batch_size > n:
+        raise InputError(f"--batch_size={c.batch_size} must be 0 (full batch) or in [2, n={n}]")
+
+    if c.init == "random":
+        init = np.asarray(sphere.random_unit_vectors(init_key, n, d))
+    elif c.init == "gallery":
+        if gallery is None:
+            raise InputError("--init=gallery needs a --gallery")
+        if gallery.shape[0] < n:
+            raise InputError(f"--init=gallery needs at least n={n} gallery rows, "
+                             f"{c.gallery} has {gallery.shape[0]}")
+        rows = np.asarray(jax.random.permutation(init_key, gallery.shape[0])[:n])
+        init = gallery[np.sort(rows)]
+    return Problem(init=np.asarray(init, np.float32), gallery=gallery, batch_key=batch_key)

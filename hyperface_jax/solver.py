@@ -1,0 +1,155 @@
+"""Full-batch (paper Algorithm 1) and stochastic mini-batch (Algorithm 2) packing solvers.
+
+One step: gradient of the HyperFace loss, optionally projected onto the sphere's tangent
+space, an optax update, rows renormalised onto the sphere. The whole solver state is one
+pytree (`SolverState`), so `jit`, checkpointing and sharding see a single object, and a
+step is a pure function of it: the same state gives the same next state.
+
+Mini-batch mode samples `batch_size` distinct rows per step as a pure function of
+(key, step): each epoch is a fresh permutation of the rows, cut into `n // batch_size`
+consecutive batches, so every row is visited once per epoch whatever the device count.
+What the step does to rows outside the batch is `minibatch_update`:
+
+- ``"sparse"`` (default): only the batch rows and their optimizer state change; rows
+  outside the batch stay where they are (lazy-Adam style: the shared step count still
+  advances). Measured to pack better than "dense" (README, benchmarks/minibatch_update.py).
+- ``"dense"``: the batch gradient is scattered into a zero gradient for all rows and the
+  optimizer updates every row, so momentum keeps moving rows outside the batch.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from hyperface_jax import neighbors, objective, sphere
+
+MINIBATCH_UPDATES = ("sparse", "dense")
+
+
+@flax.struct.dataclass
+class SolverState:
+    embeddings: jax.Array  # (n, d) float32, unit rows
+    opt_state: Any  # the optax state for `embeddings`
+    key: jax.Array  # raw uint32 PRNG key; batch k of step t uses fold_in(key, ...)
+    step: jax.Array  # int32 scalar: number of steps taken
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    alpha: float = 0.5
+    reduce: str = "mean"
+    batch_size: int = 0  # 0 or n: full batch
+    minibatch_update: str = "sparse"
+    project_gradient: bool = True
+    tile_size: int = neighbors.DEFAULT_TILE_SIZE
+    precision: Any = lax.Precision.HIGHEST
+
+
+def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Array | int):
+    """Step-0 state; `key` (or an int seed) drives the mini-batch order."""
+    embeddings = jnp.asarray(embeddings, jnp.float32)
+    if isinstance(key, int):
+        key = jax.random.PRNGKey(key)
+    return SolverState(
+        embeddings=embeddings,
+        opt_state=optimizer.init(embeddings),
+        key=key,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def is_full_batch(config: SolverConfig, n: int) -> bool:
+    return config.batch_size in (0, n)
+
+
+def batch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int) -> jax.Array:
+    """The rows of mini-batch `step`: a slice of the permutation of the rows for its epoch."""
+    per_epoch = n // batch_size
+    epoch, slot = jnp.divmod(step, per_epoch)
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    return lax.dynamic_slice(order, (slot * batch_size,), (batch_size,)).astype(jnp.int32)
+
+
+def check_sparse_compatible(opt_state, shape) -> None:
+    """Row-sparse updates need every optimizer-state leaf to be per-row (shape of the
+    embeddings) or shared (no axis of length n); factored states (adafactor) are neither."""
+    n = shape[0]
+    for leaf in jax.tree.leaves(opt_state):
+        s = tuple(jnp.shape(leaf))
+        if s != tuple(shape) and n in s:
+            raise ValueError(
+                f"this optimizer keeps a state of shape {s} that is neither per-row nor shared; "
+                "use --minibatch_update=dense with it")
+
+
+def _is_row_leaf(leaf, shape) -> bool:
+    return tuple(jnp.shape(leaf)) == tuple(shape)
+
+
+def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: int):
+    """`step(state, gallery) -> (state, LossTerms)`, pure (not yet jitted)."""
+    if config.minibatch_update not in MINIBATCH_UPDATES:
+        raise ValueError(
+            f"unknown --minibatch_update {config.minibatch_update!r}; "
+            f"choose one of {', '.join(MINIBATCH_UPDATES)}")
+    full = is_full_batch(config, n)
+
+    def loss_and_grad(x, gallery):
+        def loss(x):
+            return objective.hyperface_loss(
+                x, gallery, config.alpha, reduce=config.reduce,
+                tile_size=config.tile_size, precision=config.precision)
+        (_, terms), g = jax.value_and_grad(loss, has_aux=True)(x)
+        if config.project_gradient:
+            g = sphere.tangent_component(g, x)
+        return terms, g
+
+    def apply(x, g, opt_state):
+        updates, opt_state = optimizer.update(g, opt_state, x)
+        return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
+
+    def step(state: SolverState, gallery):
+        x = state.embeddings
+        if full:
+            terms, g = loss_and_grad(x, gallery)
+            x, opt_state = apply(x, g, state.opt_state)
+        else:
+            rows = batch_indices(state.key, state.step, n, config.batch_size)
+            terms, g_rows = loss_and_grad(x[rows], gallery)
+            if config.minibatch_update == "dense":
+                g = jnp.zeros_like(x).at[rows].set(g_rows)
+                x, opt_state = apply(x, g, state.opt_state)
+            else:
+                shape = x.shape
+                row_state = jax.tree.map(
+                    lambda a: a[rows] if _is_row_leaf(a, shape) else a, state.opt_state)
+                new_rows, row_state = apply(x[rows], g_rows, row_state)
+                x = x.at[rows].set(new_rows)
+                opt_state = jax.tree.map(
+                    lambda a, b: a.at[rows].set(b) if _is_row_leaf(a, shape) else b,
+                    state.opt_state, row_state)
+        return state.replace(embeddings=x, opt_state=opt_state, step=state.step + 1), terms
+
+    return step
+
+
+def make_runner(optimizer: optax.GradientTransformation, config: SolverConfig, n: int):
+    """`run(state, gallery, num_steps) -> (state, LossTerms of the last step)`, jitted.
+
+    `num_steps` is a traced value (a while loop), so every chunk length shares one
+    compiled program and a resumed run executes exactly the same code.
+    """
+    step = make_step(optimizer, config, n)
+
+    @jax.jit
+    def run(state, gallery, num_steps):
+        zero = jnp.zeros((), state.embeddings.dtype)
+        terms = objective.LossTerms(zero, zero, zero)
+        return lax.fori_loop(0, num_steps, lambda _, c: step(c[0], gallery), (state, terms))
+
+    return run
