@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra) -> dict:
+    """Environment for a CLI subprocess: this checkout first on the path, CPU JAX."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env.update(extra)
+    return env
+
+
+def run_module(module: str, *args, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=cli_env(**env),
+        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
