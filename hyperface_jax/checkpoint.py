@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from hyperface_jax import solver
 from hyperface_jax.files import InputError, save_json
 
 RUN_FILE = "run.json"  # beside the step folders: the flags that define the run
@@ -19,7 +20,7 @@ def open_manager(directory, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
 
 def save(manager: ocp.CheckpointManager, state) -> None:
     """Start an asynchronous save of `state` at its own step (no-op if already saved)."""
-    step = int(state.step)
+    step = solver.step_of(state)
     if step not in manager.all_steps():
         manager.save(step, args=ocp.args.StandardSave(state))
 

@@ -25,6 +25,14 @@ class PackConfig:
     init: str = _f("random", "Initial references: 'random' (Gaussian, normalised), 'gallery' "
                              "(random subset of the gallery) or a .npy file.")
     alpha: float = _f(0.5, "Weight of the manifold regulariser R (paper default 0.5).")
+    objective: str = _f("max", "Inner maximum over partners: 'max' (hard, the paper's Eq. 1), "
+                               "'logsumexp' (smooth max of cosines, temperature annealed "
+                               "upward) or 'riesz' (log Riesz energy, exponent annealed "
+                               "upward).")
+    temperature_start: float = _f(1.0, "Smooth objectives: temperature (logsumexp) or Riesz "
+                                       "exponent (riesz) at step 0 ...")
+    temperature_end: float = _f(1e4, "... grown geometrically to this ...")
+    anneal_steps: int = _f(0, "... over this many steps (0: --steps).")
     packing_reduce: str = _f("mean", "Packing term over identities: 'mean' of nearest-neighbour "
                                      "cosines (paper Eq. 1) or 'max' (the literal worst pair).")
     optimizer: str = _f("adam", "Any optax optimizer by name: adam, adamw, rmsprop, sgd, lamb, "
@@ -44,6 +52,11 @@ class PackConfig:
     project_gradient: bool = _f(True, "Project gradients onto the sphere's tangent space "
                                       "before the optimizer (the gradient of the loss at "
                                       "normalize(x)).")
+    restarts: int = _f(1, "Independent random starts optimised together (vmap); the one with "
+                          "the lowest exact worst-pair cosine is kept. For small hard codes.")
+    polish_steps: int = _f(0, "Extra steps after --steps on the literal worst pair "
+                              "(objective max, reduce max) at --polish_learning_rate.")
+    polish_learning_rate: float = _f(1e-4, "Constant learning rate of the polishing steps.")
     seed: int = _f(0, "PRNG seed for the initialisation and the mini-batch order.")
     tile_size: int = _f(1024, "Rows per tile of the blockwise nearest-neighbour search "
                               "(memory ~ tile_size x max(n, m) floats).")

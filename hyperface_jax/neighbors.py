@@ -104,3 +104,86 @@ def _cross_bwd(tile_size, precision, residuals, cotangents):
 
 
 nearest_similarity.defvjp(_cross_fwd, _cross_bwd)
+
+
+# Smooth maxima over all partners -------------------------------------------------------
+#
+# For each row i, (1/t) log sum_{j != i} exp(t h(<x_i, x_j>)), a smooth upper bound of
+# max_j h that tends to it as the temperature t grows. h is the pair "energy":
+#   "logsumexp": h(c) = c                      (soft nearest-neighbour cosine)
+#   "riesz":     h(c) = -log |x_i - x_j| = -log(2 - 2c) / 2, so exp(t h) = |x_i - x_j|^-t is
+#                the Riesz t-energy of the pair, summed in the log domain (no overflow).
+# The backward pass needs the softmax weights of every pair, i.e. two matrix products per
+# tile; tiles are recomputed in the backward pass so memory stays O(tile_size * n).
+
+SMOOTH_KINDS = ("logsumexp", "riesz")
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+def pair_energy(c, kind: str):
+    if kind == "logsumexp":
+        return c
+    if kind == "riesz":
+        return -0.5 * jnp.log(jnp.maximum(2.0 - 2.0 * c, _MIN_SQUARED_DISTANCE))
+    raise ValueError(f"unknown smooth kind {kind!r}; choose one of {SMOOTH_KINDS}")
+
+
+def _pair_energy_slope(c, kind: str):
+    if kind == "logsumexp":
+        return jnp.ones_like(c)
+    return 1.0 / jnp.maximum(2.0 - 2.0 * c, _MIN_SQUARED_DISTANCE)
+
+
+def _smooth_tile(xt, x, tile_index, t, temperature, kind, precision):
+    """Scaled energies t*h(c) of one tile against all rows, self pairs at -inf."""
+    c = jnp.dot(xt, x.T, precision=precision)
+    rows = tile_index * t + jnp.arange(t)
+    self_pair = rows[:, None] == jnp.arange(x.shape[0])[None, :]
+    z = jnp.where(self_pair, -jnp.inf, temperature * pair_energy(c, kind))
+    return c, z, self_pair
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def smooth_nearest_self(x, temperature, kind="logsumexp", tile_size=DEFAULT_TILE_SIZE,
+                        precision=lax.Precision.HIGHEST):
+    """(1/t) log sum_{j != i} exp(t h(<x_i, x_j>)) for every row i; see the comment above."""
+    n = x.shape[0]
+    tiles, t = _tiles(x, tile_size)
+
+    def one_tile(args):
+        tile_index, xt = args
+        _, z, _ = _smooth_tile(xt, x, tile_index, t, temperature, kind, precision)
+        return jax.nn.logsumexp(z, axis=1) / temperature
+
+    values = lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles))
+    return values.reshape(-1)[:n]
+
+
+def _smooth_fwd(x, temperature, kind, tile_size, precision):
+    values = smooth_nearest_self(x, temperature, kind, tile_size, precision)
+    return values, (x, temperature, values)
+
+
+def _smooth_bwd(kind, tile_size, precision, residuals, g):
+    x, temperature, values = residuals
+    n = x.shape[0]
+    tiles, t = _tiles(x, tile_size)
+    g_tiles = jnp.pad(g, (0, tiles.shape[0] * t - n)).reshape(-1, t)
+    v_tiles = jnp.pad(values, (0, tiles.shape[0] * t - n)).reshape(-1, t)
+
+    def one_tile(dx_partners, args):
+        tile_index, xt, gt, vt = args
+        c, z, _ = _smooth_tile(xt, x, tile_index, t, temperature, kind, precision)
+        # d value_i / d c_ij = softmax_j(z_ij) h'(c_ij); padded rows carry g = 0.
+        w = jnp.exp(z - temperature * vt[:, None]) * _pair_energy_slope(c, kind) * gt[:, None]
+        dx_tile = jnp.dot(w, x, precision=precision)
+        dx_partners = dx_partners + jnp.dot(w.T, xt, precision=precision)
+        return dx_partners, dx_tile
+
+    dx_partners, dx_tiles = lax.scan(
+        one_tile, jnp.zeros_like(x), (jnp.arange(tiles.shape[0]), tiles, g_tiles, v_tiles))
+    dx = dx_partners + dx_tiles.reshape(-1, x.shape[1])[:n]
+    return dx, jnp.zeros_like(temperature)
+
+
+smooth_nearest_self.defvjp(_smooth_fwd, _smooth_bwd)

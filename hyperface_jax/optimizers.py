@@ -12,7 +12,7 @@ import optax
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "lamb", "lion", "adafactor", "nadam",
               "adabelief", "adagrad", "yogi", "novograd")
-SCHEDULES = ("constant", "staircase", "exponential", "cosine")
+SCHEDULES = ("constant", "staircase", "exponential", "cosine", "geometric")
 
 
 def make_schedule(
@@ -26,7 +26,8 @@ def make_schedule(
 ) -> optax.Schedule:
     """`constant`; `staircase`: lr x decay_rate every decay_every steps (the paper's);
     `exponential`: the same decay applied continuously; `cosine`: from lr down to
-    final_learning_rate over `steps`."""
+    final_learning_rate over `steps`; `geometric`: from lr to final_learning_rate by a
+    constant factor per step over `steps`."""
     if learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {learning_rate}")
     if name == "constant":
@@ -42,6 +43,12 @@ def make_schedule(
     if name == "cosine":
         return optax.cosine_decay_schedule(
             learning_rate, decay_steps=max(1, steps), alpha=final_learning_rate / learning_rate)
+    if name == "geometric":
+        if final_learning_rate <= 0:
+            raise ValueError("--schedule=geometric needs --final_learning_rate > 0")
+        return optax.exponential_decay(
+            learning_rate, transition_steps=max(1, steps),
+            decay_rate=final_learning_rate / learning_rate)
     raise ValueError(f"unknown --schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 

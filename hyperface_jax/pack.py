@@ -17,10 +17,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import flags
 from tqdm import tqdm
 
-from hyperface_jax import checkpoint, metrics, optimizers, plots, solver
+from hyperface_jax import bounds, checkpoint, metrics, optimizers, plots, solver
 from hyperface_jax.config import PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, save_embeddings, save_json
 from hyperface_jax.problem import build_problem
@@ -29,27 +30,35 @@ from hyperface_jax.problem import build_problem
 RUN_LENGTH_FLAGS = ("out_dir", "steps", "checkpoint_every", "max_to_keep", "log_every", "progress")
 
 
-def build_optimizer(c: PackConfig):
+def build_optimizer(c: PackConfig, *, polish: bool = False):
     try:
-        schedule = optimizers.make_schedule(
-            c.schedule, c.learning_rate, steps=c.steps, decay_rate=c.decay_rate,
-            decay_every=c.decay_every, final_learning_rate=c.final_learning_rate)
+        if polish:
+            schedule = optax.constant_schedule(c.polish_learning_rate)
+        else:
+            schedule = optimizers.make_schedule(
+                c.schedule, c.learning_rate, steps=c.steps, decay_rate=c.decay_rate,
+                decay_every=c.decay_every, final_learning_rate=c.final_learning_rate)
         return optimizers.make_optimizer(c.optimizer, schedule, **c.optimizer_hyperparameters())
     except ValueError as e:
         raise InputError(str(e)) from None
 
 
-def solver_config(c: PackConfig) -> solver.SolverConfig:
+def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig:
     return solver.SolverConfig(
-        alpha=c.alpha, reduce=c.packing_reduce, batch_size=c.batch_size,
-        minibatch_update=c.minibatch_update, project_gradient=c.project_gradient,
-        tile_size=c.tile_size)
+        alpha=c.alpha,
+        objective="max" if polish else c.objective,
+        reduce="max" if polish else c.packing_reduce,
+        temperature_start=c.temperature_start, temperature_end=c.temperature_end,
+        anneal_steps=c.anneal_steps or c.steps,
+        batch_size=c.batch_size, minibatch_update=c.minibatch_update,
+        project_gradient=c.project_gradient, tile_size=c.tile_size)
 
 
 def _next_boundary(step: int, c: PackConfig) -> int:
     def up(k):
         return (step // k + 1) * k
-    return min(up(c.log_every), up(c.checkpoint_every), c.steps)
+    ends = [c.steps + c.polish_steps] + ([c.steps] if step < c.steps else [])
+    return min(up(c.log_every), up(c.checkpoint_every), *ends)
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:
@@ -76,6 +85,29 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+def _initial_state(problem, optimizer):
+    if problem.restarts == 1:
+        return solver.init_state(problem.init, optimizer, problem.batch_key)
+    return jax.vmap(solver.init_state, in_axes=(0, None, None))(
+        jnp.asarray(problem.inits), optimizer, problem.batch_key)
+
+
+def _make_figures(c: PackConfig, restarts: int):
+    """`figures(embeddings, gallery) -> (dict of floats, index of the best restart)`."""
+    one = partial(metrics.packing_figures, alpha=c.alpha, reduce=c.packing_reduce,
+                  tile_size=c.tile_size)
+    if restarts == 1:
+        fn = jax.jit(one)
+        return lambda x, g: (metrics.to_python(fn(x, g)), 0)
+    batched = jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+    def figures(x, g):
+        values = jax.device_get(batched(x, g))
+        best = int(np.argmin(values["max_cos"]))
+        return {k: float(v[best]) for k, v in values.items()}, best
+    return figures
+
+
 def run(c: PackConfig, *, log=None) -> dict:
     """Run (or resume) a packing job; returns the report that is also written to disk."""
     started = time.time()
@@ -83,13 +115,15 @@ def run(c: PackConfig, *, log=None) -> dict:
     problem = build_problem(c)
     optimizer = build_optimizer(c)
     config = solver_config(c)
-    n, d = problem.n, problem.d
-    state = solver.init_state(problem.init, optimizer, problem.batch_key)
+    n, d, restarts = problem.n, problem.d, problem.restarts
+    total_steps = c.steps + c.polish_steps
+    state = _initial_state(problem, optimizer)
     if not solver.is_full_batch(config, n) and c.minibatch_update == "sparse":
         try:
-            solver.check_sparse_compatible(state.opt_state, (n, d))
+            solver.check_sparse_compatible(optimizer.init(problem.init), (n, d))
         except ValueError as e:
             raise InputError(f"--optimizer={c.optimizer}: {e}") from None
+    polish_optimizer = build_optimizer(c, polish=True) if c.polish_steps else None
 
     identity = {k: v for k, v in c.flag_values().items() if k not in RUN_LENGTH_FLAGS}
     identity.update(n=n, d=d, **problem.fingerprint())
@@ -103,30 +137,37 @@ def run(c: PackConfig, *, log=None) -> dict:
     restored = checkpoint.restore_latest(manager, state)
     if restored is not None:
         state = restored
-    step = int(state.step)
-    if step > c.steps:
-        raise InputError(f"{out} holds a checkpoint at step {step}, beyond --steps={c.steps}; "
-                         "raise --steps or use a new --out_dir")
+    step = solver.step_of(state)
+    if step > total_steps:
+        raise InputError(f"{out} holds a checkpoint at step {step}, beyond --steps + "
+                         f"--polish_steps = {total_steps}; raise --steps or use a new --out_dir")
     resumed_from = step if restored is not None else None
     if resumed_from is not None:
         log(f"resuming from the checkpoint at step {step} in {out / 'checkpoints'}")
 
     gallery = None if problem.gallery is None else jnp.asarray(problem.gallery)
-    figures_at = jax.jit(partial(metrics.packing_figures, alpha=c.alpha,
-                                 reduce=c.packing_reduce, tile_size=c.tile_size))
+    figures_of = _make_figures(c, restarts)
     history_path = out / "history.jsonl"
     history = _read_history(history_path, step)
     stepped_before = history[-1]["seconds"] if history else 0.0
     save_json_lines(history_path, history)
 
     t = time.perf_counter()
-    run_steps = solver.make_runner(optimizer, config, n).lower(
-        state, gallery, jnp.int32(0)).compile()
+    no_steps = jnp.int32(0)
+    run_main = solver.make_runner(optimizer, config, n, restarts=restarts).lower(
+        state, gallery, no_steps).compile()
+    run_polish = None
+    if polish_optimizer is not None:
+        run_polish = solver.make_runner(
+            polish_optimizer, solver_config(c, polish=True), n, restarts=restarts).lower(
+            state, gallery, no_steps).compile()
     compile_seconds = time.perf_counter() - t
 
     def record(state, seconds):
-        entry = {"step": int(state.step), "seconds": round(seconds, 4),
-                 **metrics.to_python(figures_at(state.embeddings, gallery))}
+        figures, best = figures_of(state.embeddings, gallery)
+        entry = {"step": step, "seconds": round(seconds, 4), **figures}
+        if restarts > 1:
+            entry["restart"] = best
         history.append(entry)
         with open(history_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -137,17 +178,19 @@ def run(c: PackConfig, *, log=None) -> dict:
     first = history[-1]
     log(f"n={n} d={d} m={0 if gallery is None else gallery.shape[0]} "
         f"{'full batch' if solver.is_full_batch(config, n) else f'batch {c.batch_size}'} "
+        f"objective={c.objective} restarts={restarts} "
         f"backend={jax.default_backend()} devices={jax.device_count()} "
         f"step {step}: max_cos={first['max_cos']:.4f} mean_nn_cos={first['mean_nn_cos']:.4f}")
 
     stepping = 0.0
     steps_run = 0
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
-    bar = tqdm(total=c.steps, initial=step, disable=not c.progress, unit="step",
+    bar = tqdm(total=total_steps, initial=step, disable=not c.progress, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     try:
-        while step < c.steps:
+        while step < total_steps:
             target = _next_boundary(step, c)
+            run_steps = run_main if step < c.steps else run_polish
             t = time.perf_counter()
             state, _ = run_steps(state, gallery, jnp.int32(target - step))
             jax.block_until_ready(state)
@@ -155,14 +198,14 @@ def run(c: PackConfig, *, log=None) -> dict:
             steps_run += target - step
             bar.update(target - step)
             step = target
-            if step % c.log_every == 0 or step == c.steps:
+            if step % c.log_every == 0 or step in (c.steps, total_steps):
                 entry = record(state, stepped_before + stepping)
                 bar.set_postfix(max_cos=f"{entry['max_cos']:.4f}",
                                 mean_nn=f"{entry['mean_nn_cos']:.4f}")
                 if not c.progress:
                     log(f"step {step}: loss={entry['loss']:.5f} max_cos={entry['max_cos']:.5f} "
                         f"mean_nn_cos={entry['mean_nn_cos']:.5f}")
-            if step % c.checkpoint_every == 0 or step == c.steps:
+            if step % c.checkpoint_every == 0 or step == total_steps:
                 checkpoint.save(manager, state)
     except (KeyboardInterrupt, _Terminated):
         bar.close()
@@ -179,12 +222,19 @@ def run(c: PackConfig, *, log=None) -> dict:
 
     if history[-1]["step"] != step:
         record(state, stepped_before + stepping)
-    final = {k: v for k, v in history[-1].items() if k not in ("step", "seconds")}
+    final = {k: v for k, v in history[-1].items() if k not in ("step", "seconds", "restart")}
+    best = history[-1].get("restart", 0)
+    embeddings = state.embeddings if restarts == 1 else state.embeddings[best]
+    bound = bounds.bound_max_cos(n, d)
     report = {
         "figures": final,
-        "initial_figures": {k: v for k, v in history[0].items() if k not in ("step", "seconds")},
+        "initial_figures": {k: v for k, v in history[0].items()
+                            if k not in ("step", "seconds", "restart")},
+        "bound_max_cos": bound,
+        "gap_to_bound": final["max_cos"] - bound,
         "n": n, "d": d, "m": 0 if gallery is None else int(gallery.shape[0]),
         "steps": step,
+        "restart_kept": best if restarts > 1 else None,
         "resumed_from_step": resumed_from,
         "flags": c.flag_values(),
         "jax_version": jax.__version__,
@@ -197,12 +247,14 @@ def run(c: PackConfig, *, log=None) -> dict:
         "stepping_seconds_total": round(stepped_before + stepping, 3),
         "history": history,
     }
-    save_embeddings(out / "embeddings.npy", np.asarray(state.embeddings))
+    save_embeddings(out / "embeddings.npy", np.asarray(embeddings))
     save_json(out / "report.json", report)
     plots.packing_curves(history, out / "curves.png",
-                         title=f"n={n}, d={d}, alpha={c.alpha}, {c.optimizer}")
-    log(f"done: step {step} max_cos={final['max_cos']:.5f} mean_nn_cos={final['mean_nn_cos']:.5f} "
-        f"min_angle={final['min_angle_deg']:.2f} deg -> {out}")
+                         title=f"n={n}, d={d}, alpha={c.alpha}, {c.optimizer}, {c.objective}",
+                         bound=bound)
+    log(f"done: step {step} max_cos={final['max_cos']:.5f} (bound {bound:.5f}) "
+        f"mean_nn_cos={final['mean_nn_cos']:.5f} min_angle={final['min_angle_deg']:.2f} deg "
+        f"-> {out}")
     return report
 
 

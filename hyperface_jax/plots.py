@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hyperface_jax.files import save_figure  # noqa: E402
 
 
-def packing_curves(history: list[dict], path, title: str = "") -> None:
+def packing_curves(history: list[dict], path, title: str = "", bound: float | None = None) -> None:
     """Loss terms, worst-pair and nearest-neighbour cosines (and gallery cosine) vs steps."""
     steps = [h["step"] for h in history]
     has_gallery = "mean_gallery_cos" in history[0]
@@ -24,6 +24,8 @@ def packing_curves(history: list[dict], path, title: str = "") -> None:
     ax = axes[1]
     ax.plot(steps, [h["max_cos"] for h in history], label="worst pair (max_cos)")
     ax.plot(steps, [h["mean_nn_cos"] for h in history], label="mean nearest neighbour")
+    if bound is not None:
+        ax.axhline(bound, color="k", ls=":", lw=1, label=f"bound on worst pair ({bound:.4f})")
     ax.fill_between(steps, [h["nn_cos_p01"] for h in history], [h["nn_cos_p99"] for h in history],
                     alpha=0.2, label="nearest neighbour 1-99 %")
     ax.set_xlabel("step")

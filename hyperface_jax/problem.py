@@ -12,27 +12,35 @@ import numpy as np
 from hyperface_jax import sphere
 from hyperface_jax.config import PackConfig
 from hyperface_jax.files import InputError, load_embeddings
-from hyperface_jax.objective import PACKING_REDUCTIONS
+from hyperface_jax.objective import OBJECTIVES, PACKING_REDUCTIONS
 from hyperface_jax.solver import MINIBATCH_UPDATES
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    init: np.ndarray  # (n, d) float32 unit rows
+    inits: np.ndarray  # (restarts, n, d) float32 unit rows; restart 0 is the plain run's
     gallery: np.ndarray | None  # (m, d) float32 unit rows
     batch_key: jax.Array  # PRNG key of the mini-batch order
 
     @property
+    def init(self) -> np.ndarray:
+        return self.inits[0]
+
+    @property
+    def restarts(self) -> int:
+        return self.inits.shape[0]
+
+    @property
     def n(self) -> int:
-        return self.init.shape[0]
+        return self.inits.shape[1]
 
     @property
     def d(self) -> int:
-        return self.init.shape[1]
+        return self.inits.shape[2]
 
     def fingerprint(self) -> dict:
         """Shapes and digests of the inputs: what a resumed run must share."""
-        out = {"init_sha256": _digest(self.init)}
+        out = {"init_sha256": _digest(self.inits)}
         if self.gallery is not None:
             out["gallery_sha256"] = _digest(self.gallery)
         return out
@@ -52,11 +60,22 @@ def check_settings(c: PackConfig) -> None:
     if c.minibatch_update not in MINIBATCH_UPDATES:
         raise InputError(f"unknown --minibatch_update {c.minibatch_update!r}; "
                          f"choose one of {', '.join(MINIBATCH_UPDATES)}")
+    if c.objective not in OBJECTIVES:
+        raise InputError(f"unknown --objective {c.objective!r}; "
+                         f"choose one of {', '.join(OBJECTIVES)}")
+    if not 0 < c.temperature_start <= c.temperature_end:
+        raise InputError("need 0 < --temperature_start <= --temperature_end, got "
+                         f"{c.temperature_start} and {c.temperature_end}")
+    if c.restarts < 1:
+        raise InputError(f"--restarts must be >= 1, got {c.restarts}")
+    if c.restarts > 1 and c.init not in ("random", "gallery"):
+        raise InputError("--restarts > 1 needs --init=random or --init=gallery "
+                         "(restarts from one file would all be the same)")
     if c.alpha < 0:
         raise InputError(f"--alpha must be >= 0, got {c.alpha}")
     if c.alpha > 0 and not c.gallery:
         raise InputError(f"--alpha={c.alpha} needs a --gallery; pass --alpha=0 for pure packing")
-    for name in ("steps", "batch_size"):
+    for name in ("steps", "batch_size", "anneal_steps", "polish_steps"):
         if getattr(c, name) < 0:
             raise InputError(f"--{name} must be >= 0, got {getattr(c, name)}")
     for name in ("tile_size", "log_every", "checkpoint_every", "max_to_keep"):
@@ -96,14 +115,21 @@ def build_problem(c: PackConfig) -> Problem:
     if c.batch_size == 1 or c.batch_size > n:
         raise InputError(f"--batch_size={c.batch_size} must be 0 (full batch) or in [2, n={n}]")
 
-    if c.init == "random":
-        init = np.asarray(sphere.random_unit_vectors(init_key, n, d))
-    elif c.init == "gallery":
+    def start(r: int) -> np.ndarray:
+        key = init_key if r == 0 else jax.random.fold_in(init_key, r)
+        if c.init == "random":
+            return np.asarray(sphere.random_unit_vectors(key, n, d))
+        rows = np.asarray(jax.random.permutation(key, gallery.shape[0])[:n])
+        return gallery[np.sort(rows)]
+
+    if c.init == "gallery":
         if gallery is None:
             raise InputError("--init=gallery needs a --gallery")
         if gallery.shape[0] < n:
             raise InputError(f"--init=gallery needs at least n={n} gallery rows, "
                              f"{c.gallery} has {gallery.shape[0]}")
-        rows = np.asarray(jax.random.permutation(init_key, gallery.shape[0])[:n])
-        init = gallery[np.sort(rows)]
-    return Problem(init=np.asarray(init, np.float32), gallery=gallery, batch_key=batch_key)
+    if init is None:
+        inits = np.stack([start(r) for r in range(c.restarts)])
+    else:
+        inits = init[None]
+    return Problem(inits=inits.astype(np.float32), gallery=gallery, batch_key=batch_key)

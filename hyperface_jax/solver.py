@@ -42,7 +42,11 @@ class SolverState:
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
     alpha: float = 0.5
+    objective: str = "max"
     reduce: str = "mean"
+    temperature_start: float = 1.0  # smooth objectives: annealed geometrically ...
+    temperature_end: float = 1e4  # ... to this ...
+    anneal_steps: int = 1  # ... over this many steps
     batch_size: int = 0  # 0 or n: full batch
     minibatch_update: str = "sparse"
     project_gradient: bool = True
@@ -61,6 +65,11 @@ def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Arr
         key=key,
         step=jnp.zeros((), jnp.int32),
     )
+
+
+def step_of(state: SolverState) -> int:
+    """The step count as a Python int (the same in every restart of a batched state)."""
+    return int(jnp.ravel(state.step)[0])
 
 
 def is_full_batch(config: SolverConfig, n: int) -> bool:
@@ -99,11 +108,17 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
             f"choose one of {', '.join(MINIBATCH_UPDATES)}")
     full = is_full_batch(config, n)
 
-    def loss_and_grad(x, gallery):
+    objective.check_objective(config.objective)
+
+    def loss_and_grad(x, gallery, step):
+        temperature = objective.annealed_temperature(
+            step, start=config.temperature_start, end=config.temperature_end,
+            anneal_steps=config.anneal_steps)
+
         def loss(x):
             return objective.hyperface_loss(
-                x, gallery, config.alpha, reduce=config.reduce,
-                tile_size=config.tile_size, precision=config.precision)
+                x, gallery, config.alpha, objective=config.objective, reduce=config.reduce,
+                temperature=temperature, tile_size=config.tile_size, precision=config.precision)
         (_, terms), g = jax.value_and_grad(loss, has_aux=True)(x)
         if config.project_gradient:
             g = sphere.tangent_component(g, x)
@@ -116,11 +131,11 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     def step(state: SolverState, gallery):
         x = state.embeddings
         if full:
-            terms, g = loss_and_grad(x, gallery)
+            terms, g = loss_and_grad(x, gallery, state.step)
             x, opt_state = apply(x, g, state.opt_state)
         else:
             rows = batch_indices(state.key, state.step, n, config.batch_size)
-            terms, g_rows = loss_and_grad(x[rows], gallery)
+            terms, g_rows = loss_and_grad(x[rows], gallery, state.step)
             if config.minibatch_update == "dense":
                 g = jnp.zeros_like(x).at[rows].set(g_rows)
                 x, opt_state = apply(x, g, state.opt_state)
@@ -138,18 +153,21 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     return step
 
 
-def make_runner(optimizer: optax.GradientTransformation, config: SolverConfig, n: int):
+def make_runner(optimizer: optax.GradientTransformation, config: SolverConfig, n: int, *,
+                restarts: int = 1):
     """`run(state, gallery, num_steps) -> (state, LossTerms of the last step)`, jitted.
 
     `num_steps` is a traced value (a while loop), so every chunk length shares one
-    compiled program and a resumed run executes exactly the same code.
+    compiled program and a resumed run executes exactly the same code. With
+    ``restarts > 1`` the state carries a leading restart axis and the loop is vmapped.
     """
     step = make_step(optimizer, config, n)
 
-    @jax.jit
     def run(state, gallery, num_steps):
         zero = jnp.zeros((), state.embeddings.dtype)
         terms = objective.LossTerms(zero, zero, zero)
         return lax.fori_loop(0, num_steps, lambda _, c: step(c[0], gallery), (state, terms))
 
-    return run
+    if restarts > 1:
+        run = jax.vmap(run, in_axes=(0, None, None))
+    return jax.jit(run)
