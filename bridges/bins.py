@@ -20,9 +20,13 @@ from PIL import Image
 from hyperface_jax.files import InputError, _atomic_write
 
 
+class _Forbidden(pickle.UnpicklingError):
+    """The pickle asks for something a verification set never holds."""
+
+
 def _latin1_bytes(text, encoding="latin1"):
     if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError("_codecs.encode admitted only as (str, 'latin1')")
+        raise _Forbidden("_codecs.encode is admitted only as (str, 'latin1')")
     return codecs.encode(text, "latin1")
 
 
@@ -30,7 +34,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ("_codecs", "encode"):
             return _latin1_bytes
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a .bin file")
+        raise _Forbidden(f"global {module}.{name} is not allowed in a .bin file")
 
 
 def read(path) -> tuple[list[bytes], np.ndarray]:
@@ -42,7 +46,7 @@ def read(path) -> tuple[list[bytes], np.ndarray]:
     try:
         with open(path, "rb") as f:
             blob = _RestrictedUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as e:
+    except _Forbidden as e:
         raise InputError(f"verification file {path} refused: {e}") from None
     except Exception as e:  # noqa: BLE001 - truncated or garbage file
         raise InputError(f"verification file {path} is not a .bin pickle "

@@ -9,7 +9,6 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 
@@ -61,7 +60,25 @@ def global_sum(x: torch.Tensor) -> torch.Tensor:
     gradient of the global loss with respect to its own part)."""
     if not is_distributed():
         return x
-    return dist_fn.all_reduce(x)
+    return _AllReduceSum.apply(x)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the backward pass sums the incoming gradients the same way
+    (each process's loss depends on every process's part), and DDP's averaging of
+    parameter gradients then yields the gradient of the mean loss."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class SyncBatchNorm(nn.BatchNorm2d):
@@ -77,13 +94,14 @@ class SyncBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         dims = [0] if x.dim() == 2 else [0, 2, 3]
         shape = [1, -1] if x.dim() == 2 else [1, -1, 1, 1]
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
-        stats = global_sum(stats)
         c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        # Two passes (mean, then squared deviations): E[x^2] - E[x]^2 loses the variance
+        # of nearly constant channels to cancellation in float32.
+        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        sums = global_sum(torch.cat([x.sum(dims), count]))
+        n = sums[-1]
+        mean = sums[:c] / n
+        var = global_sum(((x - mean.reshape(shape)) ** 2).sum(dims)) / n
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             unbiased = var * (n / (n - 1)).clamp_min(1)

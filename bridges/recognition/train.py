@@ -46,11 +46,12 @@ class Trainee(nn.Module):
 
     def forward(self, images, labels):
         out = self.model(images)
-        logits, cosine = self.head(out["embedding"].float(), labels)
+        dtype = self.head.weight.dtype  # the head runs in full precision under AMP
+        logits, cosine = self.head(out["embedding"].to(dtype), labels)
         loss = F.cross_entropy(logits, labels)
         if self.is_groupface:
-            loss = loss + GROUP_LOSS_WEIGHT * group_loss(out["group_logits"].float(),
-                                                         out["probs"].float())
+            loss = loss + GROUP_LOSS_WEIGHT * group_loss(out["group_logits"].to(dtype),
+                                                         out["probs"].to(dtype))
         correct = (cosine.argmax(dim=1) == labels).float().mean()
         return loss, correct
 
