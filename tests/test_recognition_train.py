@@ -164,3 +164,19 @@ def test_two_process_torchrun_matches_one_process(dataset, tmp_path):
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["world_size"] == 2
     assert os.path.exists(tmp_path / "two" / "model.pt")
+
+
+@pytest.mark.parametrize("name, arch, head, lr_steps", [
+    ("hyperface", "ir50", "adaface", "12,20,24"),
+    ("diffr", "ir50", "cosface", "10,16,21,25"),
+    ("vec2face", "se_ir50", "arcface", "12,20,24")])
+def test_training_flagfiles_run(dataset, tmp_path, name, arch, head, lr_steps):
+    out = tmp_path / name
+    # The shipped flagfile, shrunk (width, input, batch, one step) so CI stays quick.
+    code = train.main(["train", f"--flagfile={REPO / 'configs' / f'train_{name}.flags'}",
+                       f"--data={dataset}", f"--out_dir={out}", "--width=4", "--input_size=16",
+                       "--batch_size=16", "--max_steps=1", "--workers=0", "--progress=false"])
+    assert code == 0
+    flags = json.loads((out / "report.json").read_text())["flags"]
+    assert (flags["arch"], flags["head"], flags["lr_steps"]) == (arch, head, lr_steps)
+    assert flags["weight_decay"] == 5e-4 and flags["momentum"] == 0.9
