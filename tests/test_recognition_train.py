@@ -130,16 +130,15 @@ def test_bad_input_exits_2_with_one_line(dataset, tmp_path, capsys):
         assert not (out / "model.pt").exists() and not (out / "checkpoints").exists()
 
 
-def test_corrupt_image_in_a_worker_is_one_line_too(tmp_path):
+def test_corrupt_image_in_a_worker_is_one_line_too(tmp_path, capsys):
     data = make_dataset(tmp_path / "d", identities=2, per_identity=4)
     (data / "000000" / "001.png").write_bytes(b"\x89PNG broken")
-    r = subprocess.run(
-        [sys.executable, "-m", "bridges.train", f"--data={data}", f"--out_dir={tmp_path / 'o'}",
-         *TINY, "--workers=1", "--batch_size=4"],
-        cwd=REPO, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
+    code = train.main(["train", f"--data={data}", f"--out_dir={tmp_path / 'o'}", *TINY,
+                       "--workers=1", "--batch_size=4"])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: cannot read image") and "001.png" in lines[-1]
+    assert sum(line.startswith("error:") for line in lines) == 1
 
 
 def test_two_process_torchrun_matches_one_process(dataset, tmp_path):
