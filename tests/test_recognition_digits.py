@@ -27,7 +27,7 @@ def digits(tmp_path_factory):
     return recipe.build(tmp_path_factory.mktemp("digits"))
 
 
-RUNS = {name: (flags, epochs, step) for name, flags, epochs, step in recipe.RUNS}
+RUNS = {head: (recipe.HEADS[head], epochs, step) for head, epochs, step in recipe.RUNS}
 
 
 def test_adaface_on_digits_verifies_held_out_pairs_above_90_percent(digits, tmp_path):
