@@ -23,7 +23,7 @@ HEADS = {"adaface": ["--head=adaface"], "arcface": ["--head=arcface"],
          "cosface": ["--head=cosface"], "groupface": ["--head=groupface", "--groups=4"]}
 # (head, epochs, epoch of the lr step): the tests' runs, AdaFace full length (> 90 %),
 # the other heads shorter (> 75 %).
-RUNS = [("adaface", 8, 6), ("arcface", 3, 2), ("cosface", 3, 2), ("groupface", 3, 2)]
+RUNS = [("adaface", 8, 6), ("arcface", 4, 3), ("cosface", 4, 3), ("groupface", 4, 3)]
 FULL = (8, 6)
 
 
