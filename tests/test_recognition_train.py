@@ -179,3 +179,31 @@ def test_training_flagfiles_run(dataset, tmp_path, name, arch, head, lr_steps):
     flags = json.loads((out / "report.json").read_text())["flags"]
     assert (flags["arch"], flags["head"], flags["lr_steps"]) == (arch, head, lr_steps)
     assert flags["weight_decay"] == 5e-4 and flags["momentum"] == 0.9
+
+
+def test_any_folder_per_identity_layout_is_accepted(tmp_path):
+    from bridges.recognition.data import scan
+
+    for name, files in {"bob": ["b.JPG", "a.png", "notes.txt"], "alice": ["x.jpeg"],
+                        "empty": [], ".hidden": ["h.png"], "carol": [".tmp.png", "c.bmp"]}.items():
+        (tmp_path / name).mkdir()
+        for f in files:
+            if f.lower().endswith((".jpg", ".jpeg")):
+                Image.new("RGB", (4, 4)).save(tmp_path / name / f, format="JPEG")
+            else:
+                (tmp_path / name / f).write_bytes(b"x")
+    (tmp_path / "stray.png").write_bytes(b"x")
+    folder = scan(tmp_path)
+    assert folder.identities == ("alice", "bob", "carol")
+    assert [Path(p).name for p in folder.paths] == ["x.jpeg", "a.png", "b.JPG", "c.bmp"]
+    assert folder.labels.tolist() == [0, 1, 1, 2]
+
+
+def test_process_slices_make_up_the_one_process_batches():
+    from bridges.recognition.data import GlobalBatchSampler
+
+    one = list(GlobalBatchSampler(50, 8, seed=3, epoch=1))
+    halves = [list(GlobalBatchSampler(50, 8, rank=r, world=2, seed=3, epoch=1)) for r in (0, 1)]
+    assert len(one) == 6  # 50 // 8, the last partial batch dropped
+    assert [a + b for a, b in zip(*halves, strict=True)] == one
+    assert one != list(GlobalBatchSampler(50, 8, seed=3, epoch=2))  # reshuffled per epoch
