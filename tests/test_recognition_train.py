@@ -93,6 +93,9 @@ def test_resume_after_an_epoch_matches_the_uninterrupted_run(dataset, tmp_path):
     code = train.main(["train", f"--out_dir={tmp_path / 'split'}", "--epochs=3", "--lr=0.5",
                        *args])
     assert code == 2
+    # So is a damaged checkpoint (named in the message).
+    (tmp_path / "split" / "checkpoints" / "epoch_002.pt").write_bytes(b"truncated")
+    assert train.main(["train", f"--out_dir={tmp_path / 'split'}", "--epochs=3", *args]) == 2
 
 
 def _bad_inputs(tmp: Path, dataset: Path):

@@ -164,7 +164,7 @@ def run(c: TrainConfig, *, log=None) -> dict:
     resume = None
     existing = _checkpoints(out)
     if existing:
-        resume = torch.load(existing[-1], map_location="cpu", weights_only=True)
+        resume = _load_checkpoint(existing[-1])
         changed = {k for k in identity if resume["identity"].get(k) != identity[k]}
         if changed:
             raise InputError(f"{out} holds a run with different settings "
@@ -183,7 +183,8 @@ def run(c: TrainConfig, *, log=None) -> dict:
     if resume is not None:
         trainee.load_state_dict(resume["trainee"])
         optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
+        if amp and resume["scaler"]:  # empty when the run so far had no AMP
+            scaler.load_state_dict(resume["scaler"])
         start_epoch, step = resume["epoch"], resume["step"]
         step_rows, epoch_rows = resume["step_rows"], resume["epoch_rows"]
         seconds_before = epoch_rows[-1]["seconds"] if epoch_rows else 0.0
@@ -217,6 +218,7 @@ def run(c: TrainConfig, *, log=None) -> dict:
                 dataset, batch_sampler=sampler, num_workers=c.workers,
                 pin_memory=use_cuda, persistent_workers=False)
             net.train()
+            torch.manual_seed(c.seed * 100_003 + epoch)  # dropout: the same after a resume
             sums = torch.zeros(3, dtype=torch.float64)
             for images, labels in loader:
                 if step >= total_steps:
@@ -273,6 +275,19 @@ def run(c: TrainConfig, *, log=None) -> dict:
     if distributed.is_distributed():
         torch.distributed.barrier()
     return report
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is bad input
+        raise InputError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it "
+                         "to resume from the one before, or use a new --out_dir") from None
+    keys = ("identity", "trainee", "optimizer", "scaler", "epoch", "step", "step_rows",
+            "epoch_rows")
+    if not isinstance(blob, dict) or any(k not in blob for k in keys):
+        raise InputError(f"checkpoint {path} is not a bridges.train checkpoint")
+    return blob
 
 
 def _save_checkpoint(out, c, trainee, optimizer, scaler, epoch, step, step_rows, epoch_rows,
