@@ -37,7 +37,8 @@ UNIT_TOLERANCE = 1e-3
 
 
 def bin_index(values: np.ndarray) -> np.ndarray:
-    return np.clip(((values + 1.0) * (BINS / 2)).astype(np.int64), 0, BINS - 1)
+    index = ((values + np.float32(1)) * np.float32(BINS / 2)).astype(np.int32)
+    return np.clip(index, 0, BINS - 1, out=index)
 
 
 def bin_edges() -> np.ndarray:
@@ -53,11 +54,11 @@ class Distribution:
     total_sq: float = 0.0
 
     def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, np.float64).ravel()
+        values = np.asarray(values, np.float32).ravel()
         if values.size:
             self.counts += np.bincount(bin_index(values), minlength=BINS)
-            self.total += float(values.sum())
-            self.total_sq += float(np.square(values).sum())
+            self.total += float(values.sum(dtype=np.float64))
+            self.total_sq += float(np.dot(values, values))
 
     @property
     def n(self) -> int:
@@ -216,9 +217,7 @@ def identity_figures(x, labels: np.ndarray, *, outlier_threshold: float = 0.3,
             means[k:end] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
             low = to_mean(np.arange(k, end), block, local)
             outlier_rows.append(rows[low])
-            gram = block @ block.T
-            same = (local[:, None] == local[None, :])
-            genuine.add(gram[np.triu(same, k=1)])
+            _genuine_pairs(block, counts[k:end], genuine)
         if progress is not None:
             progress(int(starts[end] - starts[k]))
         k = end
@@ -227,6 +226,27 @@ def identity_figures(x, labels: np.ndarray, *, outlier_threshold: float = 0.3,
         outliers=outliers,
         outlier_rows=np.sort(np.concatenate(outlier_rows)) if outlier_rows else np.zeros(0, int),
         genuine=genuine)
+
+
+def _genuine_pairs(block, sizes, genuine):
+    """Same-identity pairs of a block of whole identities stored one after the other.
+
+    Identities are padded to a common size inside buckets of sizes within a factor of 2
+    and their Gram matrices taken as one batched product: O(sum_i s_i^2 d) work."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    bucket = np.ceil(np.log2(np.maximum(sizes, 1))).astype(int)
+    for b in np.unique(bucket):
+        which = np.flatnonzero((bucket == b) & (sizes > 1))
+        if not len(which):
+            continue
+        kmax = int(sizes[which].max())
+        padded = np.zeros((len(which), kmax, block.shape[1]), np.float32)
+        for slot, i in enumerate(which):
+            padded[slot, :sizes[i]] = block[offsets[i]:offsets[i + 1]]
+        gram = np.matmul(padded, padded.transpose(0, 2, 1))
+        a = np.arange(kmax)
+        valid = (a[:, None] < a[None, :])[None] & (a[None, None, :] < sizes[which][:, None, None])
+        genuine.add(gram[valid])
 
 
 def _big_identity(read, rows, k, means, chunk_rows, genuine):
