@@ -8,7 +8,8 @@ Every optimizer x objective variant is a `pack.run` of the flagfile's configurat
 only --optimizer/--objective/--seed changed, in `<out_dir>/runs/<optimizer>-<objective>/
 seed<k>`; seed k is `--seed + k`, so for a given seed every variant starts from the same
 initial references and sees the same gallery. Each sampler of `--samplers` is a
-`sample.run` at the same --num_identities in `<out_dir>/samplers/<method>/seed<k>`.
+`sample.run` at the same --num_identities in `<out_dir>/samplers/<method>/seed<k>`
+(`hyperface` is the flagfile's own packing run: it reuses that variant's folder if any).
 A variant whose folder already holds its final report with the same flags is skipped;
 an interrupted one resumes from its orbax checkpoints (re-run the same command).
 Compiled programs are shared between runs through JAX's persistent compilation cache in
@@ -65,7 +66,13 @@ def variants_of(c: PackConfig, optimizers: list[str], objectives: list[str],
     return out
 
 
-def run_dir(out: Path, v: Variant, k: int) -> Path:
+def run_dir(out: Path, v: Variant, k: int, c: PackConfig, vs: list[Variant]) -> Path:
+    """The run's folder; the `hyperface` sampler is the flagfile's own packing run, so it
+    shares that variant's folder when the optimizer comparison has it."""
+    if v.kind == "sampler" and v.method == "hyperface":
+        same = Variant(f"{c.optimizer}-{c.objective}", "packing", c.optimizer, c.objective)
+        if same in vs:
+            v = same
     if v.kind == "packing":
         return out / "runs" / v.name / f"seed{k}"
     return out / "samplers" / v.method / f"seed{k}"
@@ -178,7 +185,7 @@ def run(c: PackConfig, *, optimizers: list[str], objectives: list[str], methods:
         for i, v in enumerate(vs):
             runs = []
             for k in range(seeds):
-                directory = run_dir(out, v, k)
+                directory = run_dir(out, v, k, c, vs)
                 ck = config_of(c, v, c.seed + k, directory)
                 report = _finished(directory, ck, v, options)
                 skipped = report is not None

@@ -28,6 +28,10 @@ def test_variants_share_the_init_and_report_mean_and_std_over_seeds(tmp_path):
     result = json.loads((out / "compare.json").read_text())
     names = [v["name"] for v in result["variants"]]
     assert names == ["adam-max", "sgd-max", "sampler:random_margin", "sampler:hyperface"]
+    hyperface = result["variants"][3]["runs"]
+    # The flagfile's own packing run (adam, max) is not run twice.
+    assert [r["dir"] for r in hyperface] == [r["dir"] for r in result["variants"][0]["runs"]]
+    assert all(r["skipped"] for r in hyperface)
     first = {}
     for v in result["variants"]:
         worst = []
