@@ -119,11 +119,20 @@ def analyze(fv, *, log=None) -> dict:
                                    chunk_rows=chunk, what=what, progress=bar.update)
     bar.close()
     timings["identities_and_genuine"] = time.perf_counter() - t
+    if len(ids.labels) < 2:
+        raise InputError(f"labels file {fv['labels'].value} holds a single identity; "
+                         "impostor pairs need at least 2")
+    if ids.genuine.n == 0:
+        raise InputError(f"labels file {fv['labels'].value}: no identity has two images, "
+                         "so there are no genuine pairs")
 
     t = time.perf_counter()
     impostor, sampled, exact = quality.impostor_distribution(
         x, labels, sample=fv["impostor_sample"].value, seed=fv["seed"].value, block=chunk)
     timings["impostor"] = time.perf_counter() - t
+    if impostor.n == 0:
+        raise InputError(f"no impostor pairs among the {sampled} sampled images; "
+                         "raise --impostor_sample")
 
     t = time.perf_counter()
     same_thr = fv["same_identity_threshold"].value

@@ -200,6 +200,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     np.save(tmp_path / "zero.npy", zero)
     np.save(tmp_path / "d16.npy", _unit(np.ones((3, 16))))
     (tmp_path / "garbage.npy").write_bytes(b"nope")
+    np.save(tmp_path / "one_id.npy", np.zeros(20, np.int64))
+    np.save(tmp_path / "singletons.npy", np.arange(20))
     e, lab = f"--embeddings={tmp_path}/x.npy", f"--labels={tmp_path}/l.npy"
     cases = [
         ([e, f"--labels={tmp_path}/short.npy"], "19 labels for 20 embedding rows"),
@@ -213,6 +215,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
         ([e, lab, f"--reference={tmp_path}/long.npy"], "reference file"),
         ([e, lab, "--clean_top_k=5"], "--clean_top_k needs --reference"),
         ([e], "--labels is required"),
+        ([e, f"--labels={tmp_path}/one_id.npy"], "single identity"),
+        ([e, f"--labels={tmp_path}/singletons.npy"], "no genuine pairs"),
         ([e, lab, "--outlier_threshold=2"], "--outlier_threshold"),
         ([e, lab, "--no_such_flag=1"], "no_such_flag"),
     ]
