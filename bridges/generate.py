@@ -180,10 +180,12 @@ def tile_owner(i: int, tile: int, tiles_per_identity: int, processes: int) -> in
 class _Process:
     """Rank, size and barrier: accelerate's PartialState, or a single process."""
 
-    def __init__(self):
+    def __init__(self, cpu: bool):
         from accelerate import PartialState
 
-        self.state = PartialState()
+        # cpu=True makes a multi-process launch on a machine without GPUs a MULTI_CPU
+        # (gloo) group instead of independent single processes.
+        self.state = PartialState(cpu=cpu)
         self.index = self.state.process_index
         self.count = self.state.num_processes
         self.is_main = self.state.is_main_process
@@ -245,7 +247,7 @@ def run(fv, *, log=None) -> dict:
         raise InputError(f"recognizer {fv.recognizer} gives {recognizer.output_shape[-1]}-D "
                          f"features; the references are {d}-D")
 
-    proc = _Process()
+    proc = _Process(cpu=fv.device == "cpu" or not torch.cuda.is_available())
     device = torch.device(fv.device) if fv.device else proc.state.device
     dtype = arc2face.resolve_dtype(fv.dtype, device)
     model = arc2face.load(fv.arc2face, fv.base_model, device=device, dtype=dtype)
