@@ -160,3 +160,40 @@ def recognizer(path: Path, seed: int = 2, dim: int = 512) -> Path:
                       opset_version=17, input_names=["input.1"], output_names=["embedding"],
                       dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}})
     return path
+
+
+def detector(path: Path, size: int = 64) -> Path:
+    """A tiny SCRFD-format detector (9 outputs: scores, box distances and 5 keypoints for
+    strides 8, 16, 32, two anchors per cell, fixed size x size input) that insightface's
+    model zoo routes to its `SCRFD` class. It "sees a face" in every cell whose mean
+    brightness is high: a bright square is a face, a black image has none. Boxes and
+    keypoints are fixed offsets around the cell centre (eyes, nose, mouth corners)."""
+    import torch
+    from torch import nn
+
+    class TinySCRFD(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("box", torch.ones(1, 4))
+            self.register_buffer("kps", torch.tensor(
+                [[-0.7, -0.5, 0.7, -0.5, 0.0, 0.2, -0.5, 0.8, 0.5, 0.8]]))
+
+        def forward(self, x):
+            gray = x.mean(dim=1, keepdim=True)  # (x - 127.5) / 128 per pixel
+            scores, boxes, points = [], [], []
+            for stride in (8, 16, 32):
+                cells = nn.functional.avg_pool2d(gray, stride)
+                score = torch.sigmoid(20 * (cells - 0.5)).permute(0, 2, 3, 1).reshape(-1, 1)
+                score = score.repeat_interleave(2, dim=0)  # two anchors per cell
+                ones = torch.ones_like(score)
+                scores.append(score)
+                boxes.append(ones * self.box)
+                points.append(ones * self.kps)
+            return (*scores, *boxes, *points)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
+    torch.onnx.export(TinySCRFD().eval(), (torch.zeros(1, 3, size, size),), str(path),
+                      dynamo=False, opset_version=17, input_names=["input.1"],
+                      output_names=names)
+    return path
