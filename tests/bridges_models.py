@@ -162,11 +162,12 @@ def recognizer(path: Path, seed: int = 2, dim: int = 512) -> Path:
     return path
 
 
-def detector(path: Path, size: int = 64) -> Path:
+def detector(path: Path, size: int = 64, level: float = 0.5) -> Path:
     """A tiny SCRFD-format detector (9 outputs: scores, box distances and 5 keypoints for
     strides 8, 16, 32, two anchors per cell, fixed size x size input) that insightface's
     model zoo routes to its `SCRFD` class. It "sees a face" in every cell whose mean
-    brightness is high: a bright square is a face, a black image has none. Boxes and
+    brightness ((x - 127.5) / 128) exceeds `level`: a bright square is a face, a black
+    image has none. Boxes and
     keypoints are fixed offsets around the cell centre (eyes, nose, mouth corners)."""
     import torch
     from torch import nn
@@ -183,7 +184,7 @@ def detector(path: Path, size: int = 64) -> Path:
             scores, boxes, points = [], [], []
             for stride in (8, 16, 32):
                 cells = nn.functional.avg_pool2d(gray, stride)
-                score = torch.sigmoid(20 * (cells - 0.5)).permute(0, 2, 3, 1).reshape(-1, 1)
+                score = torch.sigmoid(20 * (cells - level)).permute(0, 2, 3, 1).reshape(-1, 1)
                 score = score.repeat_interleave(2, dim=0)  # two anchors per cell
                 ones = torch.ones_like(score)
                 scores.append(score)

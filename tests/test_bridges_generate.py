@@ -27,11 +27,13 @@ def models(tmp_path_factory):
     base = bridges_models.base_model(root / "sd15")
     a2f = bridges_models.arc2face(root / "arc2face")
     rec = bridges_models.recognizer(root / "recognizer.onnx")
+    # Brightness level tuned so that some of the tiny UNet's images hold a "face", some not.
+    det = bridges_models.detector(root / "det.onnx", level=0.1)
     refs = np.random.default_rng(0).normal(size=(5, 512)).astype(np.float32)
     refs /= np.linalg.norm(refs, axis=1, keepdims=True)
     np.save(root / "refs.npy", refs)
-    return {"base": base, "arc2face": a2f, "recognizer": rec, "refs": root / "refs.npy",
-            "root": root}
+    return {"base": base, "arc2face": a2f, "recognizer": rec, "detector": det,
+            "refs": root / "refs.npy", "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -254,14 +256,13 @@ def test_more_images_per_identity_keeps_the_earlier_ones(models, reference_run, 
 
 def test_kill_and_resume_is_bitwise_identical(models, reference_run, tmp_path):
     out = tmp_path / "killed"
-    # More denoising steps than the reference so the run is still going when killed;
-    # the comparison run below uses the same settings.
-    args = _args(models, out, "--steps=8")[1:]
+    args = _args(models, out, "--batch_size=4")[1:]
     proc = subprocess.Popen([sys.executable, "-m", "bridges.generate", *args], cwd=REPO,
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
+    # Images land two at a time (one tile); kill as soon as the first tile is on disk.
     while time.time() < deadline and len(list(out.rglob("*.png"))) < 2:
-        time.sleep(0.01)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = sorted(out.rglob("*.png"))
@@ -273,10 +274,11 @@ def test_kill_and_resume_is_bitwise_identical(models, reference_run, tmp_path):
             im.load()
     assert generate.main(["generate", *args, "--batch_size=7"]) == 0
     assert not list(out.rglob("*.tmp"))
-    clean = tmp_path / "clean"
-    assert generate.main(["generate", *_args(models, clean, "--steps=8")[1:]]) == 0
-    assert _pngs(out) == _pngs(clean) and len(_pngs(out)) == 15
-    assert (out / "manifest.jsonl").read_bytes() == (clean / "manifest.jsonl").read_bytes()
+    assert _pngs(out) == _pngs(reference_run)
+    assert (out / "manifest.jsonl").read_bytes() == (reference_run / "manifest.jsonl").read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped_existing"] == len(first)
+    assert report["written_this_run"] == 15 - len(first)
 
 
 def test_two_processes_write_the_same_files_as_one(models, reference_run, tmp_path):
@@ -297,6 +299,38 @@ def test_two_processes_write_the_same_files_as_one(models, reference_run, tmp_pa
     one = json.loads((reference_run / "report.json").read_text())["identity_check"]
     assert report["identity_check"]["count"] == 15
     assert report["identity_check"]["mean"] == pytest.approx(one["mean"], abs=1e-6)
+
+
+def test_align_stores_the_aligned_face_or_lists_the_image_as_faceless(models, reference_run,
+                                                                     tmp_path):
+    import cv2
+
+    from bridges import faces
+
+    out = tmp_path / "aligned"
+    assert generate.main(_args(models, out, "--align", f"--detector={models['detector']}",
+                               "--keep_unaligned", "--det_threshold=0.3")) == 0
+    detector = faces.load_detector(models["detector"], threshold=0.3)
+    found = missing = 0
+    for i in range(5):
+        for k in range(3):
+            name = f"{i:06d}/{k:03d}.png"
+            original = (reference_run / name).read_bytes()
+            assert (out / generate.UNALIGNED_DIR / name).read_bytes() == original
+            expected = faces.align_largest(detector, cv2.imread(str(reference_run / name)))
+            if expected is None:
+                missing += 1
+                assert not (out / name).exists()
+                assert (out / generate.NO_FACE_DIR / name).read_bytes() == original
+            else:
+                found += 1
+                assert not (out / generate.NO_FACE_DIR / name).exists()
+                np.testing.assert_array_equal(cv2.imread(str(out / name)), expected)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["no_face"]) == missing and report["images_in_range"] == found
+    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == found
+    assert found > 0 and missing > 0, "both branches must be exercised"
 
 
 # ----------------------------------------------------------------------------- bad input
