@@ -393,6 +393,14 @@ def test_other_settings_on_a_used_out_dir_are_refused(models, reference_run, cap
     assert _pngs(reference_run) == before
 
 
+def test_paper_flagfile_holds_the_paper_settings():
+    fv = generate.make_flag_values()
+    fv(["generate", f"--flagfile={REPO / 'configs' / 'generate_paper.flags'}"])
+    assert (fv.beta, fv.steps, fv.guidance, fv.images_per_identity) == (0.005, 25, 3.0, 50)
+    assert fv.images_per_identity % fv.micro_batch == 0  # no image computed in vain
+    assert fv.align and fv.detector and fv.recognizer
+
+
 def test_help_exits_0(capsys):
     assert generate.main(["generate", "--help"]) == 0
     assert "--micro_batch" in capsys.readouterr().out
