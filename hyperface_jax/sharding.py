@@ -118,6 +118,14 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Wait for every process (no-op in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def check_compatible(c, n: int, restarts: int, mesh: Mesh) -> None:
     """Options the sharded solver does not support, refused with the fix."""
     size = mesh.size
