@@ -64,7 +64,8 @@ class PackConfig:
                                 "default if unset.")
     b2: float | None = _f(None, "Optimizer hyper-parameter b2; optax default if unset.")
     eps: float | None = _f(None, "Optimizer epsilon; optax default if unset.")
-    weight_decay: float | None = _f(None, "Weight decay (adamw, lamb, lion); optax default if unset.")
+    weight_decay: float | None = _f(None, "Weight decay (adamw, lamb, lion); optax default "
+                                          "if unset.")
     momentum: float | None = _f(None, "Momentum (sgd, rmsprop); optax default if unset.")
     nesterov: bool | None = _f(None, "Nesterov momentum (sgd, rmsprop).")
     decay: float | None = _f(None, "Decay of the squared-gradient average (rmsprop).")
