@@ -88,6 +88,15 @@ class PackConfig:
     max_to_keep: int = _f(3, "Checkpoints kept on disk.")
     log_every: int = _f(50, "Steps between exact figures (logged, plotted, in report.json).")
     progress: bool = _f(True, "Show a progress bar.")
+    # Placement (docs/sharding.md): where the run executes, not what it computes.
+    devices: str = _f("all", "Devices to shard the references over: 'all' or a count. One "
+                             "device runs the single-device solver.")
+    coordinator_address: str = _f("", "Multi-host: host:port of process 0's coordinator "
+                                      "(jax.distributed.initialize); empty: one process.")
+    num_processes: int = _f(0, "Multi-host: number of processes (with --coordinator_address).")
+    process_id: int = _f(-1, "Multi-host: this process's index in [0, --num_processes).")
+    distributed: bool = _f(False, "Multi-host without the three flags above: let JAX detect the "
+                                  "cluster (TPU pod slice, SLURM, Open MPI, Kubernetes).")
     # Names of the fields the user set explicitly (CLI flags present or keyword arguments);
     # used to detect conflicts such as --dim against the gallery's dimension.
     explicit: frozenset = field(default=frozenset(), metadata={"flag": False})
