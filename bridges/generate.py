@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -284,6 +285,8 @@ def run(fv, *, log=None) -> dict:
                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
     written, no_face, generated_seconds = 0, 0, 0.0
     t0 = time.perf_counter()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) \
+        if proc.is_main or proc.count == 1 else None
     try:
         for s in range(0, len(pending), tiles_per_step):
             for i, g in pending[s:s + tiles_per_step]:
@@ -301,6 +304,9 @@ def run(fv, *, log=None) -> dict:
         bar.close()
         log(f"interrupted after {written} images; re-run the same command to continue")
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     bar.close()
     generated_seconds = time.perf_counter() - t0
 
@@ -350,6 +356,12 @@ def run(fv, *, log=None) -> dict:
     log(f"done: {written_total} images written, {len(in_range)} of {(end - start) * K} in "
         f"identities {start}:{end} -> {out}")
     return report
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM (SLURM's time limit, `kill`) ends the run like Ctrl-C: the image being
+    written is finished or not renamed, the next run continues."""
+    raise KeyboardInterrupt
 
 
 def _store(out: Path, i: int, k: int, rgb: np.ndarray, detector, *, keep_unaligned) -> bool:

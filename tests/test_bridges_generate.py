@@ -341,12 +341,18 @@ def _bad_cases(models, tmp: Path):
     nan = refs.copy()
     nan[2, 5] = np.nan
     np.save(tmp / "nan.npy", nan)
+    zero = refs.copy()
+    zero[1] = 0
+    np.save(tmp / "zero.npy", zero)
+    (tmp / "garbage.npy").write_bytes(b"not numpy")
     return [
         ([f"--arc2face={tmp / 'nowhere'}"], "--arc2face folder not found"),
         ([f"--base_model={tmp / 'nowhere'}"], "--base_model folder not found"),
         ([f"--references={tmp / 'd256.npy'}"], "dimension 256"),
         ([f"--references={tmp / 'nan.npy'}"], "NaN"),
         ([f"--references={tmp / 'missing.npy'}"], "not found"),
+        ([f"--references={tmp / 'zero.npy'}"], "zero vector in row 1"),
+        ([f"--references={tmp / 'garbage.npy'}"], "not a readable .npy"),
         (["--identities=3:9"], "--identities=3:9: out of range"),
         (["--identities=4:2"], "out of range"),
         (["--identities=abc"], "expected START:END"),
