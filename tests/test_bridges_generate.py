@@ -121,6 +121,18 @@ def test_encoder_saved_by_transformers_4_loads_with_its_weights(models, model):
         "architectures"] == ["CLIPTextModelWrapper"]
 
 
+def test_encoder_resaved_by_transformers_5_gives_the_same_conditioning(models, model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "a2f5"
+    shutil.copytree(models["arc2face"], folder, ignore=shutil.ignore_patterns("encoder"))
+    model.text_encoder.save_pretrained(folder / "encoder")  # model.safetensors, no prefix
+    assert (folder / "encoder" / "model.safetensors").exists()
+    again = arc2face.load(folder, models["base"])
+    e = np.eye(512, dtype=np.float32)[:2]
+    assert torch.equal(arc2face.prompt_embeds(again, e), arc2face.prompt_embeds(model, e))
+
+
 def test_our_sampling_loop_is_diffusers_stable_diffusion_pipeline(model):
     from diffusers import StableDiffusionPipeline
 
