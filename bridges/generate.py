@@ -251,6 +251,10 @@ def run(fv, *, log=None) -> dict:
     proc = _Process(cpu=fv.device == "cpu" or not torch.cuda.is_available())
     device = torch.device(fv.device) if fv.device else proc.state.device
     dtype = arc2face.resolve_dtype(fv.dtype, device)
+    if device.type == "cuda":
+        # Same algorithms on every run (no autotuning race), so the same bits on one GPU.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     model = arc2face.load(fv.arc2face, fv.base_model, device=device, dtype=dtype)
     identity = {k: fv[k].value for k in PIXEL_FLAGS}
     # Model folders are not part of it (they may be mounted elsewhere on another node);
