@@ -27,6 +27,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -289,8 +290,8 @@ def run(fv, *, log=None) -> dict:
                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
     written, no_face, generated_seconds = 0, 0, 0.0
     t0 = time.perf_counter()
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) \
-        if proc.is_main or proc.count == 1 else None
+    handle_term = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if handle_term else None
     try:
         for s in range(0, len(pending), tiles_per_step):
             for i, g in pending[s:s + tiles_per_step]:
@@ -309,8 +310,9 @@ def run(fv, *, log=None) -> dict:
         log(f"interrupted after {written} images; re-run the same command to continue")
         raise
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        if handle_term:
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None
+                          else signal.SIG_DFL)
     bar.close()
     generated_seconds = time.perf_counter() - t0
 
