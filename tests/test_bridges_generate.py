@@ -293,13 +293,22 @@ def test_kill_and_resume_is_bitwise_identical(models, reference_run, tmp_path):
     assert report["written_this_run"] == 15 - len(first)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_write_the_same_files_as_one(models, reference_run, tmp_path):
     out = tmp_path / "two"
     args = _args(models, out, "--batch_size=2", f"--recognizer={models['recognizer']}")[1:]
     r = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
          "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
-         "--dynamo_backend=no", "--main_process_port=29517", "-m", "bridges.generate", *args],
+         "--dynamo_backend=no", f"--main_process_port={_free_port()}", "-m",
+         "bridges.generate", *args],
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "process 1/2" in r.stderr and "process 0/2" in r.stderr
