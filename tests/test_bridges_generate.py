@@ -17,8 +17,17 @@ from bridges import arc2face, generate
 from tests import bridges_models
 from tests.conftest import REPO, cli_env
 
-torch.set_num_threads(1)
 BETA = 0.005
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The CLIs run with --threads=1; the in-process model checks do the same (bits are
+    reproducible at a fixed thread count), and the shared machine is not oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
