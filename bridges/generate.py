@@ -24,8 +24,10 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -250,6 +252,10 @@ def run(fv, *, log=None) -> dict:
     proc = _Process(cpu=fv.device == "cpu" or not torch.cuda.is_available())
     device = torch.device(fv.device) if fv.device else proc.state.device
     dtype = arc2face.resolve_dtype(fv.dtype, device)
+    if device.type == "cuda":
+        # Same algorithms on every run (no autotuning race), so the same bits on one GPU.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     model = arc2face.load(fv.arc2face, fv.base_model, device=device, dtype=dtype)
     identity = {k: fv[k].value for k in PIXEL_FLAGS}
     # Model folders are not part of it (they may be mounted elsewhere on another node);
@@ -284,6 +290,8 @@ def run(fv, *, log=None) -> dict:
                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
     written, no_face, generated_seconds = 0, 0, 0.0
     t0 = time.perf_counter()
+    handle_term = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if handle_term else None
     try:
         for s in range(0, len(pending), tiles_per_step):
             for i, g in pending[s:s + tiles_per_step]:
@@ -301,6 +309,10 @@ def run(fv, *, log=None) -> dict:
         bar.close()
         log(f"interrupted after {written} images; re-run the same command to continue")
         raise
+    finally:
+        if handle_term:
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None
+                          else signal.SIG_DFL)
     bar.close()
     generated_seconds = time.perf_counter() - t0
 
@@ -350,6 +362,12 @@ def run(fv, *, log=None) -> dict:
     log(f"done: {written_total} images written, {len(in_range)} of {(end - start) * K} in "
         f"identities {start}:{end} -> {out}")
     return report
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM (SLURM's time limit, `kill`) ends the run like Ctrl-C: the image being
+    written is finished or not renamed, the next run continues."""
+    raise KeyboardInterrupt
 
 
 def _store(out: Path, i: int, k: int, rgb: np.ndarray, detector, *, keep_unaligned) -> bool:

@@ -106,6 +106,7 @@ def text_encoder_config(vocab_size: int):
     return CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=WIDTH,
+        hidden_act="quick_gelu",
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
 
 
@@ -138,9 +139,20 @@ def save_encoder_like_transformers_4(encoder, folder: Path) -> None:
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    config = encoder.config.to_dict()
-    config["architectures"] = ["CLIPTextModelWrapper"]
-    config["transformers_version"] = "4.38.2"
+    c = encoder.config
+    # The keys a transformers 4.x CLIPTextConfig wrote (`torch_dtype`, not 5.x's `dtype`).
+    config = {
+        "_name_or_path": "runwayml/stable-diffusion-v1-5",
+        "architectures": ["CLIPTextModelWrapper"], "model_type": "clip_text_model",
+        "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": c.hidden_act,
+        "hidden_size": c.hidden_size, "initializer_factor": 1.0, "initializer_range": 0.02,
+        "intermediate_size": c.intermediate_size, "layer_norm_eps": c.layer_norm_eps,
+        "max_position_embeddings": c.max_position_embeddings,
+        "num_attention_heads": c.num_attention_heads,
+        "num_hidden_layers": c.num_hidden_layers, "projection_dim": c.projection_dim,
+        "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id, "vocab_size": c.vocab_size,
+        "torch_dtype": "float32", "transformers_version": "4.38.2"}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     state = {f"text_model.{k}": v.clone() for k, v in encoder.state_dict().items()}
     torch.save(state, folder / "pytorch_model.bin")

@@ -17,8 +17,17 @@ from bridges import arc2face, generate
 from tests import bridges_models
 from tests.conftest import REPO, cli_env
 
-torch.set_num_threads(1)
 BETA = 0.005
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The CLIs run with --threads=1; the in-process model checks do the same (bits are
+    reproducible at a fixed thread count), and the shared machine is not oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +128,18 @@ def test_encoder_saved_by_transformers_4_loads_with_its_weights(models, model):
         assert torch.equal(loaded[key.removeprefix("text_model.")], value), key
     assert json.loads((Path(models["arc2face"]) / "encoder" / "config.json").read_text())[
         "architectures"] == ["CLIPTextModelWrapper"]
+
+
+def test_encoder_resaved_by_transformers_5_gives_the_same_conditioning(models, model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "a2f5"
+    shutil.copytree(models["arc2face"], folder, ignore=shutil.ignore_patterns("encoder"))
+    model.text_encoder.save_pretrained(folder / "encoder")  # model.safetensors, no prefix
+    assert (folder / "encoder" / "model.safetensors").exists()
+    again = arc2face.load(folder, models["base"])
+    e = np.eye(512, dtype=np.float32)[:2]
+    assert torch.equal(arc2face.prompt_embeds(again, e), arc2face.prompt_embeds(model, e))
 
 
 def test_our_sampling_loop_is_diffusers_stable_diffusion_pipeline(model):
@@ -281,13 +302,22 @@ def test_kill_and_resume_is_bitwise_identical(models, reference_run, tmp_path):
     assert report["written_this_run"] == 15 - len(first)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_write_the_same_files_as_one(models, reference_run, tmp_path):
     out = tmp_path / "two"
     args = _args(models, out, "--batch_size=2", f"--recognizer={models['recognizer']}")[1:]
     r = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
          "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
-         "--dynamo_backend=no", "--main_process_port=29517", "-m", "bridges.generate", *args],
+         "--dynamo_backend=no", f"--main_process_port={_free_port()}", "-m",
+         "bridges.generate", *args],
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "process 1/2" in r.stderr and "process 0/2" in r.stderr
@@ -341,12 +371,18 @@ def _bad_cases(models, tmp: Path):
     nan = refs.copy()
     nan[2, 5] = np.nan
     np.save(tmp / "nan.npy", nan)
+    zero = refs.copy()
+    zero[1] = 0
+    np.save(tmp / "zero.npy", zero)
+    (tmp / "garbage.npy").write_bytes(b"not numpy")
     return [
         ([f"--arc2face={tmp / 'nowhere'}"], "--arc2face folder not found"),
         ([f"--base_model={tmp / 'nowhere'}"], "--base_model folder not found"),
         ([f"--references={tmp / 'd256.npy'}"], "dimension 256"),
         ([f"--references={tmp / 'nan.npy'}"], "NaN"),
         ([f"--references={tmp / 'missing.npy'}"], "not found"),
+        ([f"--references={tmp / 'zero.npy'}"], "zero vector in row 1"),
+        ([f"--references={tmp / 'garbage.npy'}"], "not a readable .npy"),
         (["--identities=3:9"], "--identities=3:9: out of range"),
         (["--identities=4:2"], "out of range"),
         (["--identities=abc"], "expected START:END"),
