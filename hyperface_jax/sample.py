@@ -106,7 +106,8 @@ def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
     alpha = c.alpha if gallery is not None else 0.0
     g = None if gallery is None else jax.numpy.asarray(gallery)
     figures = metrics.to_python(metrics.packing_figures(
-        jax.numpy.asarray(x), g, alpha=alpha, reduce=c.packing_reduce, tile_size=c.tile_size))
+        jax.numpy.asarray(x), g, alpha=alpha, reduce=c.packing_reduce,
+        tile_size=pack.tile_size_of(c)))
     bound = bounds.bound_max_cos(n, d)
     report = {
         "method": method,
