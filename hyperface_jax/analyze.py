@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from hyperface_jax import quality
+from hyperface_jax import cli, quality
 from hyperface_jax.files import (
     InputError,
     _atomic_write,
@@ -355,28 +355,9 @@ def _plot(path: Path, report, genuine, impostor) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
     fv = flags.FlagValues()
     define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return 0
-    try:
-        rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
-    try:
-        analyze(fv)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return cli.run_main(argv, fv, analyze)
 
 
 if __name__ == "__main__":
