@@ -58,13 +58,29 @@ class PackConfig:
                               "(objective max, reduce max) at --polish_learning_rate.")
     polish_learning_rate: float = _f(1e-4, "Constant learning rate of the polishing steps.")
     seed: int = _f(0, "PRNG seed for the initialisation and the mini-batch order.")
-    tile_size: int = _f(1024, "Rows per tile of the blockwise nearest-neighbour search "
-                              "(memory ~ tile_size x max(n, m) floats).")
+    tile_size: int = _f(0, "Rows per tile of the blockwise nearest-neighbour search "
+                           "(memory ~ tile_size x max(n, m) floats); 0: by backend (CPU "
+                           "1024, GPU/TPU 4096).")
+    matmul_precision: str = _f("highest", "Precision of the solver's similarity matmuls: "
+                                          "highest, high, default (XLA precisions; on "
+                                          "TPU/GPU the lower ones use bf16/tf32 passes), "
+                                          "or bfloat16 (bf16 inputs, exact float32 value "
+                                          "of each chosen pair). Reported figures are "
+                                          "always exact float32.")
+    neighbor_list_size: int = _f(0, "Approximation, off by default (0: exact search every "
+                                    "step). K > 0: each row's loss looks only at its K "
+                                    "nearest partners, found exactly every "
+                                    "--neighbor_refresh_every steps; report.json audits "
+                                    "how often a true nearest partner had left a list. "
+                                    "Full batch only.")
+    gallery_list_size: int = _f(4, "With neighbour lists: gallery rows kept per identity.")
+    neighbor_refresh_every: int = _f(20, "With neighbour lists: steps between exact rebuilds.")
     b1: float | None = _f(None, "Optimizer hyper-parameter b1 (adam family, lion); optax "
                                 "default if unset.")
     b2: float | None = _f(None, "Optimizer hyper-parameter b2; optax default if unset.")
     eps: float | None = _f(None, "Optimizer epsilon; optax default if unset.")
-    weight_decay: float | None = _f(None, "Weight decay (adamw, lamb, lion); optax default if unset.")
+    weight_decay: float | None = _f(None, "Weight decay (adamw, lamb, lion); optax default "
+                                          "if unset.")
     momentum: float | None = _f(None, "Momentum (sgd, rmsprop); optax default if unset.")
     nesterov: bool | None = _f(None, "Nesterov momentum (sgd, rmsprop).")
     decay: float | None = _f(None, "Decay of the squared-gradient average (rmsprop).")
@@ -72,6 +88,15 @@ class PackConfig:
     max_to_keep: int = _f(3, "Checkpoints kept on disk.")
     log_every: int = _f(50, "Steps between exact figures (logged, plotted, in report.json).")
     progress: bool = _f(True, "Show a progress bar.")
+    # Placement (docs/sharding.md): where the run executes, not what it computes.
+    devices: str = _f("all", "Devices to shard the references over: 'all' or a count. One "
+                             "device runs the single-device solver.")
+    coordinator_address: str = _f("", "Multi-host: host:port of process 0's coordinator "
+                                      "(jax.distributed.initialize); empty: one process.")
+    num_processes: int = _f(0, "Multi-host: number of processes (with --coordinator_address).")
+    process_id: int = _f(-1, "Multi-host: this process's index in [0, --num_processes).")
+    distributed: bool = _f(False, "Multi-host without the three flags above: let JAX detect the "
+                                  "cluster (TPU pod slice, SLURM, Open MPI, Kubernetes).")
     # Names of the fields the user set explicitly (CLI flags present or keyword arguments);
     # used to detect conflicts such as --dim against the gallery's dimension.
     explicit: frozenset = field(default=frozenset(), metadata={"flag": False})

@@ -21,7 +21,18 @@ import optax
 from absl import flags
 from tqdm import tqdm
 
-from hyperface_jax import bounds, checkpoint, metrics, optimizers, plots, solver
+from hyperface_jax import (
+    bounds,
+    checkpoint,
+    cli,
+    metrics,
+    neighbor_lists,
+    neighbors,
+    optimizers,
+    plots,
+    sharding,
+    solver,
+)
 from hyperface_jax.config import PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, save_embeddings, save_json
 from hyperface_jax.problem import build_problem
@@ -51,7 +62,13 @@ def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig
         temperature_start=c.temperature_start, temperature_end=c.temperature_end,
         anneal_steps=c.anneal_steps or c.steps,
         batch_size=c.batch_size, minibatch_update=c.minibatch_update,
-        project_gradient=c.project_gradient, tile_size=c.tile_size)
+        project_gradient=c.project_gradient, tile_size=tile_size_of(c),
+        precision=c.matmul_precision, neighbor_list_size=c.neighbor_list_size,
+        gallery_list_size=c.gallery_list_size, neighbor_refresh_every=c.neighbor_refresh_every)
+
+
+def tile_size_of(c: PackConfig) -> int:
+    return c.tile_size or neighbors.default_tile_size()
 
 
 def _next_boundary(step: int, c: PackConfig) -> int:
@@ -85,17 +102,19 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def _initial_state(problem, optimizer):
+def _initial_state(problem, optimizer, config):
+    gallery = None if problem.gallery is None else jnp.asarray(problem.gallery)
+    init = partial(solver.init_state, optimizer=optimizer, key=problem.batch_key,
+                   gallery=gallery, config=config)
     if problem.restarts == 1:
-        return solver.init_state(problem.init, optimizer, problem.batch_key)
-    return jax.vmap(solver.init_state, in_axes=(0, None, None))(
-        jnp.asarray(problem.inits), optimizer, problem.batch_key)
+        return jax.jit(init)(problem.init)
+    return jax.jit(jax.vmap(init))(jnp.asarray(problem.inits))
 
 
 def _make_figures(c: PackConfig, restarts: int):
     """`figures(embeddings, gallery) -> (dict of floats, index of the best restart)`."""
     one = partial(metrics.packing_figures, alpha=c.alpha, reduce=c.packing_reduce,
-                  tile_size=c.tile_size)
+                  tile_size=tile_size_of(c))
     if restarts == 1:
         fn = jax.jit(one)
         return lambda x, g: (metrics.to_python(fn(x, g)), 0)
@@ -112,12 +131,20 @@ def run(c: PackConfig, *, log=None) -> dict:
     """Run (or resume) a packing job; returns the report that is also written to disk."""
     started = time.time()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    sharding.initialize_distributed(c)  # sharding: before any JAX computation
+    writer = sharding.is_writer()  # sharding: process 0 alone writes outputs
+    if not writer:
+        log = lambda msg: None
     problem = build_problem(c)
     optimizer = build_optimizer(c)
     config = solver_config(c)
     n, d, restarts = problem.n, problem.d, problem.restarts
     total_steps = c.steps + c.polish_steps
-    state = _initial_state(problem, optimizer)
+    state = _initial_state(problem, optimizer, config)
+    mesh = sharding.make_mesh(c.devices)  # sharding: None means the single-device path
+    if mesh is not None:
+        sharding.check_compatible(c, n, restarts, mesh)
+        state = sharding.put_state(state, mesh)
     if not solver.is_full_batch(config, n) and c.minibatch_update == "sparse":
         try:
             solver.check_sparse_compatible(optimizer.init(problem.init), (n, d))
@@ -125,7 +152,8 @@ def run(c: PackConfig, *, log=None) -> dict:
             raise InputError(f"--optimizer={c.optimizer}: {e}") from None
     polish_optimizer = build_optimizer(c, polish=True) if c.polish_steps else None
 
-    identity = {k: v for k, v in c.flag_values().items() if k not in RUN_LENGTH_FLAGS}
+    placement = RUN_LENGTH_FLAGS + sharding.PLACEMENT_FLAGS  # sharding: not part of the run
+    identity = {k: v for k, v in c.flag_values().items() if k not in placement}
     identity.update(n=n, d=d, **problem.fingerprint())
     out = Path(c.out_dir)
     checkpoint.check_same_run(out / "checkpoints", identity)
@@ -133,7 +161,8 @@ def run(c: PackConfig, *, log=None) -> dict:
     # Inputs are valid: from here on, files are written.
     out.mkdir(parents=True, exist_ok=True)
     manager = checkpoint.open_manager(out / "checkpoints", max_to_keep=c.max_to_keep)
-    checkpoint.record_run(out / "checkpoints", identity)
+    if writer:
+        checkpoint.record_run(out / "checkpoints", identity)
     restored = checkpoint.restore_latest(manager, state)
     if restored is not None:
         state = restored
@@ -146,20 +175,30 @@ def run(c: PackConfig, *, log=None) -> dict:
         log(f"resuming from the checkpoint at step {step} in {out / 'checkpoints'}")
 
     gallery = None if problem.gallery is None else jnp.asarray(problem.gallery)
+    m = 0 if gallery is None else int(gallery.shape[0])
+    if mesh is not None:  # sharding: split by rows, padded to a multiple of the mesh size
+        gallery = sharding.put_gallery(problem.gallery, mesh)
     figures_of = _make_figures(c, restarts)
     history_path = out / "history.jsonl"
     history = _read_history(history_path, step)
     stepped_before = history[-1]["seconds"] if history else 0.0
-    save_json_lines(history_path, history)
+    sharding.barrier("history read")  # sharding: every process read it before it changes
+    if writer:
+        save_json_lines(history_path, history)
+
+    def make_runner(optimizer, config):
+        if mesh is None:
+            return solver.make_runner(optimizer, config, n, restarts=restarts)
+        return sharding.make_runner(optimizer, config, n, mesh,
+                                    sharding.state_shardings(state, mesh))
 
     t = time.perf_counter()
     no_steps = jnp.int32(0)
-    run_main = solver.make_runner(optimizer, config, n, restarts=restarts).lower(
+    run_main = make_runner(optimizer, config).lower(
         state, gallery, no_steps).compile()
     run_polish = None
     if polish_optimizer is not None:
-        run_polish = solver.make_runner(
-            polish_optimizer, solver_config(c, polish=True), n, restarts=restarts).lower(
+        run_polish = make_runner(polish_optimizer, solver_config(c, polish=True)).lower(
             state, gallery, no_steps).compile()
     compile_seconds = time.perf_counter() - t
 
@@ -169,14 +208,15 @@ def run(c: PackConfig, *, log=None) -> dict:
         if restarts > 1:
             entry["restart"] = best
         history.append(entry)
-        with open(history_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        if writer:
+            with open(history_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
         return entry
 
     if not history:
         record(state, 0.0)
     first = history[-1]
-    log(f"n={n} d={d} m={0 if gallery is None else gallery.shape[0]} "
+    log(f"n={n} d={d} m={m} "
         f"{'full batch' if solver.is_full_batch(config, n) else f'batch {c.batch_size}'} "
         f"objective={c.objective} restarts={restarts} "
         f"backend={jax.default_backend()} devices={jax.device_count()} "
@@ -185,7 +225,7 @@ def run(c: PackConfig, *, log=None) -> dict:
     stepping = 0.0
     steps_run = 0
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
-    bar = tqdm(total=total_steps, initial=step, disable=not c.progress, unit="step",
+    bar = tqdm(total=total_steps, initial=step, disable=not (c.progress and writer), unit="step",
                dynamic_ncols=True, file=sys.stderr)
     try:
         while step < total_steps:
@@ -225,6 +265,8 @@ def run(c: PackConfig, *, log=None) -> dict:
     final = {k: v for k, v in history[-1].items() if k not in ("step", "seconds", "restart")}
     best = history[-1].get("restart", 0)
     embeddings = state.embeddings if restarts == 1 else state.embeddings[best]
+    if mesh is not None:
+        embeddings = sharding.to_host(embeddings)  # a collective: every process calls it
     bound = bounds.bound_max_cos(n, d)
     report = {
         "figures": final,
@@ -232,14 +274,17 @@ def run(c: PackConfig, *, log=None) -> dict:
                             if k not in ("step", "seconds", "restart")},
         "bound_max_cos": bound,
         "gap_to_bound": final["max_cos"] - bound,
-        "n": n, "d": d, "m": 0 if gallery is None else int(gallery.shape[0]),
+        "n": n, "d": d, "m": m,
         "steps": step,
         "restart_kept": best if restarts > 1 else None,
+        "neighbor_list_audit": (None if state.lists is None else neighbor_lists.audit(
+            state.lists if restarts == 1 else jax.tree.map(lambda a: a[best], state.lists))),
         "resumed_from_step": resumed_from,
         "flags": c.flag_values(),
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
+        "sharded_over_devices": 1 if mesh is None else mesh.size,
         "devices": [str(dev) for dev in jax.devices()],
         "wall_seconds": round(time.time() - started, 3),
         "compile_seconds": round(compile_seconds, 3),
@@ -247,6 +292,8 @@ def run(c: PackConfig, *, log=None) -> dict:
         "stepping_seconds_total": round(stepped_before + stepping, 3),
         "history": history,
     }
+    if not writer:
+        return report
     save_embeddings(out / "embeddings.npy", np.asarray(embeddings))
     save_json(out / "report.json", report)
     plots.packing_curves(history, out / "curves.png",
@@ -273,27 +320,7 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    fv = make_flag_values()
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return 0
-    try:
-        rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
-    try:
-        run(config_from_flags(fv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return cli.run_main(argv, make_flag_values(), lambda fv: run(config_from_flags(fv)))
 
 
 if __name__ == "__main__":

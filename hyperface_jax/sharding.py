@@ -1,0 +1,383 @@
+"""Packing on many devices and hosts: references sharded by rows over a one-axis `Mesh`.
+
+Layout. The references X (n x d), every optimizer-state leaf shaped like X, and the
+gallery G (m x d) are split by rows over all devices of the mesh (axis ``"rows"``); each
+device holds n/D rows of X and m/D rows of G. The PRNG key, the step and scalar optimizer
+state are replicated. Nothing of size n x n, n x d or m x d is ever materialised on one
+device during a step: the largest per-device buffer is a similarity tile of
+min(tile_size, n/D) x n/D (docs/sharding.md has the measured figures).
+
+Nearest neighbours by a ring. Each device searches its own rows against its own block, then
+passes the block to the next device (`lax.ppermute`) D - 1 times, keeping the running
+maximum, its global index and the partner vector itself. The backward pass of
+``max_j <x_i, x_j>`` is ``x_j*`` for row i (the partner vector kept by the forward pass)
+plus ``x_i`` scattered onto row j*, which may live on another device: the contributions
+travel once more round the ring and each device adds those that land in its rows. Work per
+device is O(n^2 d / D), traffic O(n d) per step; the same code serves the gallery term.
+
+Mini-batch mode (paper Algorithm 2) samples the same rows as one device does
+(`solver.batch_indices` is a pure function of (key, step)): every device fetches the batch
+rows it owns, a `psum` assembles the B x d batch everywhere, each device takes its B/D
+slice and runs the ring above on the batch, the gradient slices are gathered, and the
+optimizer update of the batch rows (O(B d)) runs on every device before each writes back
+the rows it owns. The update of the full arrays (full batch, or the dense mini-batch
+update) runs outside `shard_map`, under `jit`'s automatic partitioning, so every optax
+optimizer keeps its global semantics (e.g. whole-array norms in lamb).
+
+Why `jax.shard_map` and not `jax.pmap`: pmap gives each device a separate program with a
+leading device axis, needs the state reshaped to (D, n/D, d), and does not compose with
+`jit`-partitioned code or with multi-host global arrays as directly; shard_map is one
+`jit` program over global arrays whose shardings orbax saves and restores on any device
+count, and it leaves the non-local parts (optimizer update, figures) to XLA's partitioner.
+
+Multi-host: `initialize_distributed` calls `jax.distributed.initialize` from the flags or
+the cluster's environment (TPU pods, SLURM, Open MPI, ...); every process runs the same
+command and the mesh spans all processes' devices.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from hyperface_jax import neighbors, objective, solver, sphere
+from hyperface_jax.files import InputError
+
+AXIS = "rows"
+# Flags that choose where a run executes, not what it computes: a checkpoint written with
+# one setting resumes with another.
+PLACEMENT_FLAGS = ("devices", "coordinator_address", "num_processes", "process_id",
+                   "distributed")
+SUPPORTED_OBJECTIVES = ("max",)
+
+
+# Processes and devices --------------------------------------------------------------------
+
+def initialize_distributed(c) -> None:
+    """Join a multi-process run when the flags (or --distributed) ask for one.
+
+    Must run before anything touches a JAX backend. Explicit: --coordinator_address with
+    --num_processes and --process_id. Automatic: --distributed alone lets JAX read the
+    cluster's environment (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes).
+    """
+    if not (c.coordinator_address or c.distributed):
+        if c.num_processes or c.process_id >= 0:
+            raise InputError("--num_processes/--process_id need --coordinator_address "
+                             "(or --distributed for cluster auto-detection)")
+        return
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if c.coordinator_address:
+        if c.num_processes < 1 or not 0 <= c.process_id < c.num_processes:
+            raise InputError(
+                f"--coordinator_address={c.coordinator_address} needs --num_processes >= 1 and "
+                f"0 <= --process_id < --num_processes, got {c.num_processes} and {c.process_id}")
+        kwargs = dict(coordinator_address=c.coordinator_address,
+                      num_processes=c.num_processes, process_id=c.process_id)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"could not join the multi-process run ({first[:200]})") from None
+
+
+def make_mesh(devices: str) -> Mesh | None:
+    """The one-axis mesh for --devices ('all' or a count); None for the single-device path.
+
+    With one device the existing single-device solver runs (docs/sharding.md: the same
+    numbers, measured faster than the ring on a mesh of one).
+    """
+    available = jax.devices()
+    if devices == "all":
+        count = len(available)
+    else:
+        try:
+            count = int(devices)
+        except ValueError:
+            raise InputError(f"--devices must be 'all' or a positive count, got {devices!r}")\
+                from None
+        if not 1 <= count <= len(available):
+            raise InputError(f"--devices={count} but {len(available)} device(s) are available "
+                             f"({jax.default_backend()}); pass --devices=all or a smaller count")
+        if jax.process_count() > 1 and count != len(available):
+            raise InputError(f"--devices={count} in a run of {jax.process_count()} processes; "
+                             "multi-process runs use every device: pass --devices=all")
+    if count == 1 and jax.process_count() == 1:
+        return None
+    return Mesh(np.asarray(available[:count]), (AXIS,))
+
+
+def is_writer() -> bool:
+    """Process 0 alone writes outputs (every process takes part in checkpoints)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait for every process (no-op in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def check_compatible(c, n: int, restarts: int, mesh: Mesh) -> None:
+    """Options the sharded solver does not support, refused with the fix."""
+    size = mesh.size
+    if restarts > 1:
+        raise InputError(f"--restarts={restarts} is not supported on {size} devices; "
+                         "pass --restarts=1 or --devices=1")
+    for name, value in (("objective", c.objective),):
+        if value not in SUPPORTED_OBJECTIVES:
+            raise InputError(f"--{name}={value} is not supported on {size} devices yet; "
+                             f"pass --{name}=max or --devices=1")
+    if c.neighbor_list_size:
+        raise InputError(f"--neighbor_list_size is not supported on {size} devices yet; "
+                         "pass --neighbor_list_size=0 or --devices=1")
+    if n % size:
+        raise InputError(
+            f"n={n} identities do not split evenly over {size} devices; choose "
+            f"--num_identities divisible by {size} or --devices dividing {n}")
+    if c.batch_size not in (0, n) and c.batch_size % size:
+        raise InputError(
+            f"--batch_size={c.batch_size} does not split evenly over {size} devices; choose a "
+            f"multiple of {size} (e.g. {c.batch_size // size * size or size})")
+
+
+# Placement --------------------------------------------------------------------------------
+
+def rows_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def state_shardings(state, mesh: Mesh):
+    """Leaves shaped like the embeddings are split by rows; the rest is replicated."""
+    shape = jnp.shape(state.embeddings)
+    return jax.tree.map(
+        lambda a: rows_sharding(mesh) if jnp.shape(a) == shape else replicated(mesh), state)
+
+
+def _put(array, sharding):
+    host = np.asarray(array)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put_state(state, mesh: Mesh):
+    """A host-side (or single-device) state placed on the mesh; every process passes the same
+    values (they are pure functions of the seed and the input files)."""
+    return jax.tree.map(_put, state, state_shardings(state, mesh))
+
+
+def put_gallery(gallery, mesh: Mesh):
+    """The gallery split by rows, padded to a multiple of the device count with copies of its
+    first row (a duplicate never changes a nearest-neighbour value)."""
+    if gallery is None:
+        return None
+    gallery = np.asarray(gallery, np.float32)
+    pad = -gallery.shape[0] % mesh.size
+    if pad:
+        gallery = np.concatenate([gallery, np.repeat(gallery[:1], pad, axis=0)])
+    return _put(gallery, rows_sharding(mesh))
+
+
+def to_host(array) -> np.ndarray:
+    """The full array on every process (a collective: all processes must call it)."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(array))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+# The ring ---------------------------------------------------------------------------------
+
+def _shift(a, size: int):
+    """Device i sends `a` to device i + 1 (mod size)."""
+    return lax.ppermute(a, AXIS, [(i, (i + 1) % size) for i in range(size)])
+
+
+def _ring_search(x, y, exclude_self, size, tile_size, precision):
+    """For each local row of x: the largest <x_i, y_j> over the rows of y on every device,
+    its global row index and the row y_j itself. Ties go to the lowest global index, as
+    `jnp.argmax` does on one device."""
+    me = lax.axis_index(AXIS)
+    rows = y.shape[0]
+    v, j = neighbors.nearest_neighbors(x, y, exclude_self=exclude_self, tile_size=tile_size,
+                                       precision=precision)
+    first = (y, v, me * rows + j, y[j])
+
+    def visit(k, carry):
+        block, best, best_index, best_vector = carry
+        block = _shift(block, size)
+        v, j = neighbors.nearest_neighbors(x, block, tile_size=tile_size, precision=precision)
+        index = ((me - k) % size) * rows + j
+        better = (v > best) | ((v == best) & (index < best_index))
+        return (block, jnp.where(better, v, best), jnp.where(better, index, best_index),
+                jnp.where(better[:, None], block[j], best_vector))
+
+    _, v, index, vector = lax.fori_loop(1, size, visit, first)
+    return v, index, vector
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def ring_nearest(x, y, exclude_self, size, tile_size, precision):
+    """``(max_j <x_i, y_j>, global argmax)`` for the local rows of x against the rows of y on
+    all `size` devices of the mesh axis (inside `shard_map`); differentiable in x and y.
+    With ``exclude_self``, y is x and row i never matches itself."""
+    v, index, _ = _ring_search(x, y, exclude_self, size, tile_size, precision)
+    return v, index
+
+
+def _ring_fwd(x, y, exclude_self, size, tile_size, precision):
+    v, index, vector = _ring_search(x, y, exclude_self, size, tile_size, precision)
+    return (v, index), (x, y, index, vector)
+
+
+def _ring_bwd(exclude_self, size, tile_size, precision, residuals, cotangents):
+    x, y, index, vector = residuals
+    g = cotangents[0][:, None].astype(x.dtype)
+    rows = y.shape[0]
+    me = lax.axis_index(AXIS)
+
+    def deliver(_, carry):
+        contribution, target, dy = carry
+        local = target - me * rows
+        local = jnp.where((local >= 0) & (local < rows), local, rows)  # `rows`: dropped
+        dy = dy.at[local].add(contribution, mode="drop")
+        return _shift(contribution, size), _shift(target, size), dy
+
+    _, _, dy = lax.fori_loop(0, size, deliver, (g * x, index, jnp.zeros_like(y)))
+    return g * vector, dy
+
+
+ring_nearest.defvjp(_ring_fwd, _ring_bwd)
+
+
+def _local_loss_and_grad(x, gallery, total_rows, config, size):
+    """Inside shard_map: the HyperFace loss of all rows (replicated) and its gradient for the
+    local rows `x`."""
+
+    def loss(x):
+        v, _ = ring_nearest(x, x, True, size, config.tile_size, config.precision)
+        if config.reduce == "mean":
+            packing = lax.psum(jnp.sum(v), AXIS) / total_rows
+        else:
+            packing = jnp.max(lax.all_gather(jnp.max(v), AXIS))
+        if gallery is None:
+            regulariser = jnp.zeros((), x.dtype)
+        else:
+            near, _ = ring_nearest(x, gallery, False, size, config.tile_size, config.precision)
+            regulariser = lax.psum(jnp.sum(1.0 - near), AXIS) / total_rows
+        total = packing + config.alpha * regulariser
+        return total, objective.LossTerms(total, packing, regulariser)
+
+    (_, terms), g = jax.value_and_grad(loss, has_aux=True)(x)
+    if config.project_gradient:
+        g = sphere.tangent_component(g, x)
+    return terms, g
+
+
+def _owned(rows, local_rows):
+    """Local positions of the global `rows` this device holds; `local_rows` where it does not."""
+    local = rows - lax.axis_index(AXIS) * local_rows
+    return jnp.where((local >= 0) & (local < local_rows), local, local_rows)
+
+
+# Steps ------------------------------------------------------------------------------------
+
+def make_step(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh):
+    """`step(state, gallery) -> (state, LossTerms)` on row-sharded state and gallery, the same
+    mathematics as `solver.make_step` (pure, not yet jitted)."""
+    if config.minibatch_update not in solver.MINIBATCH_UPDATES:
+        raise ValueError(f"unknown --minibatch_update {config.minibatch_update!r}")
+    if config.objective not in SUPPORTED_OBJECTIVES:
+        raise ValueError(f"objective {config.objective!r} is not supported on several devices")
+    size = mesh.size
+    full = solver.is_full_batch(config, n)
+    local_rows = n // size
+    smap = partial(jax.shard_map, mesh=mesh)
+
+    def full_loss_and_grad(x, gallery):
+        body = partial(_local_loss_and_grad, total_rows=n, config=config, size=size)
+        specs = (P(AXIS), None if gallery is None else P(AXIS))
+        return smap(body, in_specs=specs, out_specs=(P(), P(AXIS)))(x, gallery)
+
+    def batch_loss_and_grad(x, rows, gallery):
+        """The batch rows (replicated, B x d), their loss and gradient (split by rows)."""
+        batch = rows.shape[0]
+        block = batch // size
+
+        def body(x, rows, gallery):
+            at = _owned(rows, local_rows)
+            mine = jnp.where((at < local_rows)[:, None], x[jnp.minimum(at, local_rows - 1)], 0)
+            xb = lax.psum(mine, AXIS)  # exactly the batch rows: one owner each, others add 0
+            part = lax.dynamic_slice_in_dim(xb, lax.axis_index(AXIS) * block, block)
+            terms, g = _local_loss_and_grad(part, gallery, batch, config, size)
+            return terms, xb, g
+
+        specs = (P(AXIS), P(), None if gallery is None else P(AXIS))
+        return smap(body, in_specs=specs, out_specs=(P(), P(), P(AXIS)))(x, rows, gallery)
+
+    def take_rows(a, rows):
+        def body(a, rows):
+            at = _owned(rows, local_rows)
+            mine = jnp.where((at < local_rows)[:, None], a[jnp.minimum(at, local_rows - 1)], 0)
+            return lax.psum(mine, AXIS)
+        return smap(body, in_specs=(P(AXIS), P()), out_specs=P())(a, rows)
+
+    def put_rows(a, rows, values):
+        def body(a, rows, values):
+            return a.at[_owned(rows, local_rows)].set(values, mode="drop")
+        return smap(body, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS))(a, rows, values)
+
+    def apply(x, g, opt_state):
+        updates, opt_state = optimizer.update(g, opt_state, x)
+        return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
+
+    def step(state: solver.SolverState, gallery):
+        x = state.embeddings
+        shape = x.shape
+        if full:
+            terms, g = full_loss_and_grad(x, gallery)
+            x, opt_state = apply(x, g, state.opt_state)
+        else:
+            rows = solver.batch_indices(state.key, state.step, n, config.batch_size)
+            terms, xb, g_rows = batch_loss_and_grad(x, rows, gallery)
+            if config.minibatch_update == "dense":
+                g = put_rows(jnp.zeros_like(x), rows, g_rows)
+                x, opt_state = apply(x, g, state.opt_state)
+            else:
+                is_row = partial(solver._is_row_leaf, shape=shape)
+                row_state = jax.tree.map(
+                    lambda a: take_rows(a, rows) if is_row(a) else a, state.opt_state)
+                new_rows, row_state = apply(xb, g_rows, row_state)
+                x = put_rows(x, rows, new_rows)
+                opt_state = jax.tree.map(
+                    lambda a, b: put_rows(a, rows, b) if is_row(a) else b,
+                    state.opt_state, row_state)
+        return state.replace(embeddings=x, opt_state=opt_state, step=state.step + 1), terms
+
+    return step
+
+
+def make_runner(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh, shardings):
+    """`run(state, gallery, num_steps) -> (state, LossTerms)`, jitted, like
+    `solver.make_runner`; `shardings` (from `state_shardings`) pins the output layout."""
+    step = make_step(optimizer, config, n, mesh)
+
+    def run(state, gallery, num_steps):
+        zero = jnp.zeros((), state.embeddings.dtype)
+        terms = objective.LossTerms(zero, zero, zero)
+        return lax.fori_loop(0, num_steps, lambda _, c: step(c[0], gallery), (state, terms))
+
+    terms_sharding = objective.LossTerms(*[replicated(mesh)] * 3)
+    return jax.jit(run, out_shardings=(shardings, terms_sharding))
