@@ -11,7 +11,7 @@ import sys
 from absl import flags
 
 from bridges.recognition.config import config_from_flags, define_flags
-from hyperface_jax.files import InputError
+from hyperface_jax import cli
 
 
 def make_flag_values() -> flags.FlagValues:
@@ -29,29 +29,12 @@ def input_error_line(e: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    fv = make_flag_values()
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return 0
-    try:
-        rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
-    from bridges.recognition.train import run
+    def job(fv):
+        from bridges.recognition.train import run
 
-    try:
         run(config_from_flags(fv))
-    except InputError as e:
-        print(f"error: {input_error_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    return cli.run_main(argv, make_flag_values(), job, describe=input_error_line)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ do not depend on the number of processes. Only rank 0 writes files.
 import csv
 import io
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,6 +210,10 @@ def run(c: TrainConfig, *, log=None) -> dict:
                unit="step", dynamic_ncols=True, file=sys.stderr)
     t0 = time.perf_counter()
     epoch = start_epoch
+    # SIGTERM ends the run like Ctrl-C (exit 130); finished epochs are checkpointed.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for epoch in range(start_epoch, c.epochs):
             if step >= total_steps:
@@ -262,6 +268,8 @@ def run(c: TrainConfig, *, log=None) -> dict:
                 _write_outputs(out, c, trainee, step_rows, epoch_rows)
     finally:
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     report = {}
     if rank == 0:
         report = _write_outputs(out, c, trainee, step_rows, epoch_rows, final=True,
@@ -275,6 +283,10 @@ def run(c: TrainConfig, *, log=None) -> dict:
     if distributed.is_distributed():
         torch.distributed.barrier()
     return report
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _load_checkpoint(path: Path) -> dict:
