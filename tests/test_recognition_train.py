@@ -210,3 +210,61 @@ def test_process_slices_make_up_the_one_process_batches():
     assert len(one) == 6  # 50 // 8, the last partial batch dropped
     assert [a + b for a, b in zip(*halves, strict=True)] == one
     assert one != list(GlobalBatchSampler(50, 8, seed=3, epoch=2))  # reshuffled per epoch
+
+
+def _trainee(head):
+    from bridges.recognition.config import TrainConfig
+    from bridges.recognition.train import Trainee
+
+    torch.manual_seed(0)
+    return Trainee(TrainConfig(arch="ir18", width=8, input_size=32, embedding_size=16,
+                               head=head, groups=3), num_classes=5)
+
+
+def _gradients(trainee, x, y):
+    loss, _ = trainee(x, y)
+    loss.backward()
+    module = getattr(trainee, "module", trainee)
+    return {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+
+
+def _ddp_worker(rank, x, y, init_file, out_file):
+    import torch.distributed as dist
+
+    from bridges.recognition.distributed import convert_sync_batchnorm
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    half = len(x) // 2
+    grads = {}
+    for head in ("adaface", "groupface"):
+        net = torch.nn.parallel.DistributedDataParallel(convert_sync_batchnorm(_trainee(head)))
+        grads[head] = _gradients(net, x[rank * half:(rank + 1) * half],
+                                 y[rank * half:(rank + 1) * half])
+    if rank == 0:
+        torch.save(grads, out_file)
+    dist.destroy_process_group()
+
+
+def test_two_process_gradients_equal_the_one_process_gradients(tmp_path):
+    """The exact check behind the torchrun test: global-batch batch norm, AdaFace's norm
+    statistics and GroupFace's batch mean make the DDP gradient that of the full batch."""
+    import torch.multiprocessing as mp
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 5, (16,), generator=gen)
+    mp.spawn(_ddp_worker, args=(x, y, str(tmp_path / "rendezvous"), str(tmp_path / "g.pt")),
+             nprocs=2)
+    two = torch.load(tmp_path / "g.pt", weights_only=True)
+    for head in ("adaface", "groupface"):
+        one = _gradients(_trainee(head), x, y)
+        assert one.keys() == two[head].keys()
+        scale = max(g.abs().max().item() for g in one.values())
+        worst = max((one[k] - two[head][k]).abs().max().item() for k in one)
+        assert worst < 1e-5 * scale, (head, worst, scale)
+        # Per-process statistics (plain DDP: the mean of the two half-batch gradients)
+        # would be far off, so the tolerance above can tell the two apart.
+        halves = [_gradients(_trainee(head), x[i:i + 8], y[i:i + 8]) for i in (0, 8)]
+        local = max(((halves[0][k] + halves[1][k]) / 2 - one[k]).abs().max().item()
+                    for k in one)
+        assert local > 100 * 1e-5 * scale, (head, local, scale)
