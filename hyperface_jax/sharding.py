@@ -268,7 +268,10 @@ def _local_loss_and_grad(x, gallery, total_rows, config, size):
         if config.reduce == "mean":
             packing = lax.psum(jnp.sum(v), AXIS) / total_rows
         else:
-            packing = jnp.max(lax.all_gather(jnp.max(v), AXIS))
+            # The global maximum with jnp.max's gradient: shared equally by tied rows.
+            top = v == lax.pmax(lax.stop_gradient(jnp.max(v)), AXIS)
+            packing = lax.psum(jnp.sum(jnp.where(top, v, 0.0)), AXIS) / lax.psum(
+                jnp.sum(top), AXIS)
         if gallery is None:
             regulariser = jnp.zeros((), x.dtype)
         else:
