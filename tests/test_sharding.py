@@ -68,9 +68,12 @@ from hyperface_jax import optimizers, sharding, solver, sphere
 n, d = 48, 8
 x0 = sphere.random_unit_vectors(jax.random.PRNGKey(0), n, d)
 gallery = np.load({gallery!r})
+smooth = dict(temperature_start=1.0, temperature_end=100.0, anneal_steps={steps})
 settings = [dict(alpha=0.5), dict(alpha=0.5, reduce="max"),
             dict(alpha=0.5, batch_size=16), dict(alpha=0.5, batch_size=24,
-                                                 minibatch_update="dense")]
+                                                 minibatch_update="dense"),
+            dict(alpha=0.5, objective="logsumexp", **smooth),
+            dict(alpha=0.5, objective="riesz", reduce="max", batch_size=16, **smooth)]
 out, memory = {{}}, {{}}
 for i, s in enumerate(settings):
     opt = optimizers.make_optimizer("adam", optimizers.make_schedule(
@@ -79,7 +82,7 @@ for i, s in enumerate(settings):
     ref, _ = solver.make_runner(opt, config, n)(solver.init_state(x0, opt, 3),
                                                 jnp.asarray(gallery), {steps})
     out[f"ref{{i}}"] = np.asarray(ref.embeddings)
-    for count in ((1, 2, 4) if i == 0 else (2, 4)):
+    for count in {{0: (1, 2, 4), 1: (2, 4), 2: (2, 4), 3: (2, 4)}}.get(i, (4,)):
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:count]), (sharding.AXIS,))
         state = sharding.put_state(solver.init_state(x0, opt, 3), mesh)
         g = sharding.put_gallery(gallery, mesh)
@@ -102,9 +105,11 @@ def test_one_two_and_four_devices_match_the_single_device_solver_after_50_steps(
     r = _python(SOLVER_RUNS.format(gallery=str(gallery), steps=STEPS, out=str(out)), devices=4)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = np.load(out)
-    for i in range(4):  # full batch (mean, max), mini-batch (sparse, dense)
+    # Full batch (mean, max), mini-batch (sparse, dense), smooth objectives (logsumexp full
+    # batch, riesz mini-batch with the max reduction).
+    for i in range(6):
         ref = runs[f"ref{i}"]
-        for count in ((1, 2, 4) if i == 0 else (2, 4)):
+        for count in {0: (1, 2, 4), 1: (2, 4), 2: (2, 4), 3: (2, 4)}.get(i, (4,)):
             diff = np.abs(runs[f"mesh{count}_{i}"] - ref).max()
             assert diff < TOLERANCE, (i, count, diff)
     # Per-device memory of the compiled full-batch program falls as devices are added:
@@ -214,7 +219,7 @@ import sys
 from hyperface_jax import pack
 common = ["--dim=8", "--alpha=0", "--steps=2", "--progress=false"]
 cases = [["--num_identities=50"], ["--num_identities=48", "--batch_size=18"],
-         ["--num_identities=48", "--restarts=2"], ["--num_identities=48", "--objective=riesz"],
+         ["--num_identities=48", "--restarts=2"],
          ["--num_identities=48", "--devices=8"], ["--num_identities=48", "--devices=two"],
          ["--num_identities=48", "--num_processes=2"]]
 for i, case in enumerate(cases):
@@ -232,7 +237,6 @@ def test_unsupported_sharded_settings_exit_2_naming_the_fix(tmp_path):
         "do not split evenly over 4 devices; choose --num_identities divisible by 4",
         "--batch_size=18 does not split evenly over 4 devices; choose a multiple of 4",
         "--restarts=2 is not supported on 4 devices; pass --restarts=1 or --devices=1",
-        "--objective=riesz is not supported on 4 devices yet",
         "--devices=8 but 4 device(s) are available",
         "--devices must be 'all' or a positive count",
         "--num_processes/--process_id need --coordinator_address",
