@@ -160,6 +160,9 @@ def run(c: PackConfig, *, log=None) -> dict:
     if mesh is not None:  # sharding: split by rows, padded to a multiple of the mesh size
         gallery = sharding.put_gallery(problem.gallery, mesh)
     figures_of = _make_figures(c, restarts)
+    if mesh is not None:  # sharding: the exact searches on the ring
+        figures_of = sharding.make_figures(mesh, alpha=c.alpha, reduce=c.packing_reduce,
+                                           tile_size=c.tile_size)
     history_path = out / "history.jsonl"
     history = _read_history(history_path, step)
     stepped_before = history[-1]["seconds"] if history else 0.0

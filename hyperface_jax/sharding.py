@@ -464,6 +464,30 @@ def make_runner(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh, shar
     return jax.jit(run, out_shardings=(shardings, terms_sharding))
 
 
+def make_figures(mesh: Mesh, *, alpha: float, reduce: str, tile_size: int):
+    """`figures(embeddings, gallery) -> (dict of floats, 0)`, as pack's figures function:
+    `metrics.packing_figures` with the exact searches done on the ring (full float32
+    precision), so no device holds X or an n x n block for the figures either."""
+    from hyperface_jax import metrics
+
+    size = mesh.size
+    hi = lax.Precision.HIGHEST
+
+    def nearest(x, gallery):
+        nn, _, _ = _ring_search(x, x, True, size, tile_size, hi)
+        if gallery is None:
+            return nn, None
+        return nn, _ring_search(x, gallery, False, size, tile_size, hi)[0]
+
+    @jax.jit
+    def figures(x, gallery):
+        specs = P(AXIS), None if gallery is None else P(AXIS)
+        nn, near = jax.shard_map(nearest, mesh=mesh, in_specs=specs, out_specs=specs)(x, gallery)
+        return metrics.figures_from_nearest(nn, near, alpha=alpha, reduce=reduce)
+
+    return lambda x, gallery: (metrics.to_python(figures(x, gallery)), 0)
+
+
 _DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "f16": 2, "bf16": 2, "pred": 1, "s8": 1,
                 "u8": 1, "f64": 8, "s64": 8, "u64": 8}
 

@@ -146,24 +146,15 @@ finally:
 """
 
 
-# The mini-batch variant is slow-marked: its sharded step is covered on 2 and 4 devices by the
-# solver-level test above, and the multi-process machinery by the full-batch variant.
-@pytest.mark.parametrize("mode", [
-    [], pytest.param(["--batch_size=16"], marks=pytest.mark.slow)], ids=["full_batch", "minibatch"])
-def test_two_processes_of_two_devices_match_one_device_and_only_process_0_writes(
-        tmp_path, gallery, mode):
-    flags = [*COMMON, f"--gallery={gallery}", f"--steps={STEPS}", *mode]
-    single = tmp_path / "single"
-    assert pack.main(["pack", f"--out_dir={single}", *flags]) == 0
-
-    shared = tmp_path / "shared"
+def _two_processes(flags, audit_log):
+    """Run pack as 2 processes x 2 CPU devices on 127.0.0.1; process 1's file writes are
+    recorded by an audit hook into `audit_log`. Returns process 0's and 1's stderr."""
     port = _free_port()
-    log = tmp_path / "process1_writes.txt"
     procs = []
     for pid in (1, 0):
-        multi = [f"--out_dir={shared}", *flags, f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={pid}"]
-        cmd = ([sys.executable, "-c", AUDITED_MAIN.format(log=str(log)), "-", *multi]
+        multi = [*flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={pid}"]
+        cmd = ([sys.executable, "-c", AUDITED_MAIN.format(log=str(audit_log)), "-", *multi]
                if pid == 1 else [sys.executable, "-m", "hyperface_jax.pack", *multi])
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=_devices_env(2), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
@@ -175,20 +166,44 @@ def test_two_processes_of_two_devices_match_one_device_and_only_process_0_writes
                 p.kill()
     for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]
+    return results[1][1], results[0][1]
+
+
+# The mini-batch variant is slow-marked: its sharded step is covered on 2 and 4 devices by the
+# solver-level test above, and the multi-process machinery by the full-batch variant.
+@pytest.mark.parametrize("mode", [
+    [], pytest.param(["--batch_size=16"], marks=pytest.mark.slow)], ids=["full_batch", "minibatch"])
+def test_two_processes_of_two_devices_match_one_device_and_only_process_0_writes(
+        tmp_path, gallery, mode):
+    flags = [*COMMON, f"--gallery={gallery}", *mode]
+    single = tmp_path / "single"
+    assert pack.main(["pack", f"--out_dir={single}", *flags, f"--steps={STEPS}"]) == 0
+
+    # 25 steps, then a second pair of processes restores the multi-host checkpoint and
+    # continues to 50.
+    shared = tmp_path / "shared"
+    log = tmp_path / "process1_writes.txt"
+    _two_processes([f"--out_dir={shared}", *flags, "--steps=25"], log)
+    err0, err1 = _two_processes([f"--out_dir={shared}", *flags, f"--steps={STEPS}"], log)
 
     a = np.load(single / "embeddings.npy")
     b = np.load(shared / "embeddings.npy")
     assert np.abs(a - b).max() < TOLERANCE
     report = json.loads((shared / "report.json").read_text())
     assert report["device_count"] == 4 and report["sharded_over_devices"] == 4
-    assert report["steps"] == STEPS
+    assert report["steps"] == STEPS and report["resumed_from_step"] == 25
+    assert [h["step"] for h in report["history"]] == [0, 25, 50]
+    # The figures, searched on the ring, are those of one device.
+    expected = json.loads((single / "report.json").read_text())["figures"]
+    for key, value in expected.items():
+        assert abs(report["figures"][key] - value) < 1e-4 * max(1.0, abs(value)), key
     # Process 1 wrote nothing outside the (collective) checkpoints.
     written = [w for w in log.read_text().splitlines() if str(shared) in w]
     assert any("/checkpoints/" in w for w in written)  # the audit hook saw process 1 write
     assert written == [w for w in written if "/checkpoints/" in w]
     assert not any(w.endswith(("embeddings.npy", "report.json", "curves.png", "history.jsonl"))
                    for w in written)
-    assert "done:" not in results[0][1]  # only process 0 reports
+    assert "done:" in err0 and "done:" not in err1  # only process 0 reports
 
 
 def test_checkpoints_move_between_four_devices_and_one(tmp_path, gallery):
