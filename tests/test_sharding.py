@@ -82,7 +82,7 @@ for i, s in enumerate(settings):
     ref, _ = solver.make_runner(opt, config, n)(solver.init_state(x0, opt, 3),
                                                 jnp.asarray(gallery), {steps})
     out[f"ref{{i}}"] = np.asarray(ref.embeddings)
-    for count in {{0: (1, 2, 4), 1: (2, 4), 2: (2, 4), 3: (2, 4)}}.get(i, (4,)):
+    for count in {{0: (1, 2, 4), 2: (2, 4)}}.get(i, (4,)):
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:count]), (sharding.AXIS,))
         state = sharding.put_state(solver.init_state(x0, opt, 3), mesh)
         g = sharding.put_gallery(gallery, mesh)
@@ -106,10 +106,11 @@ def test_one_two_and_four_devices_match_the_single_device_solver_after_50_steps(
     assert r.returncode == 0, r.stderr[-3000:]
     runs = np.load(out)
     # Full batch (mean, max), mini-batch (sparse, dense), smooth objectives (logsumexp full
-    # batch, riesz mini-batch with the max reduction).
+    # batch, riesz mini-batch with the max reduction); 2 devices for full batch and sparse
+    # mini-batch, 4 for all.
     for i in range(6):
         ref = runs[f"ref{i}"]
-        for count in {0: (1, 2, 4), 1: (2, 4), 2: (2, 4), 3: (2, 4)}.get(i, (4,)):
+        for count in {0: (1, 2, 4), 2: (2, 4)}.get(i, (4,)):
             diff = np.abs(runs[f"mesh{count}_{i}"] - ref).max()
             assert diff < TOLERANCE, (i, count, diff)
     # Per-device memory of the compiled full-batch program falls as devices are added:
