@@ -121,11 +121,12 @@ def run(c: PackConfig, *, log=None) -> dict:
     config = solver_config(c)
     n, d, restarts = problem.n, problem.d, problem.restarts
     total_steps = c.steps + c.polish_steps
-    state = _initial_state(problem, optimizer)
     mesh = sharding.make_mesh(c.devices)  # sharding: None means the single-device path
-    if mesh is not None:
+    if mesh is None:
+        state = _initial_state(problem, optimizer)
+    else:  # sharding: each device builds only its rows of the state
         sharding.check_compatible(c, n, restarts, mesh)
-        state = sharding.put_state(state, mesh)
+        state = sharding.init_state(problem.init, optimizer, problem.batch_key, mesh)
     if not solver.is_full_batch(config, n) and c.minibatch_update == "sparse":
         try:
             solver.check_sparse_compatible(optimizer.init(problem.init), (n, d))

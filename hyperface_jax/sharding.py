@@ -170,6 +170,19 @@ def put_state(state, mesh: Mesh):
     return jax.tree.map(_put, state, state_shardings(state, mesh))
 
 
+def init_state(embeddings, optimizer, key, mesh: Mesh):
+    """`solver.init_state` on the mesh: the host's rows go straight to their devices and the
+    optimizer state is created sharded, so no device holds a full (n, d) array."""
+    x = _put(embeddings, rows_sharding(mesh))
+    key = _put(key, replicated(mesh))
+
+    def init(x, key):
+        return solver.init_state(x, optimizer, key)
+
+    shardings = state_shardings(jax.eval_shape(init, x, key), mesh)
+    return jax.jit(init, out_shardings=shardings)(x, key)
+
+
 def put_gallery(gallery, mesh: Mesh):
     """The gallery split by rows, padded to a multiple of the device count with copies of its
     first row (a duplicate never changes a nearest-neighbour value)."""
