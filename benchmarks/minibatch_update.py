@@ -39,7 +39,8 @@ def main():
                         "staircase", 0.01, steps=args.steps, decay_rate=0.5,
                         decay_every=args.steps // 4)
                     opt = optimizers.make_optimizer("adam", schedule)
-                    cfg = solver.SolverConfig(alpha=alpha, batch_size=batch, minibatch_update=update)
+                    cfg = solver.SolverConfig(alpha=alpha, batch_size=batch,
+                                              minibatch_update=update)
                     run = solver.make_runner(opt, cfg, args.n)
                     g = gallery if alpha else None
                     t = time.perf_counter()

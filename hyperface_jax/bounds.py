@@ -26,7 +26,7 @@ No configuration of `n` unit vectors in `d` dimensions has a worst pair below
 """
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy.special import eval_jacobi, roots_jacobi
@@ -36,7 +36,7 @@ def _gegenbauer(i: int, a: float, s: float) -> float:
     return float(eval_jacobi(i, a, a, s) / eval_jacobi(i, a, a, 1.0))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _largest_zero(k: int, a: float, b: float) -> float:
     if k == 0:
         return -1.0

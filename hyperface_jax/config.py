@@ -58,8 +58,23 @@ class PackConfig:
                               "(objective max, reduce max) at --polish_learning_rate.")
     polish_learning_rate: float = _f(1e-4, "Constant learning rate of the polishing steps.")
     seed: int = _f(0, "PRNG seed for the initialisation and the mini-batch order.")
-    tile_size: int = _f(1024, "Rows per tile of the blockwise nearest-neighbour search "
-                              "(memory ~ tile_size x max(n, m) floats).")
+    tile_size: int = _f(0, "Rows per tile of the blockwise nearest-neighbour search "
+                           "(memory ~ tile_size x max(n, m) floats); 0: by backend (CPU "
+                           "1024, GPU/TPU 4096).")
+    matmul_precision: str = _f("highest", "Precision of the solver's similarity matmuls: "
+                                          "highest, high, default (XLA precisions; on "
+                                          "TPU/GPU the lower ones use bf16/tf32 passes), "
+                                          "or bfloat16 (bf16 inputs, exact float32 value "
+                                          "of each chosen pair). Reported figures are "
+                                          "always exact float32.")
+    neighbor_list_size: int = _f(0, "Approximation, off by default (0: exact search every "
+                                    "step). K > 0: each row's loss looks only at its K "
+                                    "nearest partners, found exactly every "
+                                    "--neighbor_refresh_every steps; report.json audits "
+                                    "how often a true nearest partner had left a list. "
+                                    "Full batch only.")
+    gallery_list_size: int = _f(4, "With neighbour lists: gallery rows kept per identity.")
+    neighbor_refresh_every: int = _f(20, "With neighbour lists: steps between exact rebuilds.")
     b1: float | None = _f(None, "Optimizer hyper-parameter b1 (adam family, lion); optax "
                                 "default if unset.")
     b2: float | None = _f(None, "Optimizer hyper-parameter b2; optax default if unset.")

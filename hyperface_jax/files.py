@@ -100,3 +100,27 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load_labels(path: str | os.PathLike, rows: int, what: str = "labels") -> np.ndarray:
+    """A validated 1-D integer label array with one label per embedding row.
+
+    Raises `InputError` naming the file for: missing file, not `.npy`, unreadable or
+    pickled content, not 1-D, non-integer dtype, or a length other than `rows`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    if path.suffix != ".npy":
+        raise InputError(f"{what} file {path} is not a .npy file")
+    try:
+        labels = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{what} file {path} is not a readable .npy array ({e})") from None
+    if labels.ndim != 1:
+        raise InputError(f"{what} file {path} has shape {labels.shape}; expected (rows,)")
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{what} file {path} has dtype {labels.dtype}; expected integers")
+    if len(labels) != rows:
+        raise InputError(f"{what} file {path} has {len(labels)} labels for {rows} embedding rows")
+    return np.asarray(labels, dtype=np.int64)

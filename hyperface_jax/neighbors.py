@@ -19,6 +19,47 @@ import jax.numpy as jnp
 from jax import lax
 
 DEFAULT_TILE_SIZE = 1024
+# Rows per tile by backend: the (tile, m) similarity block should fill the accelerator's
+# matrix units but stay a small share of its memory.
+TILE_SIZE_BY_BACKEND = {"cpu": 1024, "gpu": 4096, "tpu": 4096}
+
+# --matmul_precision: the three XLA precisions for float32 inputs, and "bfloat16", which
+# casts the inputs of the search to bfloat16 (float32 accumulation) and then recomputes
+# the selected pairs' cosines exactly in float32, so values (and gradients) stay exact
+# and only the choice of arg-max can differ, between near-ties.
+MATMUL_PRECISIONS = ("highest", "high", "default", "bfloat16")
+
+
+def default_tile_size(backend: str | None = None) -> int:
+    return TILE_SIZE_BY_BACKEND.get(backend or jax.default_backend(), DEFAULT_TILE_SIZE)
+
+
+def _lax_precision(precision):
+    if isinstance(precision, str):
+        if precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"unknown --matmul_precision {precision!r}; choose one of "
+                             f"{', '.join(MATMUL_PRECISIONS)}")
+        if precision == "bfloat16":
+            return lax.Precision.HIGHEST
+        return lax.Precision[precision.upper()]
+    return precision
+
+
+def similarity(a: jax.Array, b: jax.Array, precision=lax.Precision.HIGHEST) -> jax.Array:
+    """``a @ b.T`` in float32 at the requested precision (see MATMUL_PRECISIONS)."""
+    if isinstance(precision, str) and precision == "bfloat16":
+        return jnp.dot(a.astype(jnp.bfloat16), b.T.astype(jnp.bfloat16),
+                       preferred_element_type=jnp.float32)
+    return jnp.dot(a, b.T, precision=_lax_precision(precision))
+
+
+def _dot(a, b, precision):
+    """A plain float32 product (gradient accumulations stay float32 even for "bfloat16")."""
+    return jnp.dot(a, b, precision=_lax_precision(precision))
+
+
+def _is_bfloat16(precision) -> bool:
+    return isinstance(precision, str) and precision == "bfloat16"
 
 
 def _tiles(x: jax.Array, tile_size: int):
@@ -50,11 +91,13 @@ def nearest_neighbors(
 
     def one_tile(args):
         tile_index, xt = args
-        s = jnp.dot(xt, y.T, precision=precision)  # (t, m): the only large buffer
+        s = similarity(xt, y, precision)  # (t, m): the only large buffer
         if exclude_self:
             rows = tile_index * t + jnp.arange(t)
             s = jnp.where(rows[:, None] == columns[None, :], -jnp.inf, s)
         j = jnp.argmax(s, axis=1)
+        if _is_bfloat16(precision):  # exact float32 value of the chosen pair
+            return jnp.sum(xt * y[j], axis=1), j
         return jnp.take_along_axis(s, j[:, None], axis=1)[:, 0], j
 
     values, indices = lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles))
@@ -136,7 +179,7 @@ def _pair_energy_slope(c, kind: str):
 
 def _smooth_tile(xt, x, tile_index, t, temperature, kind, precision):
     """Scaled energies t*h(c) of one tile against all rows, self pairs at -inf."""
-    c = jnp.dot(xt, x.T, precision=precision)
+    c = similarity(xt, x, precision)
     rows = tile_index * t + jnp.arange(t)
     self_pair = rows[:, None] == jnp.arange(x.shape[0])[None, :]
     z = jnp.where(self_pair, -jnp.inf, temperature * pair_energy(c, kind))
@@ -176,8 +219,8 @@ def _smooth_bwd(kind, tile_size, precision, residuals, g):
         c, z, _ = _smooth_tile(xt, x, tile_index, t, temperature, kind, precision)
         # d value_i / d c_ij = softmax_j(z_ij) h'(c_ij); padded rows carry g = 0.
         w = jnp.exp(z - temperature * vt[:, None]) * _pair_energy_slope(c, kind) * gt[:, None]
-        dx_tile = jnp.dot(w, x, precision=precision)
-        dx_partners = dx_partners + jnp.dot(w.T, xt, precision=precision)
+        dx_tile = _dot(w, x, precision)
+        dx_partners = dx_partners + _dot(w.T, xt, precision)
         return dx_partners, dx_tile
 
     dx_partners, dx_tiles = lax.scan(

@@ -91,6 +91,29 @@ def hyperface_loss(
     return total, LossTerms(total, packing, regulariser)
 
 
+def listed_hyperface_loss(x, gallery, alpha, lists, *, objective="max", reduce="mean",
+                          temperature=None, tile_size=neighbors.DEFAULT_TILE_SIZE):
+    """`hyperface_loss` with each row's partners restricted to its neighbour lists
+    (`neighbor_lists.NeighborLists`): exact whenever the lists hold the true nearest rows."""
+    from hyperface_jax.neighbor_lists import gathered_similarity
+
+    check_objective(objective)
+    c = gathered_similarity(x, x, lists.packing, tile_size)  # (n, K)
+    if objective == "max":
+        packing = reduce_packing(jnp.max(c, axis=1), reduce)
+    else:
+        temperature = jnp.asarray(temperature, x.dtype)
+        z = temperature * neighbors.pair_energy(c, objective)
+        packing = reduce_packing(jax.nn.logsumexp(z, axis=1) / temperature, reduce, temperature)
+    if gallery is None:
+        regulariser = jnp.zeros((), x.dtype)
+    else:
+        near = gathered_similarity(x, gallery, lists.gallery, tile_size)
+        regulariser = jnp.mean(1.0 - jnp.max(near, axis=1))
+    total = packing + alpha * regulariser
+    return total, LossTerms(total, packing, regulariser)
+
+
 def annealed_temperature(step, *, start: float, end: float, anneal_steps: int):
     """Geometric growth from `start` to `end` over `anneal_steps`, then constant."""
     frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(1, anneal_steps), 0.0, 1.0)

@@ -21,7 +21,17 @@ import optax
 from absl import flags
 from tqdm import tqdm
 
-from hyperface_jax import bounds, checkpoint, metrics, optimizers, plots, sharding, solver
+from hyperface_jax import (
+    bounds,
+    checkpoint,
+    metrics,
+    neighbor_lists,
+    neighbors,
+    optimizers,
+    plots,
+    sharding,
+    solver,
+)
 from hyperface_jax.config import PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, save_embeddings, save_json
 from hyperface_jax.problem import build_problem
@@ -51,7 +61,13 @@ def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig
         temperature_start=c.temperature_start, temperature_end=c.temperature_end,
         anneal_steps=c.anneal_steps or c.steps,
         batch_size=c.batch_size, minibatch_update=c.minibatch_update,
-        project_gradient=c.project_gradient, tile_size=c.tile_size)
+        project_gradient=c.project_gradient, tile_size=tile_size_of(c),
+        precision=c.matmul_precision, neighbor_list_size=c.neighbor_list_size,
+        gallery_list_size=c.gallery_list_size, neighbor_refresh_every=c.neighbor_refresh_every)
+
+
+def tile_size_of(c: PackConfig) -> int:
+    return c.tile_size or neighbors.default_tile_size()
 
 
 def _next_boundary(step: int, c: PackConfig) -> int:
@@ -85,17 +101,19 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def _initial_state(problem, optimizer):
+def _initial_state(problem, optimizer, config):
+    gallery = None if problem.gallery is None else jnp.asarray(problem.gallery)
+    init = partial(solver.init_state, optimizer=optimizer, key=problem.batch_key,
+                   gallery=gallery, config=config)
     if problem.restarts == 1:
-        return solver.init_state(problem.init, optimizer, problem.batch_key)
-    return jax.vmap(solver.init_state, in_axes=(0, None, None))(
-        jnp.asarray(problem.inits), optimizer, problem.batch_key)
+        return jax.jit(init)(problem.init)
+    return jax.jit(jax.vmap(init))(jnp.asarray(problem.inits))
 
 
 def _make_figures(c: PackConfig, restarts: int):
     """`figures(embeddings, gallery) -> (dict of floats, index of the best restart)`."""
     one = partial(metrics.packing_figures, alpha=c.alpha, reduce=c.packing_reduce,
-                  tile_size=c.tile_size)
+                  tile_size=tile_size_of(c))
     if restarts == 1:
         fn = jax.jit(one)
         return lambda x, g: (metrics.to_python(fn(x, g)), 0)
@@ -123,7 +141,7 @@ def run(c: PackConfig, *, log=None) -> dict:
     total_steps = c.steps + c.polish_steps
     mesh = sharding.make_mesh(c.devices)  # sharding: None means the single-device path
     if mesh is None:
-        state = _initial_state(problem, optimizer)
+        state = _initial_state(problem, optimizer, config)
     else:  # sharding: each device builds only its rows of the state
         sharding.check_compatible(c, n, restarts, mesh)
         state = sharding.init_state(problem.init, optimizer, problem.batch_key, mesh)
@@ -163,7 +181,7 @@ def run(c: PackConfig, *, log=None) -> dict:
     figures_of = _make_figures(c, restarts)
     if mesh is not None:  # sharding: the exact searches on the ring
         figures_of = sharding.make_figures(mesh, alpha=c.alpha, reduce=c.packing_reduce,
-                                           tile_size=c.tile_size)
+                                           tile_size=tile_size_of(c))
     history_path = out / "history.jsonl"
     history = _read_history(history_path, step)
     stepped_before = history[-1]["seconds"] if history else 0.0
@@ -262,6 +280,8 @@ def run(c: PackConfig, *, log=None) -> dict:
         "n": n, "d": d, "m": m,
         "steps": step,
         "restart_kept": best if restarts > 1 else None,
+        "neighbor_list_audit": (None if state.lists is None else neighbor_lists.audit(
+            state.lists if restarts == 1 else jax.tree.map(lambda a: a[best], state.lists))),
         "resumed_from_step": resumed_from,
         "flags": c.flag_values(),
         "jax_version": jax.__version__,

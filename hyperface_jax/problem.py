@@ -12,6 +12,7 @@ import numpy as np
 from hyperface_jax import sphere
 from hyperface_jax.config import PackConfig
 from hyperface_jax.files import InputError, load_embeddings
+from hyperface_jax.neighbors import MATMUL_PRECISIONS
 from hyperface_jax.objective import OBJECTIVES, PACKING_REDUCTIONS
 from hyperface_jax.solver import MINIBATCH_UPDATES
 
@@ -78,7 +79,20 @@ def check_settings(c: PackConfig) -> None:
     for name in ("steps", "batch_size", "anneal_steps", "polish_steps"):
         if getattr(c, name) < 0:
             raise InputError(f"--{name} must be >= 0, got {getattr(c, name)}")
-    for name in ("tile_size", "log_every", "checkpoint_every", "max_to_keep"):
+    if c.matmul_precision not in MATMUL_PRECISIONS:
+        raise InputError(f"unknown --matmul_precision {c.matmul_precision!r}; "
+                         f"choose one of {', '.join(MATMUL_PRECISIONS)}")
+    if c.neighbor_list_size < 0:
+        raise InputError(f"--neighbor_list_size must be >= 0, got {c.neighbor_list_size}")
+    if c.neighbor_list_size and c.batch_size:
+        raise InputError("--neighbor_list_size works in full-batch mode only (--batch_size=0); "
+                         "a mini-batch step already searches only its batch")
+    for name in ("gallery_list_size", "neighbor_refresh_every"):
+        if c.neighbor_list_size and getattr(c, name) < 1:
+            raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
+    if c.tile_size < 0:
+        raise InputError(f"--tile_size must be >= 0 (0: by backend), got {c.tile_size}")
+    for name in ("log_every", "checkpoint_every", "max_to_keep"):
         if getattr(c, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
 

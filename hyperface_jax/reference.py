@@ -28,3 +28,32 @@ def dense_hyperface_loss(x, gallery, alpha, *, reduce="mean", precision=lax.Prec
         regulariser = jnp.mean(1.0 - dense_nearest_similarity(x, gallery, precision))
     total = packing + alpha * regulariser
     return total, LossTerms(total, packing, regulariser)
+
+
+def make_dense_runner(optimizer, *, alpha, reduce="mean", project_gradient=True,
+                      precision=lax.Precision.HIGHEST):
+    """Full-batch steps of the dense formulation: `run(x, opt_state, gallery, num_steps)`.
+
+    The same update as `solver.make_step` in full-batch mode (tangent projection, optax
+    update, renormalisation), with the gradient taken by autodiff through the dense
+    matrices: the baseline that tests and benchmarks compare the solver with.
+    """
+    import jax
+    import optax
+
+    from hyperface_jax import sphere
+
+    def step(carry, gallery):
+        x, opt_state = carry
+        g = jax.grad(lambda x: dense_hyperface_loss(
+            x, gallery, alpha, reduce=reduce, precision=precision)[0])(x)
+        if project_gradient:
+            g = sphere.tangent_component(g, x)
+        updates, opt_state = optimizer.update(g, opt_state, x)
+        return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
+
+    @jax.jit
+    def run(x, opt_state, gallery, num_steps):
+        return lax.fori_loop(0, num_steps, lambda _, c: step(c, gallery), (x, opt_state))
+
+    return run

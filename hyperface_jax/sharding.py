@@ -132,6 +132,9 @@ def check_compatible(c, n: int, restarts: int, mesh: Mesh) -> None:
     if restarts > 1:
         raise InputError(f"--restarts={restarts} is not supported on {size} devices; "
                          "pass --restarts=1 or --devices=1")
+    if c.neighbor_list_size:
+        raise InputError(f"--neighbor_list_size is not supported on {size} devices yet; "
+                         "pass --neighbor_list_size=0 or --devices=1")
     if n % size:
         raise InputError(
             f"n={n} identities do not split evenly over {size} devices; choose "
@@ -277,7 +280,7 @@ def _smooth_block(x, y, temperature, kind, own, tile_size, precision):
 
     def one_tile(args):
         tile_index, xt = args
-        c = jnp.dot(xt, y.T, precision=precision)
+        c = neighbors.similarity(xt, y, precision)
         self_pair = own & ((tile_index * t + jnp.arange(t))[:, None] == columns[None, :])
         z = jnp.where(self_pair, -jnp.inf, temperature * neighbors.pair_energy(c, kind))
         return jax.nn.logsumexp(z, axis=1)
@@ -321,13 +324,13 @@ def _ring_smooth_bwd(kind, size, tile_size, precision, residuals, g):
 
         def one_tile(d_block, args):
             tile_index, xt, gt, vt = args
-            c = jnp.dot(xt, block.T, precision=precision)
+            c = neighbors.similarity(xt, block, precision)
             self_pair = (k == 0) & ((tile_index * t + jnp.arange(t))[:, None] == columns[None, :])
             z = jnp.where(self_pair, -jnp.inf, temperature * neighbors.pair_energy(c, kind))
             w = (jnp.exp(z - temperature * vt[:, None]) * neighbors._pair_energy_slope(c, kind)
                  * gt[:, None])
-            return (d_block + jnp.dot(w.T, xt, precision=precision),
-                    jnp.dot(w, block, precision=precision))
+            return (d_block + neighbors._dot(w.T, xt, precision),
+                    neighbors._dot(w, block, precision))
 
         d_block, dx_tiles = lax.scan(
             one_tile, d_block, (jnp.arange(tiles.shape[0]), tiles, g_tiles, v_tiles))

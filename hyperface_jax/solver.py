@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from hyperface_jax import neighbors, objective, sphere
+from hyperface_jax import neighbor_lists, neighbors, objective, sphere
 
 MINIBATCH_UPDATES = ("sparse", "dense")
 
@@ -37,6 +37,7 @@ class SolverState:
     opt_state: Any  # the optax state for `embeddings`
     key: jax.Array  # raw uint32 PRNG key; batch k of step t uses fold_in(key, ...)
     step: jax.Array  # int32 scalar: number of steps taken
+    lists: Any = None  # neighbor_lists.NeighborLists when neighbour lists are on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,18 +53,34 @@ class SolverConfig:
     project_gradient: bool = True
     tile_size: int = neighbors.DEFAULT_TILE_SIZE
     precision: Any = lax.Precision.HIGHEST
+    # Neighbour lists (full batch only; see neighbor_lists): 0 = exact search every step.
+    neighbor_list_size: int = 0
+    gallery_list_size: int = 4
+    neighbor_refresh_every: int = 20
+
+    @property
+    def uses_lists(self) -> bool:
+        return self.neighbor_list_size > 0
 
 
-def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Array | int):
-    """Step-0 state; `key` (or an int seed) drives the mini-batch order."""
+def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Array | int,
+               gallery=None, config: SolverConfig | None = None):
+    """Step-0 state; `key` (or an int seed) drives the mini-batch order. With a `config`
+    that uses neighbour lists, the lists are built here by exact search."""
     embeddings = jnp.asarray(embeddings, jnp.float32)
     if isinstance(key, int):
         key = jax.random.PRNGKey(key)
+    lists = None
+    if config is not None and config.uses_lists:
+        lists = neighbor_lists.build(
+            embeddings, gallery, config.neighbor_list_size, config.gallery_list_size,
+            tile_size=config.tile_size, precision=config.precision)
     return SolverState(
         embeddings=embeddings,
         opt_state=optimizer.init(embeddings),
         key=key,
         step=jnp.zeros((), jnp.int32),
+        lists=lists,
     )
 
 
@@ -107,15 +124,22 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
             f"unknown --minibatch_update {config.minibatch_update!r}; "
             f"choose one of {', '.join(MINIBATCH_UPDATES)}")
     full = is_full_batch(config, n)
+    if config.uses_lists and not full:
+        raise ValueError("neighbour lists work in full-batch mode only (a mini-batch step "
+                         "already searches only its batch); set --neighbor_list_size=0")
 
     objective.check_objective(config.objective)
 
-    def loss_and_grad(x, gallery, step):
+    def loss_and_grad(x, gallery, step, lists=None):
         temperature = objective.annealed_temperature(
             step, start=config.temperature_start, end=config.temperature_end,
             anneal_steps=config.anneal_steps)
 
         def loss(x):
+            if lists is not None:
+                return objective.listed_hyperface_loss(
+                    x, gallery, config.alpha, lists, objective=config.objective,
+                    reduce=config.reduce, temperature=temperature, tile_size=config.tile_size)
             return objective.hyperface_loss(
                 x, gallery, config.alpha, objective=config.objective, reduce=config.reduce,
                 temperature=temperature, tile_size=config.tile_size, precision=config.precision)
@@ -130,7 +154,17 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
 
     def step(state: SolverState, gallery):
         x = state.embeddings
-        if full:
+        lists = state.lists
+        if full and config.uses_lists:
+            due = (state.step > 0) & (state.step % config.neighbor_refresh_every == 0)
+            lists = lax.cond(
+                due,
+                lambda: neighbor_lists.rebuild(lists, x, gallery, tile_size=config.tile_size,
+                                               precision=config.precision),
+                lambda: lists)
+            terms, g = loss_and_grad(x, gallery, state.step, lists)
+            x, opt_state = apply(x, g, state.opt_state)
+        elif full:
             terms, g = loss_and_grad(x, gallery, state.step)
             x, opt_state = apply(x, g, state.opt_state)
         else:
@@ -148,7 +182,8 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
                 opt_state = jax.tree.map(
                     lambda a, b: a.at[rows].set(b) if _is_row_leaf(a, shape) else b,
                     state.opt_state, row_state)
-        return state.replace(embeddings=x, opt_state=opt_state, step=state.step + 1), terms
+        return state.replace(embeddings=x, opt_state=opt_state, step=state.step + 1,
+                             lists=lists), terms
 
     return step
 

@@ -236,6 +236,7 @@ from hyperface_jax import pack
 common = ["--dim=8", "--alpha=0", "--steps=2", "--progress=false"]
 cases = [["--num_identities=50"], ["--num_identities=48", "--batch_size=18"],
          ["--num_identities=48", "--restarts=2"],
+         ["--num_identities=48", "--neighbor_list_size=8"],
          ["--num_identities=48", "--devices=8"], ["--num_identities=48", "--devices=two"],
          ["--num_identities=48", "--num_processes=2"]]
 for i, case in enumerate(cases):
@@ -253,6 +254,7 @@ def test_unsupported_sharded_settings_exit_2_naming_the_fix(tmp_path):
         "do not split evenly over 4 devices; choose --num_identities divisible by 4",
         "--batch_size=18 does not split evenly over 4 devices; choose a multiple of 4",
         "--restarts=2 is not supported on 4 devices; pass --restarts=1 or --devices=1",
+        "--neighbor_list_size is not supported on 4 devices yet",
         "--devices=8 but 4 device(s) are available",
         "--devices must be 'all' or a positive count",
         "--num_processes/--process_id need --coordinator_address",

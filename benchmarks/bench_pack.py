@@ -1,0 +1,257 @@
+"""Packing speed and scale against a dense autodiff baseline, in one run (issue 8).
+
+    python benchmarks/bench_pack.py --part=quality    # time to quality, n = m = 5,000
+    python benchmarks/bench_pack.py --part=exactness  # exact solver vs dense, n = m = 2,000
+    python benchmarks/bench_pack.py --part=memory     # peak memory, s/step up to n = 100,000
+    python benchmarks/bench_pack.py                   # all three, one table each
+
+Figures are ratios measured in the same process on the same machine (wall seconds of
+the stepping only: exact figures for the curves are computed between timed chunks and
+not counted). Results are printed as Markdown and written to --out_dir (JSON, PNG).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hyperface_jax import metrics, reference, solver, sphere  # noqa: E402
+
+
+def schedule(lr, steps):
+    """The schedule every variant shares: lr halved five times over the run."""
+    return optax.exponential_decay(lr, max(1, steps // 5), 0.5, staircase=True)
+
+
+# Variants of the full-batch solver, against the dense baseline (paper objective, the
+# shared schedule, --steps steps). "exact" is the same optimisation as the baseline; the
+# "fast" ones are the annealed log-sum-exp objective with a shorter, geometric schedule
+# (lr 1e-2 -> 1e-4, temperature 10 -> 1e3 over `fast_steps`), exact or on neighbour lists.
+VARIANTS = {
+    "exact": {},
+    "fast exact": {"objective": "logsumexp", "fast": True},
+    "fast lists32/5": {"objective": "logsumexp", "fast": True, "neighbor_list_size": 32,
+                       "gallery_list_size": 8, "neighbor_refresh_every": 5},
+}
+
+
+def variant_setup(label, lr, steps, fast_steps):
+    """(optimizer, SolverConfig overrides, number of steps) of a variant."""
+    v = dict(VARIANTS[label])
+    if not v.pop("fast", False):
+        return optax.adam(schedule(lr, steps)), v, steps
+    v.update(temperature_start=10.0, temperature_end=1e3, anneal_steps=fast_steps)
+    return optax.adam(optax.exponential_decay(lr, fast_steps, 0.01)), v, fast_steps
+
+
+def _curve(run_chunk, figures, steps, eval_every):
+    """Run `steps` in chunks, timing only the stepping; exact figures after each chunk."""
+    points = [{"step": 0, "seconds": 0.0, **figures()}]
+    seconds, done = 0.0, 0
+    while done < steps:
+        k = min(eval_every, steps - done)
+        t = time.perf_counter()
+        run_chunk(k)
+        seconds += time.perf_counter() - t
+        done += k
+        points.append({"step": done, "seconds": seconds, **figures()})
+    return points
+
+
+def quality(n, m, d, steps, lr, eval_every, variants, fast_steps, alpha=0.5, seed=0):
+    x0 = sphere.random_unit_vectors(jax.random.PRNGKey(seed), n, d)
+    gallery = sphere.random_unit_vectors(jax.random.PRNGKey(seed + 1), m, d)
+    fig = jax.jit(lambda x: metrics.packing_figures(x, gallery, alpha=alpha))
+
+    def figures_of(x):
+        f = metrics.to_python(fig(x))
+        return {k: f[k] for k in ("max_cos", "mean_nn_cos", "mean_gallery_cos", "loss")}
+
+    results = {}
+    opt = optax.adam(schedule(lr, steps))
+    dense = reference.make_dense_runner(opt, alpha=alpha)
+    box = {"x": x0, "s": opt.init(x0)}
+    dense(box["x"], box["s"], gallery, jnp.int32(0))[0].block_until_ready()  # compile
+
+    def dense_chunk(k):
+        box["x"], box["s"] = dense(box["x"], box["s"], gallery, jnp.int32(k))
+        box["x"].block_until_ready()
+
+    results["dense autodiff"] = _curve(dense_chunk, lambda: figures_of(box["x"]), steps,
+                                       eval_every)
+    print(f"dense: {results['dense autodiff'][-1]}", file=sys.stderr, flush=True)
+    for label in variants:
+        opt, overrides, variant_steps = variant_setup(label, lr, steps, fast_steps)
+        cfg = solver.SolverConfig(alpha=alpha, **overrides)
+        run = solver.make_runner(opt, cfg, n)
+        st = {"s": solver.init_state(x0, opt, seed, gallery, cfg)}
+        jax.block_until_ready(run(st["s"], gallery, jnp.int32(0)))  # compile
+
+        def chunk(k, run=run, st=st):
+            st["s"], _ = run(st["s"], gallery, jnp.int32(k))
+            jax.block_until_ready(st["s"])
+
+        results[label] = _curve(chunk, lambda st=st: figures_of(st["s"].embeddings),
+                                variant_steps, max(1, eval_every * variant_steps // steps))
+        print(f"{label}: {results[label][-1]}", file=sys.stderr, flush=True)
+    return results
+
+
+def time_to_quality(curve, target, tol=1e-3):
+    """Seconds until max_cos and mean_nn_cos are both within tol of the target's."""
+    for p in curve:
+        if (p["max_cos"] <= target["max_cos"] + tol
+                and p["mean_nn_cos"] <= target["mean_nn_cos"] + tol):
+            return p["seconds"], p["step"]
+    return None, None
+
+
+def quality_table(results):
+    base = results["dense autodiff"]
+    target = base[-1]
+    rows = ["| solver | steps | s/step | final max_cos | final mean_nn_cos | "
+            "final mean_gallery_cos | time to dense's final quality | speed-up |",
+            "|---|---|---|---|---|---|---|---|"]
+    for label, curve in results.items():
+        last = curve[-1]
+        t, step = time_to_quality(curve, target)
+        speed = "" if t is None or t == 0 else f"{target['seconds'] / t:.1f}x"
+        reached = "not reached" if t is None else f"{t:.1f} s (step {step})"
+        rows.append(f"| {label} | {last['step']} | {last['seconds'] / last['step']:.4f} | "
+                    f"{last['max_cos']:.4f} | {last['mean_nn_cos']:.4f} | "
+                    f"{last['mean_gallery_cos']:.4f} | {reached} | {speed} |")
+    return "\n".join(rows)
+
+
+def plot_quality(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, curve in results.items():
+        s = [p["seconds"] for p in curve]
+        axes[0].plot(s, [p["max_cos"] for p in curve], label=label)
+        axes[1].plot(s, [p["mean_nn_cos"] for p in curve], label=label)
+    for ax, name in zip(axes, ("worst-pair cosine (max_cos)", "mean nearest-neighbour cosine")):
+        ax.set_xscale("log")
+        ax.set_xlabel("wall seconds (stepping only)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def exactness(n=2000, m=2000, d=128, steps=(50, 200), lr=0.01):
+    x = sphere.random_unit_vectors(jax.random.PRNGKey(0), n, d)
+    g = sphere.random_unit_vectors(jax.random.PRNGKey(1), m, d)
+    opt = optax.adam(optax.exponential_decay(lr, 100, 0.5, staircase=True))
+    dense = reference.make_dense_runner(opt, alpha=0.5)
+    cfg = solver.SolverConfig(alpha=0.5)
+    run = solver.make_runner(opt, cfg, n)
+    perm = np.random.RandomState(0).permutation(n)
+    rows = ["| steps | max abs(exact - dense) | max abs(dense on permuted rows - dense) |",
+            "|---|---|---|"]
+    out = []
+    for k in steps:
+        xd = dense(x, opt.init(x), g, jnp.int32(k))[0]
+        xp = dense(x[perm], opt.init(x), g, jnp.int32(k))[0][np.argsort(perm)]
+        xs = run(solver.init_state(x, opt, 0), g, jnp.int32(k))[0].embeddings
+        a, b = float(jnp.max(jnp.abs(xs - xd))), float(jnp.max(jnp.abs(xp - xd)))
+        rows.append(f"| {k} | {a:.2e} | {b:.2e} |")
+        out.append({"steps": k, "exact_vs_dense": a, "dense_vs_permuted_dense": b})
+    return out, "\n".join(rows)
+
+
+_MEMORY_CHILD = r"""
+import json, resource, sys, time
+import jax, jax.numpy as jnp, numpy as np, optax
+from hyperface_jax import solver, sphere
+n, m, d, batch, steps = map(int, sys.argv[1:6])
+x = sphere.random_unit_vectors(jax.random.PRNGKey(0), n, d)
+g = sphere.random_unit_vectors(jax.random.PRNGKey(1), m, d)
+opt = optax.adam(0.01)
+cfg = solver.SolverConfig(alpha=0.5, batch_size=batch)
+run = solver.make_runner(opt, cfg, n)
+st = solver.init_state(x, opt, 0)
+st, _ = run(st, g, jnp.int32(1)); jax.block_until_ready(st)   # compile + 1 step
+t = time.perf_counter()
+st, _ = run(st, g, jnp.int32(steps)); jax.block_until_ready(st)
+per_step = (time.perf_counter() - t) / steps
+print(json.dumps({"seconds_per_step": per_step,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def memory(cases):
+    rows = ["| n = m | d | mode | s/step | peak resident memory (GB) |", "|---|---|---|---|---|"]
+    out = []
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    for n, d, batch, steps in cases:
+        r = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(n), str(n), str(d),
+                            str(batch), str(steps)], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-2000:])
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        mode = "full batch" if batch == 0 else f"mini-batch B={batch}"
+        rows.append(f"| {n:,} | {d} | {mode} | {res['seconds_per_step']:.3f} | "
+                    f"{res['peak_rss_gb']:.2f} |")
+        out.append({"n": n, "d": d, "batch_size": batch, **res})
+        print(rows[-1], file=sys.stderr, flush=True)
+    return out, "\n".join(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", default="all", choices=["all", "quality", "exactness", "memory"])
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--eval_every", type=int, default=25)
+    p.add_argument("--fast_steps", type=int, default=150)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--memory_sizes", default="10000,30000,100000")
+    p.add_argument("--out_dir", default="runs/bench_pack")
+    a = p.parse_args()
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header = (f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+              f"{os.cpu_count()} CPU cores, JAX {jax.__version__} ({jax.default_backend()})")
+    print(f"# bench_pack: {header}\n")
+    report = {"machine": header}
+    if a.part in ("all", "quality"):
+        results = quality(a.n, a.n, a.d, a.steps, a.lr, a.eval_every, a.variants.split(","),
+                          a.fast_steps)
+        report["quality"] = results
+        plot_quality(results, out / "time_to_quality.png")
+        print(f"## Time to quality: n = m = {a.n:,}, d = {a.d}, alpha = 0.5, Adam lr {a.lr} "
+              f"halved 5 times, {a.steps} steps\n\n{quality_table(results)}\n")
+    if a.part in ("all", "exactness"):
+        report["exactness"], table = exactness()
+        print(f"## Exactness: n = m = 2,000, d = 128, Adam\n\n{table}\n")
+    if a.part in ("all", "memory"):
+        cases = [(n, 512, 0, 3 if n >= 100_000 else 5) for n in map(int,
+                                                                   a.memory_sizes.split(","))]
+        cases += [(n, 512, b, 20) for b in (1000, 5000) for n in (10_000, 100_000)]
+        report["memory"], table = memory(cases)
+        print(f"## Memory and seconds per step (3-20 timed steps, alpha = 0.5)\n\n{table}\n")
+    (out / "bench_pack.json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The insightface verification-set format (`lfw.bin`, `cfp_fp.bin`, `agedb_30.bin`, ...).
+
+A `.bin` is a pickle of `(bins, issame_list)`: `bins` is a list of 2 n encoded images
+(JPEG or PNG bytes; images 2i and 2i+1 form pair i), `issame_list` n booleans. Pickles can
+run code when loaded, so `read` uses an unpickler that resolves no global at all: only
+bytes, lists, tuples, bools (and ints/None) can appear. A crafted file is refused with
+`InputError`, never executed. The one exception is `_codecs.encode(str, 'latin1')`, the
+way protocol-2 pickles written by Python 3 spell bytes; it is admitted only with those
+argument types and returns bytes.
+"""
+
+import codecs
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hyperface_jax.files import InputError, _atomic_write
+
+
+class _Forbidden(pickle.UnpicklingError):
+    """The pickle asks for something a verification set never holds."""
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _Forbidden("_codecs.encode is admitted only as (str, 'latin1')")
+    return codecs.encode(text, "latin1")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        raise _Forbidden(f"global {module}.{name} is not allowed in a .bin file")
+
+
+def read(path) -> tuple[list[bytes], np.ndarray]:
+    """(encoded images, issame (n,) bool) from a `.bin`; `InputError` naming the file if it
+    is missing, not a verification pickle, or tries to load anything but plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"verification file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            blob = _RestrictedUnpickler(f, encoding="bytes").load()
+    except _Forbidden as e:
+        raise InputError(f"verification file {path} refused: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated or garbage file
+        raise InputError(f"verification file {path} is not a .bin pickle "
+                         f"({type(e).__name__}: {e})") from None
+    if not (isinstance(blob, tuple | list) and len(blob) == 2):
+        raise InputError(f"verification file {path} does not hold (bins, issame_list)")
+    bins, issame = blob
+    if not isinstance(bins, list | tuple) or not all(isinstance(b, bytes) for b in bins):
+        raise InputError(f"verification file {path}: bins must be a list of encoded images")
+    if not isinstance(issame, list | tuple) or not all(isinstance(s, bool | int) for s in issame):
+        raise InputError(f"verification file {path}: issame_list must be a list of booleans")
+    if not issame or len(bins) != 2 * len(issame):
+        raise InputError(f"verification file {path} has {len(bins)} images for "
+                         f"{len(issame)} pairs; expected exactly 2 per pair")
+    return list(bins), np.asarray(issame, dtype=bool)
+
+
+def decode(bins: list[bytes], size: int, path="") -> np.ndarray:
+    """uint8 (N, size, size, 3) RGB images (resized when stored at another size)."""
+    out = np.empty((len(bins), size, size, 3), np.uint8)
+    for i, blob in enumerate(bins):
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                im = im.convert("RGB")
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"verification file {path}: image {i} cannot be decoded "
+                             f"({type(e).__name__})") from None
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(im)
+    return out
+
+
+def encode(image, fmt: str = "png") -> bytes:
+    """An (H, W, 3) or (H, W) uint8 array or a PIL image as PNG/JPEG bytes."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+    buffer = io.BytesIO()
+    im.convert("RGB").save(buffer, format={"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}[fmt])
+    return buffer.getvalue()
+
+
+def write(path, pairs, issame, fmt: str = "png") -> None:
+    """Write a `.bin` from image pairs: `pairs` is a sequence of (image_a, image_b) (uint8
+    arrays or PIL images) or a flat sequence of 2 n images; `issame` n booleans. Written
+    atomically, as a protocol-4 pickle that insightface's loader reads."""
+    flat = [im for pair in pairs for im in pair] if _is_pairs(pairs) else list(pairs)
+    issame = [bool(s) for s in issame]
+    if len(flat) != 2 * len(issame) or not issame:
+        raise InputError(f"{len(flat)} images for {len(issame)} pairs; expected 2 per pair")
+    blob = pickle.dumps(([encode(im, fmt) for im in flat], issame), protocol=4)
+    _atomic_write(Path(path), lambda f: f.write(blob))
+
+
+def _is_pairs(pairs) -> bool:
+    first = pairs[0]
+    return isinstance(first, tuple | list) and len(first) == 2 and not isinstance(
+        first, np.ndarray)

@@ -1,0 +1,163 @@
+"""`python -m bridges.embed`: face images in, a gallery of unit ArcFace embeddings out.
+
+    python -m bridges.embed --images=faces/ --recognizer=w600k_r50.onnx \
+        --detector=det_10g.onnx --out=runs/gallery.npy
+    python -m bridges.embed --images=crops/ --recognizer=arcface.onnx --aligned --flip \
+        --out=runs/gallery.npy
+
+Reads every .jpg/.jpeg/.png under --images (recursively, sorted by path). With --detector
+the largest face of each image is aligned to 112 x 112 with the ArcFace 5-point template;
+with --aligned the inputs must already be 112 x 112 crops. --flip averages each feature
+with its mirror image's. Writes --out (float32 (rows, d), unit rows) and a sidecar
+`<out stem>.json` listing the source file of every row, in row order, and separately every
+file that was skipped and why (unreadable, no face, wrong size): nothing is dropped
+silently. Exit codes: 0 success, 2 bad input (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import flags
+
+from hyperface_jax.files import InputError, save_embeddings, save_json
+
+EXTENSIONS = {".jpg", ".jpeg", ".png"}
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("images", "", "Folder of face images (.jpg/.jpeg/.png, recursive).", **d)
+    flags.DEFINE_string("recognizer", "", "ArcFace ONNX model (insightface model zoo), e.g. "
+                        "w600k_r50.onnx or Arc2Face's arcface.onnx.", **d)
+    flags.DEFINE_string("detector", "", "insightface SCRFD detection model (.onnx): align the "
+                        "largest face of each image.", **d)
+    flags.DEFINE_bool("aligned", False, "Inputs are already aligned 112 x 112 crops (no "
+                      "detector).", **d)
+    flags.DEFINE_bool("flip", False, "Average each feature with its mirror image's.", **d)
+    flags.DEFINE_float("det_threshold", 0.5, "Detection score threshold.", **d)
+    flags.DEFINE_integer("batch_size", 64, "Faces per recognizer call.", lower_bound=1, **d)
+    flags.DEFINE_string("out", "", "Output embeddings (.npy); the listing goes to the same "
+                        "name with .json.", **d)
+    flags.DEFINE_bool("progress", True, "Show a progress bar.", **d)
+
+
+def find_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def run(fv, *, log=None) -> dict:
+    import cv2
+    from tqdm import tqdm
+
+    from bridges import faces
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    started = time.time()
+    if not fv.images:
+        raise InputError("--images is required")
+    if not fv.recognizer:
+        raise InputError("--recognizer is required")
+    if not fv.out:
+        raise InputError("--out is required")
+    out = Path(fv.out)
+    if out.suffix != ".npy":
+        raise InputError(f"--out={out} must end with .npy")
+    if bool(fv.detector) == bool(fv.aligned):
+        raise InputError("give exactly one of --detector=<SCRFD .onnx> and --aligned")
+    folder = Path(fv.images)
+    if not folder.is_dir():
+        raise InputError(f"--images folder not found: {folder}")
+    paths = find_images(folder)
+    if not paths:
+        raise InputError(f"--images folder {folder} holds no .jpg/.jpeg/.png files")
+    recognizer = faces.load_recognizer(fv.recognizer)
+    detector = faces.load_detector(fv.detector, threshold=fv.det_threshold) \
+        if fv.detector else None
+
+    rows: list[str] = []
+    skipped: list[dict] = []
+    features: list[np.ndarray] = []
+    batch: list[tuple[str, np.ndarray]] = []
+
+    def flush():
+        if batch:
+            features.append(faces.features(recognizer, [b[1] for b in batch], flip=fv.flip))
+            rows.extend(b[0] for b in batch)
+            batch.clear()
+
+    for path in tqdm(paths, unit="img", disable=not fv.progress, file=sys.stderr,
+                     dynamic_ncols=True):
+        name = str(path.relative_to(folder))
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            skipped.append({"path": name, "reason": "unreadable"})
+            continue
+        if detector is not None:
+            face = faces.align_largest(detector, image)
+            if face is None:
+                skipped.append({"path": name, "reason": "no face"})
+                continue
+        else:
+            if image.shape[:2] != (faces.ALIGNED_SIZE, faces.ALIGNED_SIZE):
+                skipped.append({"path": name, "reason": f"not {faces.ALIGNED_SIZE}x"
+                                f"{faces.ALIGNED_SIZE} ({image.shape[1]}x{image.shape[0]})"})
+                continue
+            face = image
+        batch.append((name, face))
+        if len(batch) >= fv.batch_size:
+            flush()
+    flush()
+    if not rows:
+        raise InputError(f"no face could be embedded from the {len(paths)} images in {folder} "
+                         f"(first skipped: {skipped[0]['path']}: {skipped[0]['reason']})")
+    gallery = np.concatenate(features)
+    listing = {
+        "images": str(folder), "recognizer": fv.recognizer,
+        "detector": fv.detector or None, "aligned": bool(fv.aligned), "flip": bool(fv.flip),
+        "rows": rows, "skipped": skipped, "count": len(rows), "dim": int(gallery.shape[1]),
+        "seconds": round(time.time() - started, 3),
+    }
+    save_embeddings(out, gallery)
+    save_json(out.with_suffix(".json"), listing)
+    log(f"{len(rows)} embeddings ({gallery.shape[1]}-D) -> {out}; {len(skipped)} files "
+        f"skipped (listed in {out.with_suffix('.json')})")
+    return listing
+
+
+def make_flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    define_flags(fv)
+    return fv
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    fv = make_flag_values()
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.get_help())
+        return 0
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(rest) > 1:
+        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        return 2
+    try:
+        run(fv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""`python -m bridges.evaluate --model=runs/x/model.pt --bins=benchmarks/ --out_dir=eval/x`
+
+Verification on insightface `.bin` sets (lfw, cfp_fp, agedb_30, calfw, cplfw, ...): the
+embedding of an image is the normalised sum of the features of the image and its mirror;
+accuracy by the 10-fold protocol (mean and std), TAR at --far over all pairs, a ROC
+plot, results.md and results.json in --out_dir. `--models=a,b,c` evaluates several models
+and ranks them across the sets by mean accuracy and by Borda count.
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import flags
+
+from hyperface_jax.files import InputError, _atomic_write, save_json
+
+FLAG_DEFS = [
+    ("model", "", "A model written by bridges.train (model.pt, an epoch checkpoint, or its "
+                  "run folder)."),
+    ("models", "", "Several models, comma separated, to evaluate and rank (instead of --model)."),
+    ("bins", "", "A folder of .bin verification sets, or comma-separated .bin files."),
+    ("sets", "", "Only these sets (comma-separated names without .bin); empty: all found."),
+    ("out_dir", "", "Folder for results.json, results.md and roc.png."),
+]
+INT_DEFS = [("batch_size", 64, "Images per forward pass.")]
+FLOAT_DEFS = [("far", 1e-3, "False accept rate at which the true accept rate is reported.")]
+BOOL_DEFS = [
+    ("flip", True, "Add the mirrored image's features (the standard protocol)."),
+    ("group_similarity", False, "GroupFace models: score pairs by the group-aware similarity "
+                                "instead of the cosine."),
+    ("progress", True, "Show a progress bar."),
+]
+
+
+def make_flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    for name, default, text in FLAG_DEFS:
+        flags.DEFINE_string(name, default, text, flag_values=fv)
+    for name, default, text in INT_DEFS:
+        flags.DEFINE_integer(name, default, text, flag_values=fv)
+    for name, default, text in FLOAT_DEFS:
+        flags.DEFINE_float(name, default, text, flag_values=fv)
+    for name, default, text in BOOL_DEFS:
+        flags.DEFINE_bool(name, default, text, flag_values=fv)
+    flags.DEFINE_string("device", "auto", "auto, cpu or cuda.", flag_values=fv)
+    return fv
+
+
+def find_bins(spec: str, only: str = "") -> dict[str, Path]:
+    if not spec:
+        raise InputError("--bins is required (a folder of .bin files or a list of files)")
+    parts = [Path(p) for p in spec.split(",") if p]
+    if len(parts) == 1 and parts[0].is_dir():
+        files = sorted(parts[0].glob("*.bin"))
+        if not files:
+            raise InputError(f"no .bin files in {parts[0]}")
+    else:
+        files = parts
+        for f in files:
+            if not f.is_file():
+                raise InputError(f"verification file not found: {f}")
+    found = {f.stem: f for f in files}
+    if only:
+        wanted = [s for s in only.split(",") if s]
+        missing = [s for s in wanted if s not in found]
+        if missing:
+            raise InputError(f"--sets {','.join(missing)} not among {', '.join(found)}")
+        found = {s: found[s] for s in wanted}
+    return found
+
+
+def model_names(paths: list[str]) -> dict[str, str]:
+    """Short unique labels: the run folder's name for .../model.pt or a folder."""
+    names = {}
+    for p in paths:
+        path = Path(p)
+        base = path.name if path.is_dir() else (
+            path.parent.name if path.name == "model.pt" else path.stem)
+        name, k = base or p, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names[name] = p
+    return names
+
+
+def embed(model, images: np.ndarray, *, batch_size: int, flip: bool, device, bar=None):
+    """(normalised embeddings, GDN intermediate features or None) of uint8 NHWC images."""
+    import torch
+    import torch.nn.functional as F
+
+    from bridges.recognition.data import to_tensor
+
+    embeddings, intermediates = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([to_tensor(im) for im in images[start:start + batch_size]]).to(device)
+            out = model(x)
+            emb, inter = out["embedding"].float(), out.get("intermediate")
+            if flip:
+                mirrored = model(torch.flip(x, dims=[3]))
+                emb = emb + mirrored["embedding"].float()
+                if inter is not None:
+                    inter = inter + mirrored["intermediate"]
+            embeddings.append(F.normalize(emb, dim=1).cpu().numpy())
+            if inter is not None:
+                intermediates.append(inter.float().cpu().numpy())
+            if bar is not None:
+                bar.update(len(x))
+    return np.concatenate(embeddings), (np.concatenate(intermediates) if intermediates else None)
+
+
+def pair_scores(emb, inter, group_similarity: bool) -> np.ndarray:
+    a, b = emb[0::2], emb[1::2]
+    if not group_similarity:
+        return (a * b).sum(axis=1).astype(np.float64)
+    from bridges.recognition.groupface import group_aware_similarity
+
+    return group_aware_similarity(a, b, inter[0::2], inter[1::2]).numpy().astype(np.float64)
+
+
+def run(fv) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from bridges import bins as bins_lib
+    from bridges import verification
+    from bridges.recognition.model import load_model
+    from bridges.recognition.plots import roc_curves
+
+    started = time.time()
+    if bool(fv.model) == bool(fv.models):
+        raise InputError("give exactly one of --model or --models")
+    if not fv.out_dir:
+        raise InputError("--out_dir is required")
+    if not 0 < fv.far < 1:
+        raise InputError(f"--far must be in (0, 1), got {fv.far}")
+    if fv.batch_size < 1:
+        raise InputError("--batch_size must be positive")
+    paths = [fv.model] if fv.model else [p for p in fv.models.split(",") if p]
+    names = model_names(paths)
+    sets = find_bins(fv.bins, fv.sets)
+    device = torch.device("cuda" if fv.device == "cuda" or (
+        fv.device == "auto" and torch.cuda.is_available()) else "cpu")
+    models = {name: load_model(path, device) for name, path in names.items()}
+    if fv.group_similarity:
+        plain = [n for n, m in models.items() if m.groupface is None]
+        if plain:
+            raise InputError(f"--group_similarity needs GroupFace models; {plain[0]} is not one")
+    loaded = {name: bins_lib.read(path) for name, path in sets.items()}
+
+    results, curves, table = {}, {}, {}
+    decoded = {}
+    total = sum(len(b) for b, _ in loaded.values()) * len(models)
+    bar = tqdm(total=total, disable=not fv.progress, unit="img", file=sys.stderr)
+    for name, model in models.items():
+        size = model.spec["input_size"]
+        results[name], table[name] = {}, {}
+        for set_name, (encoded, issame) in loaded.items():
+            if (set_name, size) not in decoded:
+                decoded[(set_name, size)] = bins_lib.decode(encoded, size, sets[set_name])
+            emb, inter = embed(model, decoded[(set_name, size)], batch_size=fv.batch_size,
+                               flip=fv.flip, device=device, bar=bar)
+            scores = pair_scores(emb, inter, fv.group_similarity)
+            folds = verification.ten_fold_accuracy(scores, issame)
+            tar = verification.tar_at_far(scores, issame, fv.far)
+            curves[f"{name} / {set_name}"] = verification.roc(scores, issame)
+            results[name][set_name] = {
+                "accuracy_mean": folds["mean"], "accuracy_std": folds["std"],
+                "fold_accuracies": folds["accuracies"].tolist(),
+                "fold_thresholds": folds["thresholds"].tolist(),
+                "tar_at_far": tar["tar"], "far": fv.far, "far_achieved": tar["far"],
+                "tar_threshold": tar["threshold"], "pairs": int(len(issame)),
+                "genuine_pairs": int(issame.sum())}
+            table[name][set_name] = folds["mean"]
+    bar.close()
+    ranking = verification.rank_models(table) if len(models) > 1 else None
+    report = {"results": results, "ranking": ranking,
+              "models": names, "sets": {k: str(v) for k, v in sets.items()},
+              "flags": {k: fv[k].value for k in fv},
+              "protocol": "10-fold, threshold by best accuracy on 9 folds, flip-sum embeddings"
+                          if fv.flip else "10-fold, no flip",
+              "wall_seconds": round(time.time() - started, 3)}
+    out = Path(fv.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "results.json", report)
+    text = results_markdown(results, ranking, fv.far)
+    _atomic_write(out / "results.md", lambda f: f.write(text.encode()))
+    roc_curves(curves, out / "roc.png", title="verification ROC")
+    print(text)
+    return report
+
+
+def results_markdown(results: dict, ranking, far: float) -> str:
+    sets = list(next(iter(results.values())))
+    lines = ["# Verification results", "",
+             "Accuracy (%) by the 10-fold protocol, mean ± std over folds.", "",
+             "| model | " + " | ".join(sets) + " | mean |",
+             "|---" * (len(sets) + 2) + "|"]
+    for name, row in results.items():
+        cells = [f"{100 * row[s]['accuracy_mean']:.2f} ± {100 * row[s]['accuracy_std']:.2f}"
+                 for s in sets]
+        mean = 100 * np.mean([row[s]["accuracy_mean"] for s in sets])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean:.2f} |")
+    lines += ["", f"TAR (%) at FAR = {far:g} (all pairs pooled).", "",
+              "| model | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    for name, row in results.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * row[s]['tar_at_far']:.2f}" for s in sets) + " |")
+    if ranking:
+        lines += ["", "Ranking across sets (Borda: one point per model beaten on a set, "
+                      "ties share).", "",
+                  "| rank (Borda) | model | Borda points | mean accuracy (%) | rank (mean) |",
+                  "|---|---|---|---|---|"]
+        for r in ranking:
+            lines.append(f"| {r['rank_borda']} | {r['model']} | {r['borda']:g} | "
+                         f"{100 * r['mean']:.2f} | {r['rank_mean']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    fv = make_flag_values()
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.get_help())
+        return 0
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(rest) > 1:
+        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        return 2
+    try:
+        run(fv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Folder-per-identity training images, streamed from disk by DataLoader workers.
+
+Layout: `root/<identity>/<image>` (bridges.generate writes `%06d/%03d.png`; any folder
+names and the usual image suffixes work). Identities are the sorted sub-folders that hold
+at least one image; labels are their indices. Images are decoded per item (nothing is
+held in memory), converted to RGB, resized to the model's input, augmented and scaled to
+[-1, 1] as (x / 255 - 0.5) / 0.5 (the arcface_torch convention).
+
+Every random choice (sample order, augmentation) comes from a generator seeded by
+(seed, epoch, index), so the run does not depend on the number of workers or processes,
+and a resumed run repeats the interrupted one.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+from hyperface_jax.files import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+AUGMENTATIONS = ("flip", "crop", "color", "lowres", "erase")
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    identities: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.identities)
+
+
+def scan(root) -> ImageFolder:
+    """Find the identity folders and their images; `InputError` if there is nothing to
+    train on."""
+    root = Path(root)
+    if not str(root) or not root.is_dir():
+        raise InputError(f"training data folder not found: {root}")
+    paths, labels, identities = [], [], []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        images = sorted(f.name for f in os.scandir(entry.path)
+                        if f.is_file() and not f.name.startswith(".")
+                        and f.name.lower().endswith(IMAGE_SUFFIXES))
+        if not images:
+            continue
+        paths += [os.path.join(entry.path, name) for name in images]
+        labels += [len(identities)] * len(images)
+        identities.append(entry.name)
+    if len(identities) < 2:
+        raise InputError(f"training data folder {root} has {len(identities)} identity folders "
+                         "with images; expected root/<identity>/<image> with at least 2")
+    return ImageFolder(tuple(paths), np.asarray(labels, np.int64), tuple(identities))
+
+
+def parse_augment(spec: str) -> tuple[str, ...]:
+    names = tuple(a.strip() for a in spec.split(",") if a.strip() and a.strip() != "none")
+    unknown = [a for a in names if a not in AUGMENTATIONS]
+    if unknown:
+        raise InputError(f"unknown --augment {','.join(unknown)}; expected any of "
+                         f"{', '.join(AUGMENTATIONS)} or none")
+    return names
+
+
+def load_image(path: str, size: int) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - any undecodable file is bad input
+        raise InputError(f"cannot read image {path} ({type(e).__name__}: {e})") from None
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return im
+
+
+def augment(im: Image.Image, names, rng: np.random.Generator) -> np.ndarray:
+    """Apply the named augmentations; returns uint8 (H, W, 3)."""
+    size = im.size[0]
+    if "crop" in names and rng.random() < 0.2:  # AdaFace: crop augmentation, p 0.2
+        scale = rng.uniform(0.7, 1.0)
+        side = max(int(round(size * np.sqrt(scale))), 2)
+        x0, y0 = rng.integers(0, size - side + 1, size=2)
+        im = im.crop((int(x0), int(y0), int(x0) + side, int(y0) + side)).resize(
+            (size, size), Image.BILINEAR)
+    if "lowres" in names and rng.random() < 0.2:  # AdaFace: low-resolution, p 0.2
+        small = max(int(size * rng.uniform(0.2, 1.0)), 2)
+        im = im.resize((small, small), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+    if "color" in names and rng.random() < 0.2:  # AdaFace: photometric, p 0.2
+        f = rng.uniform(0.5, 1.5, size=3)
+        im = ImageEnhance.Brightness(im).enhance(f[0])
+        im = ImageEnhance.Contrast(im).enhance(f[1])
+        im = ImageEnhance.Color(im).enhance(f[2])
+    if "flip" in names and rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    array = np.array(im, dtype=np.uint8)
+    if "erase" in names and rng.random() < 0.5:  # torchvision RandomErasing defaults
+        area = rng.uniform(0.02, 0.33) * size * size
+        ratio = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
+        h = min(int(round(np.sqrt(area * ratio))), size)
+        w = min(int(round(np.sqrt(area / ratio))), size)
+        y0 = rng.integers(0, size - h + 1)
+        x0 = rng.integers(0, size - w + 1)
+        array[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return array
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
+    return torch.from_numpy(
+        (array.astype(np.float32) / 255.0 - 0.5) / 0.5).permute(2, 0, 1).contiguous()
+
+
+class TrainSet(torch.utils.data.Dataset):
+    """Items are (index, epoch) pairs (see `GlobalBatchSampler`); returns (image, label)."""
+
+    def __init__(self, folder: ImageFolder, size: int, augmentations=(), seed: int = 0):
+        self.folder = folder
+        self.size = size
+        self.augmentations = tuple(augmentations)
+        self.seed = seed
+
+    def __len__(self):
+        return len(self.folder.paths)
+
+    def __getitem__(self, item):
+        index, epoch = item
+        rng = np.random.default_rng([self.seed, epoch, index])
+        im = load_image(self.folder.paths[index], self.size)
+        return to_tensor(augment(im, self.augmentations, rng)), int(self.folder.labels[index])
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """The same global batches in any number of processes: a seeded permutation per
+    epoch cut into full batches of `global_batch` (the last partial one dropped, as
+    arcface_torch), of which process `rank` takes the `rank`-th contiguous slice."""
+
+    def __init__(self, n: int, global_batch: int, *, rank: int = 0, world: int = 1,
+                 seed: int = 0, epoch: int = 0):
+        self.n, self.global_batch, self.rank, self.world = n, global_batch, rank, world
+        self.local = global_batch // world
+        self.seed, self.epoch = seed, epoch
+
+    def __len__(self):
+        return self.n // self.global_batch
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch, 2**31 - 1]).permutation(self.n)
+        for b in range(len(self)):
+            start = b * self.global_batch + self.rank * self.local
+            yield [(int(i), self.epoch) for i in order[start:start + self.local]]

@@ -1,0 +1,58 @@
+"""`python -m bridges.train --flagfile=configs/train_hyperface.flags --data=D --out_dir=O`
+
+Trains a face-recognition model on a folder-per-identity image set (see
+bridges/recognition/). Multi-process: `torchrun --nproc_per_node=N -m bridges.train ...`.
+Re-running on the same --out_dir resumes after the last finished epoch.
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 failure, 130 interrupted.
+"""
+
+import sys
+
+from absl import flags
+
+from bridges.recognition.config import config_from_flags, define_flags
+from hyperface_jax.files import InputError
+
+
+def make_flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    define_flags(fv)
+    return fv
+
+
+def input_error_line(e: Exception) -> str:
+    """One line for an InputError, also when a DataLoader worker re-raised it with its
+    traceback in the message."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    line = lines[-1] if lines else type(e).__name__
+    return line.split("InputError: ", 1)[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    fv = make_flag_values()
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.get_help())
+        return 0
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(rest) > 1:
+        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        return 2
+    from bridges.recognition.train import run
+
+    try:
+        run(config_from_flags(fv))
+    except InputError as e:
+        print(f"error: {input_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""`python -m hyperface_jax.analyze --embeddings=E.npy --labels=L.npy --out_dir=...`.
+
+Dataset quality of a generated (or any labelled) set of face features, before spending
+GPU-days training on it: intra-class noise, inter-class noise, genuine and impostor
+cosine distributions with EER and d', identity consistency, and with
+`--reference=R.npy [--reference_labels=RL.npy]` identity leakage and the synthetic images
+most similar to real ones (`--clean_top_k` writes the list to drop). See `quality.py` for
+the definitions and the blockwise, memory-mapped computation (3.2M x 512 fits).
+
+Writes analysis.json, analysis.md, analysis.png (genuine and impostor histograms with the
+EER point), identities.csv (one line per identity), intra_class_outliers.txt (file rows)
+and, with --clean_top_k, clean_drop.txt (synthetic image rows to drop, most similar first).
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import flags
+from tqdm import tqdm
+
+from hyperface_jax import quality
+from hyperface_jax.files import InputError, _atomic_write, load_labels, save_figure, save_json
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    d = flags
+    d.DEFINE_string("embeddings", "", "Per-image features of the set (.npy, (N, d), unit rows; "
+                    "memory-mapped).", flag_values=fv)
+    d.DEFINE_string("labels", "", "Identity label (int) of each row (.npy, (N,)).", flag_values=fv)
+    d.DEFINE_string("reference", "", "Optional real reference set (.npy, (R, d), unit rows) for "
+                    "identity leakage and --clean_top_k.", flag_values=fv)
+    d.DEFINE_string("reference_labels", "", "Identity labels of --reference; empty: every "
+                    "reference row is its own identity.", flag_values=fv)
+    d.DEFINE_string("out_dir", "", "Folder for analysis.json/.md/.png and the lists.",
+                    flag_values=fv)
+    d.DEFINE_float("outlier_threshold", 0.3, "Intra-class noise: an image whose cosine to its "
+                   "identity mean is below this is an outlier (Vec2Face: 0.3).", flag_values=fv)
+    d.DEFINE_float("same_identity_threshold", 0.7, "Inter-class noise: two identities whose "
+                   "means have a cosine above this are the same person (Vec2Face/WebFace260M: "
+                   "0.7).", flag_values=fv)
+    d.DEFINE_float("leakage_threshold", 0.7, "Identity leakage: a synthetic identity whose mean "
+                   "has a cosine above this to a reference identity mean leaks (0.7).",
+                   flag_values=fv)
+    d.DEFINE_integer("clean_top_k", 0, "With --reference: write clean_drop.txt, the k synthetic "
+                     "images most similar to a reference image (HyperFace appendix D: 200); "
+                     "0: off.", flag_values=fv)
+    d.DEFINE_integer("impostor_sample", 20_000, "Impostor pairs: all different-label pairs "
+                     "among this many random images (~s^2/2 pairs); exact when N <= this.",
+                     flag_values=fv)
+    d.DEFINE_integer("chunk_rows", 2048, "Rows per block (memory ~ chunk_rows^2 floats).",
+                     flag_values=fv)
+    d.DEFINE_integer("seed", 0, "Seed of the impostor subset.", flag_values=fv)
+    d.DEFINE_integer("list_limit", 1000, "Inter-class pairs and leaked identities listed in "
+                     "analysis.json at most (counts are exact).", flag_values=fv)
+    d.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
+
+
+def _check(fv) -> None:
+    for name in ("embeddings", "labels", "out_dir"):
+        if not fv[name].value:
+            raise InputError(f"--{name} is required")
+    if fv["reference_labels"].value and not fv["reference"].value:
+        raise InputError("--reference_labels needs --reference")
+    if fv["clean_top_k"].value < 0:
+        raise InputError(f"--clean_top_k must be >= 0, got {fv['clean_top_k'].value}")
+    if fv["clean_top_k"].value and not fv["reference"].value:
+        raise InputError("--clean_top_k needs --reference")
+    for name in ("impostor_sample", "chunk_rows", "list_limit"):
+        if fv[name].value < 2:
+            raise InputError(f"--{name} must be >= 2, got {fv[name].value}")
+    for name in ("outlier_threshold", "same_identity_threshold", "leakage_threshold"):
+        if not -1 <= fv[name].value <= 1:
+            raise InputError(f"--{name} must be in [-1, 1], got {fv[name].value}")
+
+
+def _summary(values: np.ndarray) -> dict:
+    if values.size == 0:
+        return {}
+    p = np.percentile(values, [1, 5, 50, 95, 99])
+    return {"mean": float(values.mean()), "min": float(values.min()), "p01": float(p[0]),
+            "p05": float(p[1]), "p50": float(p[2]), "p95": float(p[3]), "p99": float(p[4]),
+            "max": float(values.max())}
+
+
+def _distribution(dist: quality.Distribution) -> dict:
+    return {"pairs": dist.n, "mean": dist.mean, "std": float(np.sqrt(dist.var)),
+            "p01": dist.quantile(0.01), "p50": dist.quantile(0.5), "p99": dist.quantile(0.99)}
+
+
+def analyze(fv, *, log=None) -> dict:
+    _check(fv)
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    started = time.time()
+    x = quality.open_embeddings(fv["embeddings"].value, "embeddings")
+    n, d = x.shape
+    labels = load_labels(fv["labels"].value, n, "labels")
+    what = f"embeddings file {fv['embeddings'].value}"
+    reference = reference_labels = None
+    if fv["reference"].value:
+        ref = quality.open_embeddings(fv["reference"].value, "reference")
+        if ref.shape[1] != d:
+            raise InputError(f"dimension mismatch: embeddings have d={d}, reference "
+                             f"{fv['reference'].value} has d={ref.shape[1]}")
+        reference = np.asarray(ref, np.float32)
+        quality.check_rows(reference, 0, f"reference file {fv['reference'].value}")
+        reference_labels = (load_labels(fv["reference_labels"].value, len(reference),
+                                        "reference_labels")
+                            if fv["reference_labels"].value else np.arange(len(reference)))
+    chunk = fv["chunk_rows"].value
+    timings = {}
+
+    bar = tqdm(total=n, disable=not fv["progress"].value, unit="img", desc="identities",
+               file=sys.stderr, dynamic_ncols=True)
+    t = time.perf_counter()
+    ids = quality.identity_figures(x, labels, outlier_threshold=fv["outlier_threshold"].value,
+                                   chunk_rows=chunk, what=what, progress=bar.update)
+    bar.close()
+    timings["identities_and_genuine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    impostor, sampled, exact = quality.impostor_distribution(
+        x, labels, sample=fv["impostor_sample"].value, seed=fv["seed"].value, block=chunk)
+    timings["impostor"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    same_thr = fv["same_identity_threshold"].value
+    pairs, pair_count, nearest_identity = quality.close_pairs(
+        ids.means, same_thr, block=chunk, limit=fv["list_limit"].value)
+    timings["inter_class"] = time.perf_counter() - t
+
+    c = len(ids.labels)
+    eer, eer_threshold = quality.equal_error_rate(ids.genuine.counts, impostor.counts)
+    report = {
+        "n_images": n, "d": d, "n_identities": c,
+        "images_per_identity": _summary(ids.counts.astype(np.float64)),
+        "intra_class_noise": {
+            "threshold": fv["outlier_threshold"].value,
+            "outlier_images": int(len(ids.outlier_rows)),
+            "share": len(ids.outlier_rows) / n,
+            "identities_with_outliers": int((ids.outliers > 0).sum()),
+        },
+        "identity_consistency": _summary(ids.consistency),
+        "inter_class_noise": {
+            "threshold": same_thr,
+            "identity_pairs": pair_count,
+            "identities_involved": int((nearest_identity > same_thr).sum()),
+            "share_of_identities": float((nearest_identity > same_thr).mean()) if c > 1 else 0.0,
+            "nearest_other_identity_cos": _summary(nearest_identity[np.isfinite(nearest_identity)]),
+            "pairs": [{"label_a": int(ids.labels[a]), "label_b": int(ids.labels[b]), "cos": s}
+                      for a, b, s in pairs],
+        },
+        "genuine": _distribution(ids.genuine),
+        "impostor": {**_distribution(impostor), "images_sampled": sampled, "exact": exact},
+        "eer": eer, "eer_threshold": eer_threshold,
+        "d_prime": float(quality.decidability(ids.genuine, impostor)),
+    }
+
+    leak = None
+    if reference is not None:
+        t = time.perf_counter()
+        ref_ids = quality.identity_figures(reference, reference_labels, chunk_rows=chunk,
+                                           what="reference")
+        leak_thr = fv["leakage_threshold"].value
+        to_real = np.full(c, -np.inf, np.float32)
+        real_arg = np.zeros(c, np.int64)
+        for s in range(0, c, chunk):
+            sim = ids.means[s:s + chunk] @ ref_ids.means.T
+            real_arg[s:s + chunk] = sim.argmax(axis=1)
+            to_real[s:s + chunk] = sim.max(axis=1)
+        leaked = np.flatnonzero(to_real > leak_thr)
+        leaked = leaked[np.argsort(-to_real[leaked], kind="stable")]
+        bar = tqdm(total=n, disable=not fv["progress"].value, unit="img", desc="leakage",
+                   file=sys.stderr, dynamic_ncols=True)
+        best, arg = quality.nearest_reference(x, reference, block=chunk, what=what,
+                                              progress=bar.update)
+        bar.close()
+        k = fv["clean_top_k"].value
+        top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
+        leak = {"to_real": to_real, "top": top}
+        report["leakage"] = {
+            "threshold": leak_thr,
+            "reference_images": len(reference), "reference_identities": len(ref_ids.labels),
+            "leaked_identities": int(len(leaked)), "share": len(leaked) / c,
+            "nearest_reference_identity_cos": _summary(to_real),
+            "nearest_reference_image_cos": _summary(best),
+            "identities": [{"label": int(ids.labels[i]),
+                            "reference_label": int(ref_ids.labels[real_arg[i]]),
+                            "cos": float(to_real[i])}
+                           for i in leaked[:fv["list_limit"].value]],
+            "top_k_pairs": [{"row": int(i), "label": int(labels[i]),
+                             "reference_row": int(arg[i]), "cos": float(best[i])} for i in top],
+        }
+        timings["leakage"] = time.perf_counter() - t
+
+    report["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    report["wall_seconds"] = round(time.time() - started, 3)
+    report["flags"] = {name: fv[name].value for name in fv if name in _FLAG_NAMES}
+    _write(Path(fv["out_dir"].value), report, ids, impostor, nearest_identity, leak)
+    log(f"{n} images, {c} identities: "
+        f"intra-class noise {report['intra_class_noise']['share']:.4%}, "
+        f"inter-class pairs {pair_count}, EER {eer:.4%} at {eer_threshold:.3f}, "
+        f"d'={report['d_prime']:.3f} -> {fv['out_dir'].value}")
+    return report
+
+
+_FLAG_NAMES = ("embeddings", "labels", "reference", "reference_labels", "out_dir",
+               "outlier_threshold", "same_identity_threshold", "leakage_threshold",
+               "clean_top_k", "impostor_sample", "chunk_rows", "seed", "list_limit")
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _write(out: Path, report, ids, impostor, nearest_identity, leak) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["label,images,consistency,outliers,nearest_other_identity_cos"
+             + (",nearest_reference_identity_cos" if leak else "")]
+    for i in range(len(ids.labels)):
+        row = (f"{ids.labels[i]},{ids.counts[i]},{ids.consistency[i]:.6f},{ids.outliers[i]},"
+               f"{nearest_identity[i]:.6f}")
+        lines.append(row + (f",{leak['to_real'][i]:.6f}" if leak else ""))
+    _write_text(out / "identities.csv", "\n".join(lines) + "\n")
+    _write_text(out / "intra_class_outliers.txt", "".join(f"{r}\n" for r in ids.outlier_rows))
+    if leak is not None and report["flags"]["clean_top_k"]:
+        _write_text(out / "clean_drop.txt", "".join(f"{r}\n" for r in leak["top"]))
+    _plot(out / "analysis.png", report, ids.genuine, impostor)
+    _write_text(out / "analysis.md", _markdown(report))
+    save_json(out / "analysis.json", report)
+
+
+def _markdown(r: dict) -> str:
+    intra, inter = r["intra_class_noise"], r["inter_class_noise"]
+    rows = [
+        ("images / identities", f"{r['n_images']} / {r['n_identities']} (d = {r['d']})"),
+        (f"intra-class noise (cos to mean < {intra['threshold']})",
+         f"{intra['outlier_images']} images ({intra['share']:.4%}), "
+         f"{intra['identities_with_outliers']} identities"),
+        (f"inter-class noise (identity means > {inter['threshold']})",
+         f"{inter['identity_pairs']} pairs, {inter['identities_involved']} identities "
+         f"({inter['share_of_identities']:.4%})"),
+        ("identity consistency (mean cos to own mean)",
+         f"mean {r['identity_consistency'].get('mean', float('nan')):.4f}, "
+         f"p05 {r['identity_consistency'].get('p05', float('nan')):.4f}"),
+        ("genuine cos", f"{r['genuine']['mean']:.4f} +- {r['genuine']['std']:.4f} "
+                        f"({r['genuine']['pairs']} pairs)"),
+        ("impostor cos", f"{r['impostor']['mean']:.4f} +- {r['impostor']['std']:.4f} "
+                         f"({r['impostor']['pairs']} pairs, "
+                         f"{'exact' if r['impostor']['exact'] else 'sampled'})"),
+        ("EER", f"{r['eer']:.4%} at threshold {r['eer_threshold']:.4f}"),
+        ("d'", f"{r['d_prime']:.4f}"),
+    ]
+    if "leakage" in r:
+        lk = r["leakage"]
+        rows.append((f"identity leakage (> {lk['threshold']} to a reference identity)",
+                     f"{lk['leaked_identities']} identities ({lk['share']:.4%})"))
+        if lk["top_k_pairs"]:
+            rows.append(("top-k synthetic/real image pairs",
+                         f"{len(lk['top_k_pairs'])} images, cos {lk['top_k_pairs'][-1]['cos']:.4f}"
+                         f" to {lk['top_k_pairs'][0]['cos']:.4f} (clean_drop.txt)"))
+    table = "\n".join(f"| {a} | {b} |" for a, b in rows)
+    return (f"# Dataset analysis of {r['flags']['embeddings']}\n\n| figure | value |\n|---|---|\n"
+            f"{table}\n\nWall time {r['wall_seconds']} s.\n")
+
+
+def _plot(path: Path, report, genuine, impostor) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = quality.bin_edges()
+    factor = 50  # plot at 100 bins of width 0.02
+    centres = edges[:-1].reshape(-1, factor).mean(axis=1)
+    width = 2.0 / (quality.BINS // factor)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    for dist, name, color in ((genuine, "genuine", "C0"), (impostor, "impostor", "C3")):
+        counts = dist.counts.reshape(-1, factor).sum(axis=1)
+        ax.bar(centres, counts / max(1, counts.sum()) / width, width=width, alpha=0.5,
+               color=color, label=f"{name} ({dist.n} pairs)")
+    ax.axvline(report["eer_threshold"], color="k", ls="--", lw=1,
+               label=f"EER {report['eer']:.3%} at {report['eer_threshold']:.3f}")
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("density")
+    ax.set_title(f"genuine vs impostor (d' = {report['d_prime']:.2f})")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    frr = np.concatenate([[0], np.cumsum(genuine.counts)]) / max(1, genuine.n)
+    far = 1 - np.concatenate([[0], np.cumsum(impostor.counts)]) / max(1, impostor.n)
+    ax.plot(edges, frr, label="false reject rate")
+    ax.plot(edges, far, label="false accept rate")
+    ax.plot([report["eer_threshold"]], [report["eer"]], "ko", label="EER")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("threshold")
+    ax.set_title("error rates")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    fv = flags.FlagValues()
+    define_flags(fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.get_help())
+        return 0
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(rest) > 1:
+        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        return 2
+    try:
+        analyze(fv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

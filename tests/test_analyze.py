@@ -1,0 +1,225 @@
+"""`python -m hyperface_jax.analyze`: dataset quality figures on sets whose answers are known."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hyperface_jax import analyze, quality
+from tests.conftest import run_module
+
+
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _labelled(identities=30, per=10, d=64, spread=0.5, seed=0, centres=None):
+    """Images of each identity: its centre plus Gaussian noise of about `spread` radians."""
+    rng = np.random.default_rng(seed)
+    if centres is None:
+        centres = _unit(rng.standard_normal((identities, d)))
+    labels = np.repeat(np.arange(len(centres)), per)
+    x = _unit(centres[labels] + spread * rng.standard_normal((len(labels), d)) / np.sqrt(d))
+    return x, labels, centres
+
+
+def _run(tmp_path, x, labels, *extra, reference=None, reference_labels=None, name="out"):
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "l.npy", labels)
+    args = ["analyze", f"--embeddings={tmp_path}/x.npy", f"--labels={tmp_path}/l.npy",
+            f"--out_dir={tmp_path / name}", "--progress=false", *extra]
+    if reference is not None:
+        np.save(tmp_path / "r.npy", reference)
+        args.append(f"--reference={tmp_path}/r.npy")
+    if reference_labels is not None:
+        np.save(tmp_path / "rl.npy", reference_labels)
+        args.append(f"--reference_labels={tmp_path}/rl.npy")
+    assert analyze.main(args) == 0
+    out = tmp_path / name
+    return json.loads((out / "analysis.json").read_text()), out
+
+
+def _dense(x, labels):
+    x = x.astype(np.float64)
+    s = x @ x.T
+    iu = np.triu_indices(len(x), k=1)
+    same = (labels[:, None] == labels[None, :])[iu]
+    return s[iu][same], s[iu][~same]
+
+
+def _same_histogram(a, b):
+    """Equal pair counts, each value in the same bin up to a float32 rounding across an edge."""
+    assert a.sum() == b.sum()
+    assert np.abs(np.cumsum(a) - np.cumsum(b)).max() <= 2
+
+
+def _brute_eer(genuine, impostor):
+    """min over thresholds of max(FAR, FRR), evaluating every score as a threshold."""
+    t = np.concatenate([genuine, impostor])
+    frr = np.searchsorted(np.sort(genuine), t, side="left") / len(genuine)  # genuine < t
+    far = 1 - np.searchsorted(np.sort(impostor), t, side="left") / len(impostor)  # >= t
+    return np.maximum(frr, far).min()
+
+
+def test_planted_outlier_images_are_found_exactly(tmp_path):
+    x, labels, centres = _labelled()
+    rng = np.random.default_rng(5)
+    planted = np.array([3, 47, 48, 160, 299])
+    # Images of someone else entirely: a direction far from their identity's.
+    x[planted] = _unit(-centres[labels[planted]] + rng.standard_normal((5, 64)) / 8)
+    report, out = _run(tmp_path, x, labels)
+    found = np.loadtxt(out / "intra_class_outliers.txt", dtype=int, ndmin=1)
+    np.testing.assert_array_equal(found, planted)
+    assert report["intra_class_noise"]["outlier_images"] == 5
+    assert report["intra_class_noise"]["identities_with_outliers"] == 4
+    assert report["inter_class_noise"]["identity_pairs"] == 0
+
+
+def test_planted_duplicate_identities_are_inter_class_noise(tmp_path):
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.standard_normal((30, 64)))
+    centres[19] = centres[7]  # one person filed under two labels
+    centres[25] = _unit(centres[2:3] + 0.2 * rng.standard_normal((1, 64)) / 8)[0]  # near twin
+    x, labels, _ = _labelled(centres=centres, seed=2)
+    report, out = _run(tmp_path, x, labels)
+    pairs = {(p["label_a"], p["label_b"]) for p in report["inter_class_noise"]["pairs"]}
+    assert pairs == {(7, 19), (2, 25)}
+    assert report["inter_class_noise"]["identities_involved"] == 4
+    csv = np.genfromtxt(out / "identities.csv", delimiter=",", names=True)
+    assert (csv["nearest_other_identity_cos"] > 0.7).sum() == 4
+
+
+def test_eer_of_two_separated_gaussians_matches_brute_force(tmp_path):
+    # Wide identities in 32-D: genuine and impostor cosines overlap by a few per cent.
+    x, labels, _ = _labelled(identities=40, per=8, d=32, spread=1.1, seed=3)
+    genuine, impostor = _dense(x, labels)
+    report, _ = _run(tmp_path, x, labels, "--chunk_rows=50")
+    expected = _brute_eer(genuine, impostor)
+    assert 0.005 < expected < 0.3  # the test is about an overlap that exists
+    assert report["eer"] == pytest.approx(expected, abs=2e-3)
+    d_prime = abs(genuine.mean() - impostor.mean()) / np.sqrt(
+        (genuine.var() + impostor.var()) / 2)
+    assert report["d_prime"] == pytest.approx(d_prime, rel=1e-4)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 16, 4096])
+def test_blockwise_figures_equal_a_dense_computation(chunk_rows):
+    rng = np.random.default_rng(4)
+    x, labels, _ = _labelled(identities=12, per=6, d=16, spread=0.8, seed=4)
+    labels = labels.copy()
+    labels[:10] = 11  # one large identity (16 images) spread over the file
+    perm = rng.permutation(len(x))
+    x, labels = x[perm], labels[perm] * 7 + 3  # unsorted, non-contiguous label values
+    genuine, impostor = _dense(x, labels)
+    ids = quality.identity_figures(x, labels, chunk_rows=chunk_rows)
+    expected = quality.Distribution()
+    expected.add(genuine)
+    _same_histogram(ids.genuine.counts, expected.counts)
+    assert ids.genuine.mean == pytest.approx(genuine.mean(), abs=1e-6)
+    assert ids.genuine.var == pytest.approx(genuine.var(), abs=1e-6)
+    # Identity means and consistencies against the dense definition.
+    for k, value in enumerate(ids.labels):
+        rows = x[labels == value].astype(np.float64)
+        mean = rows.sum(axis=0) / np.linalg.norm(rows.sum(axis=0))
+        np.testing.assert_allclose(ids.means[k], mean, atol=1e-5)
+        assert ids.consistency[k] == pytest.approx((rows @ mean).mean(), abs=1e-5)
+    dist, used, exact = quality.impostor_distribution(x, labels, sample=1000, block=chunk_rows)
+    assert exact and used == len(x)
+    expected = quality.Distribution()
+    expected.add(impostor)
+    _same_histogram(dist.counts, expected.counts)
+    # Sampled impostors: every different-label pair of the subset, nothing else.
+    dist, used, exact = quality.impostor_distribution(x, labels, sample=30, seed=1,
+                                                      block=chunk_rows)
+    sub = np.sort(np.random.default_rng(1).choice(len(x), 30, replace=False))
+    _, sub_impostor = _dense(x[sub], labels[sub])
+    assert not exact and used == 30 and dist.n == len(sub_impostor)
+    assert dist.mean == pytest.approx(sub_impostor.mean(), abs=1e-6)
+    # Close pairs and nearest other identity.
+    means = ids.means
+    pairs, count, nearest = quality.close_pairs(means, 0.2, block=max(2, chunk_rows // 2))
+    s = means.astype(np.float64) @ means.T
+    np.fill_diagonal(s, -np.inf)
+    np.testing.assert_allclose(nearest, s.max(axis=1), atol=1e-5)
+    assert count == int((np.triu(s, k=1) > 0.2).sum()) == len(pairs)
+
+
+def test_planted_leaked_identities_are_found_and_clean_top_k_lists_exactly_them(tmp_path):
+    reference, reference_labels, real_centres = _labelled(identities=20, per=5, d=64,
+                                                          spread=0.4, seed=6)
+    rng = np.random.default_rng(7)
+    centres = _unit(rng.standard_normal((30, 64)))
+    centres[3], centres[11] = real_centres[4], real_centres[9]  # two leaked identities
+    x, labels, _ = _labelled(centres=centres, per=6, spread=0.4, seed=8)
+    planted = np.flatnonzero(np.isin(labels, [3, 11]))
+    report, out = _run(tmp_path, x, labels, f"--clean_top_k={len(planted)}",
+                       reference=reference, reference_labels=reference_labels)
+    leak = report["leakage"]
+    assert {(i["label"], i["reference_label"]) for i in leak["identities"]} == {(3, 4), (11, 9)}
+    assert leak["share"] == pytest.approx(2 / 30)
+    dropped = np.loadtxt(out / "clean_drop.txt", dtype=int)
+    assert sorted(dropped) == sorted(planted)
+    # The listed pairs are each image's most similar reference image, most similar first.
+    s = x.astype(np.float64) @ reference.T.astype(np.float64)
+    cos = [p["cos"] for p in leak["top_k_pairs"]]
+    assert cos == sorted(cos, reverse=True)
+    for p in leak["top_k_pairs"]:
+        assert p["reference_row"] == int(s[p["row"]].argmax())
+        assert p["cos"] == pytest.approx(s[p["row"]].max(), abs=1e-5)
+
+
+def test_cli_end_to_end_writes_every_output(tmp_path):
+    x, labels, _ = _labelled(identities=10, per=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "l.npy", labels)
+    r = run_module("hyperface_jax.analyze", f"--embeddings={tmp_path}/x.npy",
+                   f"--labels={tmp_path}/l.npy", f"--out_dir={tmp_path}/o", "--progress=false")
+    assert r.returncode == 0, r.stderr
+    for name in ("analysis.json", "analysis.md", "analysis.png", "identities.csv",
+                 "intra_class_outliers.txt"):
+        assert (tmp_path / "o" / name).is_file(), name
+    assert (tmp_path / "o" / "analysis.png").stat().st_size > 10_000
+    assert "EER" in (tmp_path / "o" / "analysis.md").read_text()
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    x, labels, _ = _labelled(identities=5, per=4, d=8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "l.npy", labels)
+    np.save(tmp_path / "short.npy", labels[:-1])
+    np.save(tmp_path / "float_labels.npy", labels.astype(np.float32))
+    nan = x.copy()
+    nan[13, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    long = x.copy()
+    long[6] *= 2
+    np.save(tmp_path / "long.npy", long)
+    zero = x.copy()
+    zero[9] = 0
+    np.save(tmp_path / "zero.npy", zero)
+    np.save(tmp_path / "d16.npy", _unit(np.ones((3, 16))))
+    (tmp_path / "garbage.npy").write_bytes(b"nope")
+    e, lab = f"--embeddings={tmp_path}/x.npy", f"--labels={tmp_path}/l.npy"
+    cases = [
+        ([e, f"--labels={tmp_path}/short.npy"], "19 labels for 20 embedding rows"),
+        ([e, f"--labels={tmp_path}/float_labels.npy"], "expected integers"),
+        ([f"--embeddings={tmp_path}/nan.npy", lab], "NaN or Inf (first in row 13)"),
+        ([f"--embeddings={tmp_path}/long.npy", lab], "row 6 is not a unit vector"),
+        ([f"--embeddings={tmp_path}/zero.npy", lab], "row 9 is not a unit vector"),
+        ([f"--embeddings={tmp_path}/missing.npy", lab], "embeddings file not found"),
+        ([f"--embeddings={tmp_path}/garbage.npy", lab], "not a readable .npy"),
+        ([e, lab, f"--reference={tmp_path}/d16.npy"], "dimension mismatch"),
+        ([e, lab, f"--reference={tmp_path}/long.npy"], "reference file"),
+        ([e, lab, "--clean_top_k=5"], "--clean_top_k needs --reference"),
+        ([e], "--labels is required"),
+        ([e, lab, "--outlier_threshold=2"], "--outlier_threshold"),
+        ([e, lab, "--no_such_flag=1"], "no_such_flag"),
+    ]
+    for i, (flags, words) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        code = analyze.main(["analyze", f"--out_dir={out}", "--progress=false", *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, flags
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (flags, err)
+        assert not out.exists(), flags
