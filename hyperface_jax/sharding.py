@@ -90,8 +90,9 @@ def initialize_distributed(c) -> None:
 def make_mesh(devices: str) -> Mesh | None:
     """The one-axis mesh for --devices ('all' or a count); None for the single-device path.
 
-    With one device the existing single-device solver runs (docs/sharding.md: the same
-    numbers, measured faster than the ring on a mesh of one).
+    With one device the existing single-device solver runs (docs/sharding.md: the ring on a
+    mesh of one gives the same numbers at the same speed, but lacks restarts and neighbour
+    lists).
     """
     available = jax.devices()
     if devices == "all":

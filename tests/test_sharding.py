@@ -234,7 +234,8 @@ REFUSALS = """
 import sys
 from hyperface_jax import pack
 common = ["--dim=8", "--alpha=0", "--steps=2", "--progress=false"]
-cases = [["--num_identities=50"], ["--num_identities=48", "--batch_size=18"],
+cases = [["--num_identities=48", "--distributed"], ["--num_identities=50"],
+         ["--num_identities=48", "--batch_size=18"],
          ["--num_identities=48", "--restarts=2"],
          ["--num_identities=48", "--neighbor_list_size=8"],
          ["--num_identities=48", "--devices=8"], ["--num_identities=48", "--devices=two"],
@@ -251,6 +252,7 @@ def test_unsupported_sharded_settings_exit_2_naming_the_fix(tmp_path):
     r = _python(REFUSALS.format(tmp=str(tmp_path)), devices=4)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith(("error:", "code"))]
     expected = [
+        "could not join the multi-process run",  # --distributed outside a cluster
         "do not split evenly over 4 devices; choose --num_identities divisible by 4",
         "--batch_size=18 does not split evenly over 4 devices; choose a multiple of 4",
         "--restarts=2 is not supported on 4 devices; pass --restarts=1 or --devices=1",
