@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from hyperface_jax import cli
 from hyperface_jax.files import InputError, load_embeddings, save_figure, save_json
 
 NO_FACE_DIR = "_no_face"
@@ -507,27 +508,7 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    fv = make_flag_values()
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return 0
-    try:
-        rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
-    try:
-        run(fv)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return cli.run_main(argv, make_flag_values(), run)
 
 
 if __name__ == "__main__":

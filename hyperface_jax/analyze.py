@@ -21,8 +21,15 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from hyperface_jax import quality
-from hyperface_jax.files import InputError, _atomic_write, load_labels, save_figure, save_json
+from hyperface_jax import cli, quality
+from hyperface_jax.files import (
+    InputError,
+    _atomic_write,
+    load_embeddings,
+    load_labels,
+    save_figure,
+    save_json,
+)
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -44,6 +51,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     d.DEFINE_float("leakage_threshold", 0.7, "Identity leakage: a synthetic identity whose mean "
                    "has a cosine above this to a reference identity mean leaks (0.7).",
                    flag_values=fv)
+    d.DEFINE_string("identity_embeddings", "", "Optional (C, d) .npy of the embeddings the "
+                    "set was generated from (e.g. pack's embeddings.npy), row i for label i: "
+                    "adds the ID consistency of each image to its own identity embedding.",
+                    flag_values=fv)
     d.DEFINE_integer("clean_top_k", 0, "With --reference: write clean_drop.txt, the k synthetic "
                      "images most similar to a reference image (HyperFace appendix D: 200); "
                      "0: off.", flag_values=fv)
@@ -119,11 +130,20 @@ def analyze(fv, *, log=None) -> dict:
                                    chunk_rows=chunk, what=what, progress=bar.update)
     bar.close()
     timings["identities_and_genuine"] = time.perf_counter() - t
+    if len(ids.labels) < 2:
+        raise InputError(f"labels file {fv['labels'].value} holds a single identity; "
+                         "impostor pairs need at least 2")
+    if ids.genuine.n == 0:
+        raise InputError(f"labels file {fv['labels'].value}: no identity has two images, "
+                         "so there are no genuine pairs")
 
     t = time.perf_counter()
     impostor, sampled, exact = quality.impostor_distribution(
         x, labels, sample=fv["impostor_sample"].value, seed=fv["seed"].value, block=chunk)
     timings["impostor"] = time.perf_counter() - t
+    if impostor.n == 0:
+        raise InputError(f"no impostor pairs among the {sampled} sampled images; "
+                         "raise --impostor_sample")
 
     t = time.perf_counter()
     same_thr = fv["same_identity_threshold"].value
@@ -157,6 +177,28 @@ def analyze(fv, *, log=None) -> dict:
         "eer": eer, "eer_threshold": eer_threshold,
         "d_prime": float(quality.decidability(ids.genuine, impostor)),
     }
+
+    own = None
+    if fv["identity_embeddings"].value:
+        path = fv["identity_embeddings"].value
+        targets = load_embeddings(path, "identity_embeddings")
+        if targets.shape[1] != d:
+            raise InputError(f"dimension mismatch: embeddings have d={d}, identity_embeddings "
+                             f"{path} has d={targets.shape[1]}")
+        if ids.labels.min() < 0 or ids.labels.max() >= len(targets):
+            raise InputError(f"labels run from {ids.labels.min()} to {ids.labels.max()} but "
+                             f"identity_embeddings {path} has {len(targets)} rows (row i is "
+                             "label i)")
+        t = time.perf_counter()
+        per_image = quality.cosine_to_own(x, labels, targets, block=chunk, what=what)
+        index = np.searchsorted(ids.labels, labels)
+        own = np.bincount(index, weights=per_image, minlength=len(ids.labels)) / ids.counts
+        low = per_image < fv["outlier_threshold"].value
+        report["id_consistency_to_identity_embeddings"] = {
+            "per_image": _summary(per_image), "per_identity": _summary(own),
+            "images_below_outlier_threshold": int(low.sum()), "share_below": float(low.mean()),
+        }
+        timings["id_consistency"] = time.perf_counter() - t
 
     leak = None
     if reference is not None:
@@ -198,7 +240,7 @@ def analyze(fv, *, log=None) -> dict:
     report["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     report["wall_seconds"] = round(time.time() - started, 3)
     report["flags"] = {name: fv[name].value for name in fv if name in _FLAG_NAMES}
-    _write(Path(fv["out_dir"].value), report, ids, impostor, nearest_identity, leak)
+    _write(Path(fv["out_dir"].value), report, ids, impostor, nearest_identity, leak, own)
     log(f"{n} images, {c} identities: "
         f"intra-class noise {report['intra_class_noise']['share']:.4%}, "
         f"inter-class pairs {pair_count}, EER {eer:.4%} at {eer_threshold:.3f}, "
@@ -206,7 +248,8 @@ def analyze(fv, *, log=None) -> dict:
     return report
 
 
-_FLAG_NAMES = ("embeddings", "labels", "reference", "reference_labels", "out_dir",
+_FLAG_NAMES = ("embeddings", "labels", "reference", "reference_labels", "identity_embeddings",
+               "out_dir",
                "outlier_threshold", "same_identity_threshold", "leakage_threshold",
                "clean_top_k", "impostor_sample", "chunk_rows", "seed", "list_limit")
 
@@ -215,13 +258,15 @@ def _write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _write(out: Path, report, ids, impostor, nearest_identity, leak) -> None:
+def _write(out: Path, report, ids, impostor, nearest_identity, leak, own) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["label,images,consistency,outliers,nearest_other_identity_cos"
+             + (",cos_to_identity_embedding" if own is not None else "")
              + (",nearest_reference_identity_cos" if leak else "")]
     for i in range(len(ids.labels)):
         row = (f"{ids.labels[i]},{ids.counts[i]},{ids.consistency[i]:.6f},{ids.outliers[i]},"
                f"{nearest_identity[i]:.6f}")
+        row += f",{own[i]:.6f}" if own is not None else ""
         lines.append(row + (f",{leak['to_real'][i]:.6f}" if leak else ""))
     _write_text(out / "identities.csv", "\n".join(lines) + "\n")
     _write_text(out / "intra_class_outliers.txt", "".join(f"{r}\n" for r in ids.outlier_rows))
@@ -253,6 +298,12 @@ def _markdown(r: dict) -> str:
         ("EER", f"{r['eer']:.4%} at threshold {r['eer_threshold']:.4f}"),
         ("d'", f"{r['d_prime']:.4f}"),
     ]
+    if "id_consistency_to_identity_embeddings" in r:
+        ic = r["id_consistency_to_identity_embeddings"]
+        rows.append(("ID consistency (image vs its identity embedding)",
+                     f"mean {ic['per_image']['mean']:.4f}, p05 {ic['per_image']['p05']:.4f}, "
+                     f"{ic['images_below_outlier_threshold']} images below the outlier "
+                     "threshold"))
     if "leakage" in r:
         lk = r["leakage"]
         rows.append((f"identity leakage (> {lk['threshold']} to a reference identity)",
@@ -304,28 +355,9 @@ def _plot(path: Path, report, genuine, impostor) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
     fv = flags.FlagValues()
     define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return 0
-    try:
-        rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
-    try:
-        analyze(fv)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return cli.run_main(argv, fv, analyze)
 
 
 if __name__ == "__main__":

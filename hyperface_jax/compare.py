@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 from jax.experimental.compilation_cache import compilation_cache
 
-from hyperface_jax import neighbors, pack, problem, sample, samplers
+from hyperface_jax import cli, neighbors, pack, problem, sample, samplers
 from hyperface_jax.config import PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, _atomic_write, load_embeddings, save_figure, save_json
 from hyperface_jax.objective import OBJECTIVES
@@ -319,7 +319,6 @@ def _plot(path: Path, entries, histories, nn, c: PackConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
     fv = flags.FlagValues()
     define_flags(fv)
     sample.define_sampler_flags(fv, names=[n for n in sample.SAMPLER_FLAGS if n != "method"])
@@ -331,27 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_string("samplers", "", "Comma-separated identity samplers to compare at "
                         f"equal --num_identities: {', '.join(samplers.METHODS)}.",
                         flag_values=fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return 0
-    try:
-        rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
-    try:
+
+    def job(fv):
         run(config_from_flags(fv), optimizers=_split(fv["optimizers"].value),
             objectives=_split(fv["objectives"].value), methods=_split(fv["samplers"].value),
             seeds=fv["seeds"].value, options=sample.sampler_options(fv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    return cli.run_main(argv, fv, job)
 
 
 if __name__ == "__main__":

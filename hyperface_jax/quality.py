@@ -309,6 +309,16 @@ def close_pairs(means: np.ndarray, threshold: float, *, block: int = 4096, limit
     return listed[:limit], count, nearest
 
 
+def cosine_to_own(x, labels: np.ndarray, targets: np.ndarray, *, block: int = 4096,
+                  what: str = "embeddings") -> np.ndarray:
+    """For every row i of `x` (read blockwise), cos(x_i, targets[labels[i]])."""
+    out = np.empty(x.shape[0], np.float32)
+    for s in range(0, x.shape[0], block):
+        xb = _rows(x, slice(s, min(x.shape[0], s + block)), what)
+        out[s:s + len(xb)] = np.einsum("ij,ij->i", xb, targets[labels[s:s + len(xb)]])
+    return out
+
+
 def nearest_reference(x, reference: np.ndarray, *, block: int = 4096, what: str = "embeddings",
                       progress=None):
     """For every row of `x` (memory-mapped, read blockwise), the largest cosine to a row of

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from hyperface_jax import bounds, metrics, pack, samplers
+from hyperface_jax import bounds, cli, metrics, pack, samplers
 from hyperface_jax.config import PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, load_embeddings, load_labels, save_embeddings, save_json
 
@@ -106,7 +106,8 @@ def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
     alpha = c.alpha if gallery is not None else 0.0
     g = None if gallery is None else jax.numpy.asarray(gallery)
     figures = metrics.to_python(metrics.packing_figures(
-        jax.numpy.asarray(x), g, alpha=alpha, reduce=c.packing_reduce, tile_size=c.tile_size))
+        jax.numpy.asarray(x), g, alpha=alpha, reduce=c.packing_reduce,
+        tile_size=pack.tile_size_of(c)))
     bound = bounds.bound_max_cos(n, d)
     report = {
         "method": method,
@@ -127,29 +128,11 @@ def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
     fv = flags.FlagValues()
     define_flags(fv)
     define_sampler_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return 0
-    try:
-        rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
-    try:
-        run(fv["method"].value, config_from_flags(fv), sampler_options(fv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return cli.run_main(
+        argv, fv, lambda fv: run(fv["method"].value, config_from_flags(fv), sampler_options(fv)))
 
 
 if __name__ == "__main__":

@@ -166,9 +166,9 @@ def interpolate_pair(mean_a, mean_b, spread_a, spread_b):
 
     Rule: the new point lies on the great-circle arc from `mean_a` to `mean_b` at the
     fraction t = spread_a / (spread_a + spread_b) of the angle between them (t = 1/2 when
-    both spreads are 0). The arc is cut in the ratio of the spreads, so the point is the
-    same number of spreads away from both identities: farther from the wider one, whose
-    images reach farther, and closer to the tighter one (plain midpoints land inside the
+    both spreads are 0). The arc is cut in the ratio of the spreads, so the angles from the
+    point to the two means are in the ratio of the spreads: farther from the wider identity,
+    whose images reach farther, and closer to the tighter one (plain midpoints land inside the
     wider identity's cloud, the failure DiffFR's supplement shows).
     """
     mean_a = np.asarray(mean_a, np.float64)

@@ -169,6 +169,21 @@ def test_planted_leaked_identities_are_found_and_clean_top_k_lists_exactly_them(
         assert p["cos"] == pytest.approx(s[p["row"]].max(), abs=1e-5)
 
 
+def test_id_consistency_to_the_identity_embeddings_finds_images_of_the_wrong_identity(tmp_path):
+    x, labels, centres = _labelled(identities=20, per=6, spread=0.6, seed=9)
+    np.save(tmp_path / "refs.npy", centres)
+    wrong = np.array([5, 50, 51])  # drawn from another identity's embedding
+    x[wrong] = _unit(centres[(labels[wrong] + 7) % 20] + 0.1 * np.ones((3, 64)) / 8)
+    report, out = _run(tmp_path, x, labels, f"--identity_embeddings={tmp_path}/refs.npy")
+    ic = report["id_consistency_to_identity_embeddings"]
+    per_image = np.einsum("ij,ij->i", x.astype(np.float64), centres[labels])
+    assert ic["images_below_outlier_threshold"] == 3 == int((per_image < 0.3).sum())
+    assert ic["per_image"]["mean"] == pytest.approx(per_image.mean(), abs=1e-5)
+    csv = np.genfromtxt(out / "identities.csv", delimiter=",", names=True)
+    expected = np.bincount(labels, weights=per_image) / 6
+    np.testing.assert_allclose(csv["cos_to_identity_embedding"], expected, atol=1e-5)
+
+
 def test_cli_end_to_end_writes_every_output(tmp_path):
     x, labels, _ = _labelled(identities=10, per=4)
     np.save(tmp_path / "x.npy", x)
@@ -200,6 +215,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     np.save(tmp_path / "zero.npy", zero)
     np.save(tmp_path / "d16.npy", _unit(np.ones((3, 16))))
     (tmp_path / "garbage.npy").write_bytes(b"nope")
+    np.save(tmp_path / "one_id.npy", np.zeros(20, np.int64))
+    np.save(tmp_path / "singletons.npy", np.arange(20))
+    np.save(tmp_path / "three.npy", x[:3])  # labels 0..4 need 5 rows
     e, lab = f"--embeddings={tmp_path}/x.npy", f"--labels={tmp_path}/l.npy"
     cases = [
         ([e, f"--labels={tmp_path}/short.npy"], "19 labels for 20 embedding rows"),
@@ -212,7 +230,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
         ([e, lab, f"--reference={tmp_path}/d16.npy"], "dimension mismatch"),
         ([e, lab, f"--reference={tmp_path}/long.npy"], "reference file"),
         ([e, lab, "--clean_top_k=5"], "--clean_top_k needs --reference"),
+        ([e, lab, f"--identity_embeddings={tmp_path}/three.npy"], "has 3 rows"),
+        ([e, lab, f"--identity_embeddings={tmp_path}/d16.npy"], "dimension mismatch"),
         ([e], "--labels is required"),
+        ([e, f"--labels={tmp_path}/one_id.npy"], "single identity"),
+        ([e, f"--labels={tmp_path}/singletons.npy"], "no genuine pairs"),
         ([e, lab, "--outlier_threshold=2"], "--outlier_threshold"),
         ([e, lab, "--no_such_flag=1"], "no_such_flag"),
     ]
