@@ -28,19 +28,29 @@ def packing_figures(
     """
     hi = lax.Precision.HIGHEST
     nn, _ = neighbors.nearest_neighbors(x, x, exclude_self=True, tile_size=tile_size, precision=hi)
+    near_gallery = None
+    if gallery is not None:
+        near_gallery, _ = neighbors.nearest_neighbors(x, gallery, tile_size=tile_size, precision=hi)
+    return figures_from_nearest(nn, near_gallery, alpha=alpha, reduce=reduce)
+
+
+def figures_from_nearest(nn: jax.Array, near_gallery: jax.Array | None = None, *,
+                         alpha: float = 0.0, reduce: str = "mean") -> dict[str, jax.Array]:
+    """`packing_figures` from each row's nearest-neighbour cosine `nn` and nearest gallery
+    cosine `near_gallery` (however they were searched, e.g. sharded over devices)."""
     max_cos = jnp.max(nn)
     figures = {
         "max_cos": max_cos,
         "mean_nn_cos": jnp.mean(nn),
         "min_angle_deg": sphere.cos_to_degrees(max_cos),
     }
-    for q, value in zip(NN_QUANTILES, jnp.percentile(nn, jnp.array(NN_QUANTILES, nn.dtype))):
+    quantiles = jnp.percentile(nn, jnp.array(NN_QUANTILES, nn.dtype))
+    for q, value in zip(NN_QUANTILES, quantiles, strict=True):
         figures[f"nn_cos_p{q:02d}"] = value
     packing = reduce_packing(nn, reduce)
-    if gallery is None:
-        regulariser = jnp.zeros((), x.dtype)
+    if near_gallery is None:
+        regulariser = jnp.zeros((), nn.dtype)
     else:
-        near_gallery, _ = neighbors.nearest_neighbors(x, gallery, tile_size=tile_size, precision=hi)
         figures["mean_gallery_cos"] = jnp.mean(near_gallery)
         regulariser = jnp.mean(1.0 - near_gallery)
     figures["loss_packing"] = packing

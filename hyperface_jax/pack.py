@@ -140,11 +140,12 @@ def run(c: PackConfig, *, log=None) -> dict:
     config = solver_config(c)
     n, d, restarts = problem.n, problem.d, problem.restarts
     total_steps = c.steps + c.polish_steps
-    state = _initial_state(problem, optimizer, config)
     mesh = sharding.make_mesh(c.devices)  # sharding: None means the single-device path
-    if mesh is not None:
+    if mesh is None:
+        state = _initial_state(problem, optimizer, config)
+    else:  # sharding: each device builds only its rows of the state
         sharding.check_compatible(c, n, restarts, mesh)
-        state = sharding.put_state(state, mesh)
+        state = sharding.init_state(problem.init, optimizer, problem.batch_key, mesh)
     if not solver.is_full_batch(config, n) and c.minibatch_update == "sparse":
         try:
             solver.check_sparse_compatible(optimizer.init(problem.init), (n, d))
@@ -179,6 +180,9 @@ def run(c: PackConfig, *, log=None) -> dict:
     if mesh is not None:  # sharding: split by rows, padded to a multiple of the mesh size
         gallery = sharding.put_gallery(problem.gallery, mesh)
     figures_of = _make_figures(c, restarts)
+    if mesh is not None:  # sharding: the exact searches on the ring
+        figures_of = sharding.make_figures(mesh, alpha=c.alpha, reduce=c.packing_reduce,
+                                           tile_size=tile_size_of(c))
     history_path = out / "history.jsonl"
     history = _read_history(history_path, step)
     stepped_before = history[-1]["seconds"] if history else 0.0

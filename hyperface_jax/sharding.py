@@ -35,6 +35,7 @@ the cluster's environment (TPU pods, SLURM, Open MPI, ...); every process runs t
 command and the mesh spans all processes' devices.
 """
 
+import re
 from functools import partial
 
 import jax
@@ -53,7 +54,6 @@ AXIS = "rows"
 # one setting resumes with another.
 PLACEMENT_FLAGS = ("devices", "coordinator_address", "num_processes", "process_id",
                    "distributed")
-SUPPORTED_OBJECTIVES = ("max",)
 
 
 # Processes and devices --------------------------------------------------------------------
@@ -90,8 +90,9 @@ def initialize_distributed(c) -> None:
 def make_mesh(devices: str) -> Mesh | None:
     """The one-axis mesh for --devices ('all' or a count); None for the single-device path.
 
-    With one device the existing single-device solver runs (docs/sharding.md: the same
-    numbers, measured faster than the ring on a mesh of one).
+    With one device the existing single-device solver runs (docs/sharding.md: the ring on a
+    mesh of one gives the same numbers at the same speed, but lacks restarts and neighbour
+    lists).
     """
     available = jax.devices()
     if devices == "all":
@@ -127,15 +128,11 @@ def barrier(name: str) -> None:
 
 
 def check_compatible(c, n: int, restarts: int, mesh: Mesh) -> None:
-    """Options the sharded solver does not support, refused with the fix."""
+    """Settings the sharded solver does not support, refused with the fix."""
     size = mesh.size
     if restarts > 1:
         raise InputError(f"--restarts={restarts} is not supported on {size} devices; "
                          "pass --restarts=1 or --devices=1")
-    for name, value in (("objective", c.objective),):
-        if value not in SUPPORTED_OBJECTIVES:
-            raise InputError(f"--{name}={value} is not supported on {size} devices yet; "
-                             f"pass --{name}=max or --devices=1")
     if c.neighbor_list_size:
         raise InputError(f"--neighbor_list_size is not supported on {size} devices yet; "
                          "pass --neighbor_list_size=0 or --devices=1")
@@ -175,6 +172,19 @@ def put_state(state, mesh: Mesh):
     """A host-side (or single-device) state placed on the mesh; every process passes the same
     values (they are pure functions of the seed and the input files)."""
     return jax.tree.map(_put, state, state_shardings(state, mesh))
+
+
+def init_state(embeddings, optimizer, key, mesh: Mesh):
+    """`solver.init_state` on the mesh: the host's rows go straight to their devices and the
+    optimizer state is created sharded, so no device holds a full (n, d) array."""
+    x = _put(embeddings, rows_sharding(mesh))
+    key = _put(key, replicated(mesh))
+
+    def init(x, key):
+        return solver.init_state(x, optimizer, key)
+
+    shardings = state_shardings(jax.eval_shape(init, x, key), mesh)
+    return jax.jit(init, out_shardings=shardings)(x, key)
 
 
 def put_gallery(gallery, mesh: Mesh):
@@ -262,16 +272,105 @@ def _ring_bwd(exclude_self, size, tile_size, precision, residuals, cotangents):
 ring_nearest.defvjp(_ring_fwd, _ring_bwd)
 
 
-def _local_loss_and_grad(x, gallery, total_rows, config, size):
+def _smooth_block(x, y, temperature, kind, own, tile_size, precision):
+    """Per local row, log sum_j exp(t h(<x_i, y_j>)) over one block y of partners; the self
+    pairs are left out when `own` (a traced bool: y is x)."""
+    n = x.shape[0]
+    tiles, t = neighbors._tiles(x, tile_size)
+    columns = jnp.arange(y.shape[0])
+
+    def one_tile(args):
+        tile_index, xt = args
+        c = neighbors.similarity(xt, y, precision)
+        self_pair = own & ((tile_index * t + jnp.arange(t))[:, None] == columns[None, :])
+        z = jnp.where(self_pair, -jnp.inf, temperature * neighbors.pair_energy(c, kind))
+        return jax.nn.logsumexp(z, axis=1)
+
+    return lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles)).reshape(-1)[:n]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def ring_smooth(x, temperature, kind, size, tile_size, precision):
+    """`neighbors.smooth_nearest_self` for the local rows of x against the rows of x on all
+    devices (inside `shard_map`): per-block logsumexps combined along the ring."""
+    def visit(k, carry):
+        block, total = carry
+        part = _smooth_block(x, block, temperature, kind, k == 0, tile_size, precision)
+        return _shift(block, size), jnp.logaddexp(total, part)
+
+    start = jnp.full_like(x[:, 0], -jnp.inf)
+    _, total = lax.fori_loop(0, size, visit, (x, start))
+    return total / temperature
+
+
+def _ring_smooth_fwd(x, temperature, kind, size, tile_size, precision):
+    values = ring_smooth(x, temperature, kind, size, tile_size, precision)
+    return values, (x, temperature, values)
+
+
+def _ring_smooth_bwd(kind, size, tile_size, precision, residuals, g):
+    """The softmax weights of every pair, block by block round the ring: the local rows'
+    gradient stays here, each visiting block's gradient travels with it and is home after
+    `size` shifts."""
+    x, temperature, values = residuals
+    n, d = x.shape
+    tiles, t = neighbors._tiles(x, tile_size)
+    pad = tiles.shape[0] * t - n
+    g_tiles = jnp.pad(g, (0, pad)).reshape(-1, t)  # padded rows carry g = 0
+    v_tiles = jnp.pad(values, (0, pad)).reshape(-1, t)
+
+    def visit(k, carry):
+        block, d_block, dx = carry
+        columns = jnp.arange(block.shape[0])
+
+        def one_tile(d_block, args):
+            tile_index, xt, gt, vt = args
+            c = neighbors.similarity(xt, block, precision)
+            self_pair = (k == 0) & ((tile_index * t + jnp.arange(t))[:, None] == columns[None, :])
+            z = jnp.where(self_pair, -jnp.inf, temperature * neighbors.pair_energy(c, kind))
+            w = (jnp.exp(z - temperature * vt[:, None]) * neighbors._pair_energy_slope(c, kind)
+                 * gt[:, None])
+            return (d_block + neighbors._dot(w.T, xt, precision),
+                    neighbors._dot(w, block, precision))
+
+        d_block, dx_tiles = lax.scan(
+            one_tile, d_block, (jnp.arange(tiles.shape[0]), tiles, g_tiles, v_tiles))
+        dx = dx + dx_tiles.reshape(-1, d)[:n]
+        return _shift(block, size), _shift(d_block, size), dx
+
+    _, d_home, dx = lax.fori_loop(0, size, visit, (x, jnp.zeros_like(x), jnp.zeros_like(x)))
+    return dx + d_home, jnp.zeros_like(temperature)
+
+
+ring_smooth.defvjp(_ring_smooth_fwd, _ring_smooth_bwd)
+
+
+def _local_loss_and_grad(x, gallery, step, total_rows, config, size):
     """Inside shard_map: the HyperFace loss of all rows (replicated) and its gradient for the
-    local rows `x`."""
+    local rows `x` (`solver.make_step`'s loss_and_grad, on the ring)."""
 
     def loss(x):
-        v, _ = ring_nearest(x, x, True, size, config.tile_size, config.precision)
-        if config.reduce == "mean":
-            packing = lax.psum(jnp.sum(v), AXIS) / total_rows
+        if config.objective == "max":
+            v, _ = ring_nearest(x, x, True, size, config.tile_size, config.precision)
+            if config.reduce == "mean":
+                packing = lax.psum(jnp.sum(v), AXIS) / total_rows
+            else:
+                # The global maximum with jnp.max's gradient: shared equally by tied rows.
+                top = v == lax.pmax(lax.stop_gradient(jnp.max(v)), AXIS)
+                packing = lax.psum(jnp.sum(jnp.where(top, v, 0.0)), AXIS) / lax.psum(
+                    jnp.sum(top), AXIS)
         else:
-            packing = jnp.max(lax.all_gather(jnp.max(v), AXIS))
+            temperature = jnp.asarray(objective.annealed_temperature(
+                step, start=config.temperature_start, end=config.temperature_end,
+                anneal_steps=config.anneal_steps), x.dtype)
+            v = ring_smooth(x, temperature, config.objective, size, config.tile_size,
+                            config.precision)
+            if config.reduce == "mean":
+                packing = lax.psum(jnp.sum(v), AXIS) / total_rows
+            else:  # (1/t) logsumexp over all rows, as `objective.reduce_packing`
+                top = lax.pmax(lax.stop_gradient(jnp.max(temperature * v)), AXIS)
+                packing = (top + jnp.log(lax.psum(jnp.sum(jnp.exp(temperature * v - top)),
+                                                  AXIS))) / temperature
         if gallery is None:
             regulariser = jnp.zeros((), x.dtype)
         else:
@@ -299,33 +398,32 @@ def make_step(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh):
     mathematics as `solver.make_step` (pure, not yet jitted)."""
     if config.minibatch_update not in solver.MINIBATCH_UPDATES:
         raise ValueError(f"unknown --minibatch_update {config.minibatch_update!r}")
-    if config.objective not in SUPPORTED_OBJECTIVES:
-        raise ValueError(f"objective {config.objective!r} is not supported on several devices")
+    objective.check_objective(config.objective)
     size = mesh.size
     full = solver.is_full_batch(config, n)
     local_rows = n // size
     smap = partial(jax.shard_map, mesh=mesh)
 
-    def full_loss_and_grad(x, gallery):
+    def full_loss_and_grad(x, gallery, step):
         body = partial(_local_loss_and_grad, total_rows=n, config=config, size=size)
-        specs = (P(AXIS), None if gallery is None else P(AXIS))
-        return smap(body, in_specs=specs, out_specs=(P(), P(AXIS)))(x, gallery)
+        specs = (P(AXIS), None if gallery is None else P(AXIS), P())
+        return smap(body, in_specs=specs, out_specs=(P(), P(AXIS)))(x, gallery, step)
 
-    def batch_loss_and_grad(x, rows, gallery):
+    def batch_loss_and_grad(x, rows, gallery, step):
         """The batch rows (replicated, B x d), their loss and gradient (split by rows)."""
         batch = rows.shape[0]
         block = batch // size
 
-        def body(x, rows, gallery):
+        def body(x, rows, gallery, step):
             at = _owned(rows, local_rows)
             mine = jnp.where((at < local_rows)[:, None], x[jnp.minimum(at, local_rows - 1)], 0)
             xb = lax.psum(mine, AXIS)  # exactly the batch rows: one owner each, others add 0
             part = lax.dynamic_slice_in_dim(xb, lax.axis_index(AXIS) * block, block)
-            terms, g = _local_loss_and_grad(part, gallery, batch, config, size)
+            terms, g = _local_loss_and_grad(part, gallery, step, batch, config, size)
             return terms, xb, g
 
-        specs = (P(AXIS), P(), None if gallery is None else P(AXIS))
-        return smap(body, in_specs=specs, out_specs=(P(), P(), P(AXIS)))(x, rows, gallery)
+        specs = (P(AXIS), P(), None if gallery is None else P(AXIS), P())
+        return smap(body, in_specs=specs, out_specs=(P(), P(), P(AXIS)))(x, rows, gallery, step)
 
     def take_rows(a, rows):
         def body(a, rows):
@@ -347,11 +445,11 @@ def make_step(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh):
         x = state.embeddings
         shape = x.shape
         if full:
-            terms, g = full_loss_and_grad(x, gallery)
+            terms, g = full_loss_and_grad(x, gallery, state.step)
             x, opt_state = apply(x, g, state.opt_state)
         else:
             rows = solver.batch_indices(state.key, state.step, n, config.batch_size)
-            terms, xb, g_rows = batch_loss_and_grad(x, rows, gallery)
+            terms, xb, g_rows = batch_loss_and_grad(x, rows, gallery, state.step)
             if config.minibatch_update == "dense":
                 g = put_rows(jnp.zeros_like(x), rows, g_rows)
                 x, opt_state = apply(x, g, state.opt_state)
@@ -381,3 +479,44 @@ def make_runner(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh, shar
 
     terms_sharding = objective.LossTerms(*[replicated(mesh)] * 3)
     return jax.jit(run, out_shardings=(shardings, terms_sharding))
+
+
+def make_figures(mesh: Mesh, *, alpha: float, reduce: str, tile_size: int):
+    """`figures(embeddings, gallery) -> (dict of floats, 0)`, as pack's figures function:
+    `metrics.packing_figures` with the exact searches done on the ring (full float32
+    precision), so no device holds X or an n x n block for the figures either."""
+    from hyperface_jax import metrics
+
+    size = mesh.size
+    hi = lax.Precision.HIGHEST
+
+    def nearest(x, gallery):
+        nn, _, _ = _ring_search(x, x, True, size, tile_size, hi)
+        if gallery is None:
+            return nn, None
+        return nn, _ring_search(x, gallery, False, size, tile_size, hi)[0]
+
+    @jax.jit
+    def figures(x, gallery):
+        specs = P(AXIS), None if gallery is None else P(AXIS)
+        nn, near = jax.shard_map(nearest, mesh=mesh, in_specs=specs, out_specs=specs)(x, gallery)
+        return metrics.figures_from_nearest(nn, near, alpha=alpha, reduce=reduce)
+
+    return lambda x, gallery: (metrics.to_python(figures(x, gallery)), 0)
+
+
+_DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "f16": 2, "bf16": 2, "pred": 1, "s8": 1,
+                "u8": 1, "f64": 8, "s64": 8, "u64": 8}
+
+
+def largest_array_bytes(compiled) -> int:
+    """Bytes of the largest array in a compiled program; for a sharded program that is the
+    SPMD-partitioned module, i.e. per device (together with `compiled.memory_analysis()`)."""
+    best = 0
+    kinds = "|".join(_DTYPE_BYTES)
+    for kind, dims in re.findall(rf"\b({kinds})\[([\d,]*)\]", compiled.as_text()):
+        size = _DTYPE_BYTES[kind]
+        for dim in filter(None, dims.split(",")):
+            size *= int(dim)
+        best = max(best, size)
+    return best
