@@ -44,6 +44,8 @@ VARIANTS = {
     "fast exact": {"objective": "logsumexp", "fast": True},
     "fast lists32/5": {"objective": "logsumexp", "fast": True, "neighbor_list_size": 32,
                        "gallery_list_size": 8, "neighbor_refresh_every": 5},
+    "fast lists16/5": {"objective": "logsumexp", "fast": True, "neighbor_list_size": 16,
+                       "gallery_list_size": 2, "neighbor_refresh_every": 5},
 }
 
 
