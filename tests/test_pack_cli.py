@@ -1,5 +1,6 @@
 """`python -m hyperface_jax.pack`: end to end, bad input, resume after SIGKILL."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -188,3 +189,20 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     a = np.load(straight / "embeddings.npy")
     b = np.load(killed / "embeddings.npy")
     assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("name", ["quickstart", "paper_10k", "paper_50k_stochastic", "fast_10k",
+                                  "spherical_codes"])
+def test_every_pack_config_parses_and_passes_validation(name):
+    from hyperface_jax.config import config_from_flags
+    from hyperface_jax.problem import check_settings
+
+    fv = pack.make_flag_values()
+    fv(["pack", f"--flagfile={REPO / 'configs' / (name + '.flags')}"])
+    c = config_from_flags(fv)
+    if c.alpha > 0:  # the paper configs document that they need a gallery file
+        assert "gallery" in (REPO / "configs" / f"{name}.flags").read_text()
+        c = dataclasses.replace(c, gallery="gallery.npy")
+    if not c.out_dir:  # spherical_codes: the size and the folder are given per run
+        c = dataclasses.replace(c, out_dir="runs/x")
+    check_settings(c)
