@@ -27,6 +27,7 @@ from hyperface_jax.files import (
     _atomic_write,
     load_embeddings,
     load_labels,
+    open_embeddings,
     save_figure,
     save_json,
 )
@@ -105,13 +106,13 @@ def analyze(fv, *, log=None) -> dict:
     _check(fv)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     started = time.time()
-    x = quality.open_embeddings(fv["embeddings"].value, "embeddings")
+    x = open_embeddings(fv["embeddings"].value, "embeddings")
     n, d = x.shape
     labels = load_labels(fv["labels"].value, n, "labels")
     what = f"embeddings file {fv['embeddings'].value}"
     reference = reference_labels = None
     if fv["reference"].value:
-        ref = quality.open_embeddings(fv["reference"].value, "reference")
+        ref = open_embeddings(fv["reference"].value, "reference")
         if ref.shape[1] != d:
             raise InputError(f"dimension mismatch: embeddings have d={d}, reference "
                              f"{fv['reference'].value} has d={ref.shape[1]}")

@@ -23,13 +23,10 @@ class InputError(ValueError):
     """Bad user input: the CLIs print the message on one line and exit with code 2."""
 
 
-def load_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.ndarray:
-    """A validated (n, d) float32 array with unit rows from a `.npy` file.
-
-    Raises `InputError` naming the file for: missing file, not `.npy`, unreadable or
-    pickled content, wrong ndim, non-float dtype, no rows, NaN/Inf, zero rows.
-    Non-unit rows are normalised with a warning.
-    """
+def open_npy(path: str | os.PathLike, what: str, *, ndim: int, kinds: str) -> np.ndarray:
+    """A read-only memory map of a `.npy` file after header checks: the file exists, is a
+    readable non-pickled `.npy`, has `ndim` axes, a dtype kind in `kinds` and no empty axis.
+    Raises `InputError` naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} file not found: {path}")
@@ -39,12 +36,32 @@ def load_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.nda
         array = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:
         raise InputError(f"{what} file {path} is not a readable .npy array ({e})") from None
-    if array.ndim != 2:
-        raise InputError(f"{what} file {path} has shape {array.shape}; expected (rows, dim)")
-    if array.dtype.kind != "f":
-        raise InputError(f"{what} file {path} has dtype {array.dtype}; expected floating point")
-    if array.shape[0] == 0 or array.shape[1] == 0:
+    if array.ndim != ndim:
+        expected = "(rows, dim)" if ndim == 2 else "(rows,)"
+        raise InputError(f"{what} file {path} has shape {array.shape}; expected {expected}")
+    if array.dtype.kind not in kinds:
+        expected = "floating point" if kinds == "f" else "integers"
+        raise InputError(f"{what} file {path} has dtype {array.dtype}; expected {expected}")
+    if ndim == 2 and 0 in array.shape:
         raise InputError(f"{what} file {path} is empty (shape {array.shape})")
+    return array
+
+
+def open_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.ndarray:
+    """A read-only memory map of an (N, d) float `.npy` file (header checks only; callers
+    that read it block by block check rows as they go, see `quality.check_rows`)."""
+    return open_npy(path, what, ndim=2, kinds="f")
+
+
+def load_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.ndarray:
+    """A validated (n, d) float32 array with unit rows from a `.npy` file.
+
+    Raises `InputError` naming the file for: missing file, not `.npy`, unreadable or
+    pickled content, wrong ndim, non-float dtype, no rows, NaN/Inf, zero rows.
+    Non-unit rows are normalised with a warning.
+    """
+    path = Path(path)
+    array = open_embeddings(path, what)
     array = np.asarray(array, dtype=np.float32)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
@@ -108,19 +125,7 @@ def load_labels(path: str | os.PathLike, rows: int, what: str = "labels") -> np.
     Raises `InputError` naming the file for: missing file, not `.npy`, unreadable or
     pickled content, not 1-D, non-integer dtype, or a length other than `rows`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    if path.suffix != ".npy":
-        raise InputError(f"{what} file {path} is not a .npy file")
-    try:
-        labels = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{what} file {path} is not a readable .npy array ({e})") from None
-    if labels.ndim != 1:
-        raise InputError(f"{what} file {path} has shape {labels.shape}; expected (rows,)")
-    if labels.dtype.kind not in "iu":
-        raise InputError(f"{what} file {path} has dtype {labels.dtype}; expected integers")
+    labels = open_npy(path, what, ndim=1, kinds="iu")
     if len(labels) != rows:
         raise InputError(f"{what} file {path} has {len(labels)} labels for {rows} embedding rows")
     return np.asarray(labels, dtype=np.int64)

@@ -116,29 +116,6 @@ def check_rows(block: np.ndarray, start: int, what: str) -> None:
                          "normalise the features first")
 
 
-def open_embeddings(path, what: str) -> np.ndarray:
-    """A read-only memory map of an (N, d) float `.npy` file (header checks only; rows are
-    checked blockwise as they are read, see `check_rows`)."""
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    if path.suffix != ".npy":
-        raise InputError(f"{what} file {path} is not a .npy file")
-    try:
-        x = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{what} file {path} is not a readable .npy array ({e})") from None
-    if x.ndim != 2:
-        raise InputError(f"{what} file {path} has shape {x.shape}; expected (rows, dim)")
-    if x.dtype.kind != "f":
-        raise InputError(f"{what} file {path} has dtype {x.dtype}; expected floating point")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"{what} file {path} is empty (shape {x.shape})")
-    return x
-
-
 def _rows(x, index: np.ndarray | slice, what: str) -> np.ndarray:
     block = np.asarray(x[index], np.float32)
     start = index.start if isinstance(index, slice) else 0
