@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from hyperface_jax import neighbors
+from hyperface_jax.neighbor_lists import gathered_similarity
 
 OBJECTIVES = ("max", "logsumexp", "riesz")
 PACKING_REDUCTIONS = ("mean", "max")
@@ -95,8 +96,6 @@ def listed_hyperface_loss(x, gallery, alpha, lists, *, objective="max", reduce="
                           temperature=None, tile_size=neighbors.DEFAULT_TILE_SIZE):
     """`hyperface_loss` with each row's partners restricted to its neighbour lists
     (`neighbor_lists.NeighborLists`): exact whenever the lists hold the true nearest rows."""
-    from hyperface_jax.neighbor_lists import gathered_similarity
-
     check_objective(objective)
     c = gathered_similarity(x, x, lists.packing, tile_size)  # (n, K)
     if objective == "max":
