@@ -93,12 +93,20 @@ def is_full_batch(config: SolverConfig, n: int) -> bool:
     return config.batch_size in (0, n)
 
 
-def batch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int) -> jax.Array:
-    """The rows of mini-batch `step`: a slice of the permutation of the rows for its epoch."""
+def epoch_order(key: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
+    """The permutation of the rows that epoch `epoch` walks through."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
+
+
+def batch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int,
+                  order: jax.Array | None = None) -> jax.Array:
+    """The rows of mini-batch `step`: a slice of the permutation of the rows for its epoch
+    (`order`, when the caller already holds that epoch's permutation)."""
     per_epoch = n // batch_size
     epoch, slot = jnp.divmod(step, per_epoch)
-    order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    return lax.dynamic_slice(order, (slot * batch_size,), (batch_size,)).astype(jnp.int32)
+    if order is None:
+        order = epoch_order(key, epoch, n)
+    return lax.dynamic_slice(order, (slot * batch_size,), (batch_size,))
 
 
 def check_sparse_compatible(opt_state, shape) -> None:
@@ -152,7 +160,8 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
         updates, opt_state = optimizer.update(g, opt_state, x)
         return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
 
-    def step(state: SolverState, gallery):
+    def step(state: SolverState, gallery, order=None):
+        """`order`: optionally, the current epoch's row permutation (mini-batch mode)."""
         x = state.embeddings
         lists = state.lists
         if full and config.uses_lists:
@@ -168,7 +177,7 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
             terms, g = loss_and_grad(x, gallery, state.step)
             x, opt_state = apply(x, g, state.opt_state)
         else:
-            rows = batch_indices(state.key, state.step, n, config.batch_size)
+            rows = batch_indices(state.key, state.step, n, config.batch_size, order)
             terms, g_rows = loss_and_grad(x[rows], gallery, state.step)
             if config.minibatch_update == "dense":
                 g = jnp.zeros_like(x).at[rows].set(g_rows)
@@ -197,11 +206,31 @@ def make_runner(optimizer: optax.GradientTransformation, config: SolverConfig, n
     ``restarts > 1`` the state carries a leading restart axis and the loop is vmapped.
     """
     step = make_step(optimizer, config, n)
+    minibatch = not is_full_batch(config, n)
+    per_epoch = n // config.batch_size if minibatch else 1
 
     def run(state, gallery, num_steps):
         zero = jnp.zeros((), state.embeddings.dtype)
         terms = objective.LossTerms(zero, zero, zero)
-        return lax.fori_loop(0, num_steps, lambda _, c: step(c[0], gallery), (state, terms))
+        if not minibatch:
+            return lax.fori_loop(0, num_steps, lambda _, c: step(c[0], gallery), (state, terms))
+
+        # The epoch's permutation (O(n log n)) is drawn once per epoch, not once per step,
+        # so a mini-batch step costs O(B^2 d + B m d) whatever n; the rows are the same as
+        # `batch_indices(key, step, ...)` gives, so resuming anywhere is unchanged.
+        def order_at(s):
+            return epoch_order(state.key, s // per_epoch, n)
+
+        def body(_, c):
+            state, terms, order = c
+            order = lax.cond(state.step % per_epoch == 0, lambda: order_at(state.step),
+                             lambda: order)
+            state, terms = step(state, gallery, order)
+            return state, terms, order
+
+        state, terms, _ = lax.fori_loop(0, num_steps, body,
+                                        (state, terms, order_at(state.step)))
+        return state, terms
 
     if restarts > 1:
         run = jax.vmap(run, in_axes=(0, None, None))
