@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hyperface_jax.files import InputError, _atomic_write
+from hyperface_jax.files import InputError, atomic_write
 
 
 class _Forbidden(pickle.UnpicklingError):
@@ -97,7 +97,7 @@ def write(path, pairs, issame, fmt: str = "png") -> None:
     if len(flat) != 2 * len(issame) or not issame:
         raise InputError(f"{len(flat)} images for {len(issame)} pairs; expected 2 per pair")
     blob = pickle.dumps(([encode(im, fmt) for im in flat], issame), protocol=4)
-    _atomic_write(Path(path), lambda f: f.write(blob))
+    atomic_write(Path(path), lambda f: f.write(blob))
 
 
 def _is_pairs(pairs) -> bool:

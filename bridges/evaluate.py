@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags
 
 from hyperface_jax import cli
-from hyperface_jax.files import InputError, _atomic_write, save_json
+from hyperface_jax.files import InputError, atomic_write, save_json
 
 FLAG_DEFS = [
     ("model", "", "A model written by bridges.train (model.pt, an epoch checkpoint, or its "
@@ -188,7 +188,7 @@ def run(fv) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "results.json", report)
     text = results_markdown(results, ranking, fv.far)
-    _atomic_write(out / "results.md", lambda f: f.write(text.encode()))
+    atomic_write(out / "results.md", lambda f: f.write(text.encode()))
     roc_curves(curves, out / "roc.png", title="verification ROC")
     print(text)
     return report

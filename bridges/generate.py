@@ -22,11 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,7 +33,13 @@ import numpy as np
 from absl import flags
 
 from hyperface_jax import cli
-from hyperface_jax.files import InputError, load_embeddings, save_figure, save_json
+from hyperface_jax.files import (
+    InputError,
+    atomic_write,
+    load_embeddings,
+    save_figure,
+    save_json,
+)
 
 NO_FACE_DIR = "_no_face"
 UNALIGNED_DIR = "_unaligned"
@@ -124,18 +128,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     """Write an RGB uint8 image atomically (temporary name in the folder, then rename)."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(rgb).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
 
 
 def remove_stale_temporaries(out: Path, identities: range) -> int:
@@ -437,9 +430,7 @@ def write_manifest(out: Path, refs: np.ndarray, seed: int, beta: float) -> list[
                             "embedding_seed": es, "latent_seed": ls,
                             "cos_to_reference": round(float(e.astype(np.float64) @ refs[i]), 7)})
     text = "".join(json.dumps(r) + "\n" for r in records)
-    from hyperface_jax.files import _atomic_write
-
-    _atomic_write(out / "manifest.jsonl", lambda f: f.write(text.encode()))
+    atomic_write(out / "manifest.jsonl", lambda f: f.write(text.encode()))
     return records
 
 

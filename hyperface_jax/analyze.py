@@ -24,7 +24,7 @@ from tqdm import tqdm
 from hyperface_jax import cli, quality
 from hyperface_jax.files import (
     InputError,
-    _atomic_write,
+    atomic_write,
     load_embeddings,
     load_labels,
     open_embeddings,
@@ -256,7 +256,7 @@ _FLAG_NAMES = ("embeddings", "labels", "reference", "reference_labels", "identit
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _write(out: Path, report, ids, impostor, nearest_identity, leak, own) -> None:

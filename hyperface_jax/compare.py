@@ -36,7 +36,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from hyperface_jax import cli, neighbors, pack, problem, sample, samplers
 from hyperface_jax.config import PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import InputError, _atomic_write, load_embeddings, save_figure, save_json
+from hyperface_jax.files import InputError, atomic_write, load_embeddings, save_figure, save_json
 from hyperface_jax.objective import OBJECTIVES
 
 FIGURES = ("max_cos", "mean_nn_cos", "min_angle_deg", "mean_gallery_cos", "loss")
@@ -230,7 +230,7 @@ def run(c: PackConfig, *, optimizers: list[str], objectives: list[str], methods:
         "wall_seconds": round(time.time() - started, 3),
     }
     save_json(out / "compare.json", result)
-    _atomic_write(out / "compare.md", lambda f: f.write(_markdown(result).encode()))
+    atomic_write(out / "compare.md", lambda f: f.write(_markdown(result).encode()))
     _plot(out / "compare.png", entries, histories, nn, c)
     log(f"compare: {len(vs)} variants x {seeds} seeds -> {out / 'compare.md'}")
     return result

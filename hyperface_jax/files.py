@@ -79,7 +79,7 @@ def load_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.nda
     return array / norms[:, None]
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -98,17 +98,17 @@ def _atomic_write(path: Path, write) -> None:
 def save_embeddings(path, embeddings) -> None:
     """Write float32 (n, d) embeddings atomically."""
     array = np.asarray(embeddings, dtype=np.float32)
-    _atomic_write(Path(path), lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(Path(path), lambda f: np.save(f, array, allow_pickle=False))
 
 
 def save_json(path, data) -> None:
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def save_figure(path, fig) -> None:
     """Save a matplotlib figure as PNG atomically."""
-    _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120))
+    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def _json_default(value):

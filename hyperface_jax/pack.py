@@ -34,7 +34,7 @@ from hyperface_jax import (
     solver,
 )
 from hyperface_jax.config import PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import InputError, save_embeddings, save_json
+from hyperface_jax.files import InputError, atomic_write, save_embeddings, save_json
 from hyperface_jax.problem import build_problem
 
 # Flags that may change between a run and its resumption (they do not alter the state).
@@ -311,10 +311,8 @@ def run(c: PackConfig, *, log=None) -> dict:
 
 def save_json_lines(path: Path, entries: list[dict]) -> None:
     """Rewrite a JSON-lines file atomically (drops lines past a restored checkpoint)."""
-    from hyperface_jax.files import _atomic_write
-
     text = "".join(json.dumps(e) + "\n" for e in entries)
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def make_flag_values() -> flags.FlagValues:

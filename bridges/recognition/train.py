@@ -28,7 +28,7 @@ from bridges.recognition.groupface import GROUP_LOSS_WEIGHT, group_loss
 from bridges.recognition.heads import HEADS, MarginHead
 from bridges.recognition.iresnet import ARCHS
 from bridges.recognition.model import SPEC_KEYS, FaceModel
-from hyperface_jax.files import InputError, _atomic_write, save_json
+from hyperface_jax.files import InputError, atomic_write, save_json
 
 STEP_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr")
 EPOCH_COLUMNS = ("epoch", "step", "loss", "accuracy", "lr", "seconds")
@@ -130,7 +130,7 @@ def _checkpoints(out: Path) -> list[Path]:
 def _save_torch(path: Path, blob) -> None:
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    _atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def _write_csv(path: Path, columns, rows) -> None:
@@ -138,7 +138,7 @@ def _write_csv(path: Path, columns, rows) -> None:
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def _identity(c: TrainConfig, folder) -> dict:
