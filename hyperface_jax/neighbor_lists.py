@@ -39,20 +39,10 @@ class NeighborLists:
 def top_k_neighbors(x, y, k: int, *, exclude_self: bool = False,
                     tile_size: int = neighbors.DEFAULT_TILE_SIZE, precision="highest"):
     """Indices (n, k) of each row's k largest inner products with rows of `y`, best first."""
-    n = x.shape[0]
-    tiles, t = neighbors._tiles(x, tile_size)
-    columns = jnp.arange(y.shape[0])
-
-    def one_tile(args):
-        tile_index, xt = args
-        s = neighbors.similarity(xt, y, precision)
-        if exclude_self:
-            rows = tile_index * t + jnp.arange(t)
-            s = jnp.where(rows[:, None] == columns[None, :], -jnp.inf, s)
-        return lax.top_k(s, k)[1]
-
-    idx = lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles))
-    return idx.reshape(-1, k)[:n].astype(jnp.int32)
+    idx = neighbors.map_similarity_tiles(x, y, lambda s, xt: lax.top_k(s, k)[1],
+                                         exclude_self=exclude_self, tile_size=tile_size,
+                                         precision=precision)
+    return idx.astype(jnp.int32)
 
 
 def _gather_tiles(a, tile_size):

@@ -71,6 +71,27 @@ def _tiles(x: jax.Array, tile_size: int):
     return padded.reshape(num_tiles, t, d), t
 
 
+def map_similarity_tiles(x, y, reduce, *, exclude_self: bool = False,
+                         tile_size: int = DEFAULT_TILE_SIZE, precision=lax.Precision.HIGHEST):
+    """`reduce(s, xt)` over row tiles of `x`, where ``s = xt @ y.T`` (self pairs at -inf
+    with ``exclude_self``) is the only (tile, m) buffer; `reduce` returns arrays with a
+    leading axis of the tile's rows, which come back concatenated for the n rows of `x`."""
+    n = x.shape[0]
+    tiles, t = _tiles(x, tile_size)
+    columns = jnp.arange(y.shape[0])
+
+    def one_tile(args):
+        tile_index, xt = args
+        s = similarity(xt, y, precision)
+        if exclude_self:
+            rows = tile_index * t + jnp.arange(t)
+            s = jnp.where(rows[:, None] == columns[None, :], -jnp.inf, s)
+        return reduce(s, xt)
+
+    out = lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles))
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
+
+
 def nearest_neighbors(
     x: jax.Array,
     y: jax.Array,
@@ -84,24 +105,15 @@ def nearest_neighbors(
     With ``exclude_self`` (``y`` is ``x``), row i never matches itself. Not differentiable
     by design; see `nearest_similarity` and `nearest_self_similarity` for the losses.
     """
-    n = x.shape[0]
-    m = y.shape[0]
-    tiles, t = _tiles(x, tile_size)
-    columns = jnp.arange(m)
-
-    def one_tile(args):
-        tile_index, xt = args
-        s = similarity(xt, y, precision)  # (t, m): the only large buffer
-        if exclude_self:
-            rows = tile_index * t + jnp.arange(t)
-            s = jnp.where(rows[:, None] == columns[None, :], -jnp.inf, s)
+    def best(s, xt):
         j = jnp.argmax(s, axis=1)
         if _is_bfloat16(precision):  # exact float32 value of the chosen pair
             return jnp.sum(xt * y[j], axis=1), j
         return jnp.take_along_axis(s, j[:, None], axis=1)[:, 0], j
 
-    values, indices = lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles))
-    return values.reshape(-1)[:n], indices.reshape(-1)[:n].astype(jnp.int32)
+    values, indices = map_similarity_tiles(x, y, best, exclude_self=exclude_self,
+                                           tile_size=tile_size, precision=precision)
+    return values, indices.astype(jnp.int32)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
