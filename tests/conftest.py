@@ -26,3 +26,15 @@ def run_module(module: str, *args, timeout: float = 300, **env) -> subprocess.Co
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The 2-core CI machine is shared: torch's 2 intra-op threads spin against other
+    processes (60x slower under load); one thread is fastest for tiny models."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

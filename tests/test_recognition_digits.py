@@ -7,19 +7,10 @@ through the real `bridges.evaluate` CLI (10-fold protocol).
 """
 
 import pytest
-import torch
 
 from bridges.recognition import digits as recipe
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine two threads spin against other
-    processes and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

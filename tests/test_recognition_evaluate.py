@@ -11,13 +11,7 @@ from bridges import bins, evaluate, train
 from bridges.verification import ten_fold_accuracy
 from tests.test_recognition_train import TINY, make_dataset
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ BLOCKS = {"ir18": [2, 2, 2, 2], "ir34": [3, 4, 6, 3], "ir50": [3, 4, 14, 3],
           "ir100": [3, 13, 30, 3], "se_ir50": [3, 4, 14, 3]}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The 2-core CI machine is shared: torch's 2 intra-op threads spin against other
-    processes (60x slower under load); one thread is fastest for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("arch", list(BLOCKS))

@@ -21,14 +21,7 @@ TINY = ["--arch=ir18", "--width=4", "--input_size=16", "--embedding_size=16", "-
         "--progress=false", "--batch_size=16", "--lr_steps=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The 2-core CI machine is shared: torch's 2 intra-op threads spin against other
-    processes (60x slower under load); one thread is fastest for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_dataset(root: Path, identities=6, per_identity=6, size=20, seed=0) -> Path:
