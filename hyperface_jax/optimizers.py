@@ -8,7 +8,10 @@ hyper-parameter is refused (a silently ignored `--momentum` would be a surprise)
 
 import inspect
 
+import jax
 import optax
+
+from hyperface_jax import sphere
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "lamb", "lion", "adafactor", "nadam",
               "adabelief", "adagrad", "yogi", "novograd")
@@ -75,3 +78,23 @@ def _parameters(factory) -> list[str]:
         return list(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
         return []
+
+
+def tangent_projection() -> optax.GradientTransformation:
+    """Each row of the update projected onto the tangent space of the sphere at the
+    matching row of the parameters (`sphere.tangent_component`): the Riemannian gradient
+    of a function of unit rows. Chain it before an optimizer so that no optimizer spends
+    its step (or its moments) moving points off the sphere."""
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("tangent_projection needs the parameters (the unit rows)")
+        return jax.tree.map(sphere.tangent_component, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def on_sphere(optimizer: optax.GradientTransformation, *,
+              project_gradient: bool = True) -> optax.GradientTransformation:
+    """`optimizer` fed with tangent gradients (`--project_gradient`), or unchanged."""
+    return optax.chain(tangent_projection(), optimizer) if project_gradient else optimizer
