@@ -27,7 +27,7 @@ import optax
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hyperface_jax import metrics, reference, solver, sphere  # noqa: E402
+from hyperface_jax import dense_baseline, metrics, solver, sphere  # noqa: E402
 
 
 def schedule(lr, steps):
@@ -83,7 +83,7 @@ def quality(n, m, d, steps, lr, eval_every, variants, fast_steps, alpha=0.5, see
 
     results = {}
     opt = optax.adam(schedule(lr, steps))
-    dense = reference.make_dense_runner(opt, alpha=alpha)
+    dense = dense_baseline.make_dense_runner(opt, alpha=alpha)
     box = {"x": x0, "s": opt.init(x0)}
     dense(box["x"], box["s"], gallery, jnp.int32(0))[0].block_until_ready()  # compile
 
@@ -162,7 +162,7 @@ def exactness(n=2000, m=2000, d=128, steps=(50, 200), lr=0.01):
     x = sphere.random_unit_vectors(jax.random.PRNGKey(0), n, d)
     g = sphere.random_unit_vectors(jax.random.PRNGKey(1), m, d)
     opt = optax.adam(optax.exponential_decay(lr, 100, 0.5, staircase=True))
-    dense = reference.make_dense_runner(opt, alpha=0.5)
+    dense = dense_baseline.make_dense_runner(opt, alpha=0.5)
     cfg = solver.SolverConfig(alpha=0.5)
     run = solver.make_runner(opt, cfg, n)
     perm = np.random.RandomState(0).permutation(n)

@@ -38,12 +38,14 @@ def main():
     import numpy as np
 
     from hyperface_jax import optimizers, sharding, solver, sphere
+    from hyperface_jax.placement import LOCAL
 
     key = jax.random.PRNGKey(0)
     x0 = sphere.random_unit_vectors(key, args.n, args.d)
     gallery = (np.asarray(sphere.random_unit_vectors(jax.random.fold_in(key, 1), args.m, args.d))
                if args.m else None)
-    opt = optimizers.make_optimizer("adam", optimizers.make_schedule("constant", 0.01, steps=1))
+    opt = optimizers.on_sphere(
+        optimizers.make_optimizer("adam", optimizers.make_schedule("constant", 0.01, steps=1)))
     alpha = 0.5 if args.m else 0.0
     print(f"backend={jax.default_backend()} devices available={jax.device_count()} "
           f"cores={os.cpu_count()} n={args.n} d={args.d} m={args.m} B={args.batch} "
@@ -53,20 +55,18 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for mode, batch in (("full batch", 0), (f"mini-batch B={args.batch}", args.batch)):
         config = solver.SolverConfig(alpha=alpha, batch_size=batch, tile_size=args.tile_size)
-        settings = [("single-device solver", None)] + [
-            ("sharded ring", count) for count in args.devices]
+        settings = [("Local", None)] + [("Sharded ring", count) for count in args.devices]
         for path, count in settings:
-            state = solver.init_state(x0, opt, 0)
             if count is None:
-                run = solver.make_runner(opt, config, args.n)
-                g = None if gallery is None else jnp.asarray(gallery)
-                count = 1
+                placement, count = LOCAL, 1
             else:
-                mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:count]), (sharding.AXIS,))
-                state = sharding.put_state(state, mesh)
-                g = sharding.put_gallery(gallery, mesh)
-                run = sharding.make_runner(opt, config, args.n, mesh,
-                                           sharding.state_shardings(state, mesh))
+                placement = sharding.Sharded(
+                    jax.sharding.Mesh(np.asarray(jax.devices()[:count]), (sharding.AXIS,)))
+            state = placement.put(solver.init_state(x0, opt, 0), args.n)
+            g = placement.put_gallery(gallery)
+            run = solver.make_runner(opt, config, args.n, placement=placement,
+                                     gallery_count=args.m or None, template=state,
+                                     donate=True)
             compiled = run.lower(state, g, jnp.int32(0)).compile()
             memory = compiled.memory_analysis()
             largest = sharding.largest_array_bytes(compiled)

@@ -32,7 +32,9 @@ def restore_latest(manager: ocp.CheckpointManager, template):
         return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        # strict=False: a checkpoint written with another device count holds another number
+        # of (zero) padding rows; they are truncated or zero-padded to this run's layout.
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract, strict=False))
     except Exception as e:  # orbax raises many types for damaged or foreign files
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
@@ -65,3 +67,24 @@ def record_run(directory, identity: dict) -> None:
     path = Path(directory) / RUN_FILE
     if not path.exists():
         save_json(path, identity)
+
+
+def resume(out: Path, initial_state, identity: dict, *, total_steps: int, writer: bool,
+           log, max_to_keep: int = 3) -> tuple:
+    """Open the checkpoints of the run in `out` (checking it is the same run, creating the
+    folder otherwise): (state to start from, manager, step resumed from or None)."""
+    out = Path(out)
+    check_same_run(out / "checkpoints", identity)
+    out.mkdir(parents=True, exist_ok=True)
+    manager = open_manager(out / "checkpoints", max_to_keep=max_to_keep)
+    if writer:
+        record_run(out / "checkpoints", identity)
+    restored = restore_latest(manager, initial_state)
+    if restored is None:
+        return initial_state, manager, None
+    step = solver.step_of(restored)
+    if step > total_steps:
+        raise InputError(f"{out} holds a checkpoint at step {step}, beyond --steps + "
+                         f"--polish_steps = {total_steps}; raise --steps or use a new --out_dir")
+    log(f"resuming from the checkpoint at step {step} in {out / 'checkpoints'}")
+    return restored, manager, step

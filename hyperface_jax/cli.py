@@ -5,12 +5,15 @@ Flags are absl `FlagValues`; `--help` prints them; a flag error, a stray argumen
 into KeyboardInterrupt by the jobs that checkpoint) exits 130.
 """
 
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from absl import flags
 
-from hyperface_jax.files import InputError
+from hyperface_jax.files import InputError, RunFailed
 
 
 def run_main(argv: list[str] | None, fv: flags.FlagValues,
@@ -34,6 +37,38 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
     except InputError as e:
         print(f"error: {describe(e)}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+class _Interrupt:
+    requested = False
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Ctrl-C and SIGTERM during the block set `.requested` (the job stops at its next safe
+    point, e.g. after saving a checkpoint); a second one raises KeyboardInterrupt at once.
+    Outside the main thread (where signals cannot be caught) nothing is installed."""
+    state = _Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        if state.requested:
+            raise KeyboardInterrupt
+        state.requested = True
+        print("stopping after the current chunk (a checkpoint is saved); interrupt again to "
+              "stop at once", file=sys.stderr)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

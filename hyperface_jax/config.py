@@ -23,9 +23,12 @@ class PackConfig:
     gallery: str = _f("", "Gallery embeddings (.npy, (m, d)) for the manifold regulariser; "
                           "empty: none (then --alpha must be 0).")
     init: str = _f("random", "Initial references: 'random' (Gaussian, normalised), 'gallery' "
-                             "(random subset of the gallery) or a .npy file.")
+                             "(a random subset of n gallery rows: with m = n every identity "
+                             "starts on a gallery face and the regulariser starts at 0) or a "
+                             ".npy file (the paper: embeddings of faces generated separately "
+                             "from the gallery).")
     alpha: float = _f(0.5, "Weight of the manifold regulariser R (paper default 0.5).")
-    objective: str = _f("max", "Inner maximum over partners: 'max' (hard, the paper's Eq. 1), "
+    objective: str = _f("max", "Inner maximum over partners: 'max' (hard, the paper's), "
                                "'logsumexp' (smooth max of cosines, temperature annealed "
                                "upward) or 'riesz' (log Riesz energy, exponent annealed "
                                "upward).")
@@ -34,7 +37,8 @@ class PackConfig:
     temperature_end: float = _f(1e4, "... grown geometrically to this ...")
     anneal_steps: int = _f(0, "... over this many steps (0: --steps).")
     packing_reduce: str = _f("mean", "Packing term over identities: 'mean' of nearest-neighbour "
-                                     "cosines (paper Eq. 1) or 'max' (the literal worst pair).")
+                                     "cosines (the paper's loss) or 'max' (the literal worst "
+                                     "pair).")
     optimizer: str = _f("adam", "Any optax optimizer by name: adam, adamw, rmsprop, sgd, lamb, "
                                 "lion, adafactor, ...")
     learning_rate: float = _f(0.01, "Initial learning rate.")

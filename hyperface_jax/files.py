@@ -23,6 +23,11 @@ class InputError(ValueError):
     """Bad user input: the CLIs print the message on one line and exit with code 2."""
 
 
+class RunFailed(RuntimeError):
+    """A run that could not deliver what it promises (e.g. it diverged): the CLIs print the
+    message on one line and exit with code 1; finished work (checkpoints) is kept."""
+
+
 def open_npy(path: str | os.PathLike, what: str, *, ndim: int, kinds: str) -> np.ndarray:
     """A read-only memory map of a `.npy` file after header checks: the file exists, is a
     readable non-pickled `.npy`, has `ndim` axes, a dtype kind in `kinds` and no empty axis.
@@ -61,21 +66,31 @@ def load_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.nda
     Non-unit rows are normalised with a warning.
     """
     path = Path(path)
-    array = open_embeddings(path, what)
+    return unit_rows(open_embeddings(path, what), f"{what} file {path}")
+
+
+def unit_rows(array, what: str) -> np.ndarray:
+    """`array` as a validated (n, d) float32 array with unit rows; `what` names it in the
+    one-line `InputError` (not 2-D, empty, NaN/Inf, zero rows). Non-unit rows are
+    normalised with a warning."""
+    array = np.asarray(array)
+    if array.ndim != 2 or 0 in array.shape:
+        raise InputError(f"{what} has shape {array.shape}; expected (rows, dim) with rows > 0")
+    if array.dtype.kind not in "fiu":
+        raise InputError(f"{what} has dtype {array.dtype}; expected floating point")
     array = np.asarray(array, dtype=np.float32)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
-        raise InputError(f"{what} file {path} contains NaN or Inf (first in row {row})")
+        raise InputError(f"{what} contains NaN or Inf (first in row {row})")
     norms = np.linalg.norm(array, axis=1)
     if (norms < ZERO_NORM).any():
         row = int(np.argmax(norms < ZERO_NORM))
-        raise InputError(f"{what} file {path} has a zero vector in row {row}")
+        raise InputError(f"{what} has a zero vector in row {row}")
     off = np.abs(norms - 1.0) > UNIT_TOLERANCE
     if off.any():
-        warnings.warn(
-            f"{what} file {path}: {int(off.sum())} of {len(norms)} rows are not unit vectors; "
-            "normalising them", stacklevel=2)
+        warnings.warn(f"{what}: {int(off.sum())} of {len(norms)} rows are not unit vectors; "
+                      "normalising them", stacklevel=3)
     return array / norms[:, None]
 
 

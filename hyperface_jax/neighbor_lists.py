@@ -69,8 +69,8 @@ def _gathered_fwd(x, y, idx, tile_size):
     return gathered_similarity(x, y, idx, tile_size), (x, y, idx)
 
 
-def _gathered_bwd(tile_size, residuals, g):
-    x, y, idx = residuals
+def gathered_similarity_vjp(x, y, idx, g, tile_size=neighbors.DEFAULT_TILE_SIZE):
+    """The cotangents of `gathered_similarity` for the cotangent `g`: (dx, dy, None)."""
     n, k = idx.shape
     xs, _ = _gather_tiles(x, tile_size)
     ids, _ = _gather_tiles(idx, tile_size)
@@ -86,22 +86,31 @@ def _gathered_bwd(tile_size, residuals, g):
     return dx.reshape(-1, x.shape[1])[:n], dy, None
 
 
+def _gathered_bwd(tile_size, residuals, g):
+    x, y, idx = residuals
+    return gathered_similarity_vjp(x, y, idx, g, tile_size)
+
+
 gathered_similarity.defvjp(_gathered_fwd, _gathered_bwd)
 
 
-def build(x, gallery, size: int, gallery_size: int, *, tile_size: int,
-          precision="highest") -> NeighborLists:
-    """Fresh lists by exact search, with an empty audit."""
-    n = x.shape[0]
-    k = min(size, n - 1)
-    packing = top_k_neighbors(x, x, k, exclude_self=True, tile_size=tile_size,
-                              precision=precision)
+def search_partners(x, gallery, size: int, gallery_size: int, search):
+    """Fresh lists of the local rows by exact search (`search.top_k`): `objective.Partners`
+    of `size` partners among the rows of x and `gallery_size` gallery rows."""
+    from hyperface_jax.objective import Partners
+
+    packing = search.top_k(x, x, size, exclude_self=True)
     near_gallery = None
     if gallery is not None:
-        near_gallery = top_k_neighbors(x, gallery, min(gallery_size, gallery.shape[0]),
-                                       tile_size=tile_size, precision=precision)
+        near_gallery = search.top_k(x, gallery, gallery_size, exclude_self=False)
+    return Partners(packing, near_gallery)
+
+
+def fresh(partners) -> NeighborLists:
+    """Lists with an empty audit."""
     zero = jnp.zeros((), jnp.float32)
-    return NeighborLists(packing, near_gallery, jnp.zeros((), jnp.int32), zero, zero, zero, zero)
+    return NeighborLists(partners.packing, partners.gallery, jnp.zeros((), jnp.int32),
+                         zero, zero, zero, zero)
 
 
 def _missed_share(old, new):
@@ -109,16 +118,13 @@ def _missed_share(old, new):
     return jnp.mean(jnp.logical_not(jnp.any(old == new[:, :1], axis=1)).astype(jnp.float32))
 
 
-def rebuild(lists: NeighborLists, x, gallery, *, tile_size: int,
-            precision="highest") -> NeighborLists:
-    """Exact rebuild of `lists` at `x`, auditing the lists it replaces."""
-    fresh = build(x, gallery, lists.packing.shape[1],
-                  0 if lists.gallery is None else lists.gallery.shape[1],
-                  tile_size=tile_size, precision=precision)
-    missed = _missed_share(lists.packing, fresh.packing)
-    g_missed = (jnp.zeros((), jnp.float32) if gallery is None
-                else _missed_share(lists.gallery, fresh.gallery))
-    return fresh.replace(
+def audited(lists: NeighborLists, partners, count: int) -> NeighborLists:
+    """`partners` as the new lists, auditing the lists they replace over the first `count`
+    (real, not padding) rows."""
+    missed = _missed_share(lists.packing[:count], partners.packing[:count])
+    g_missed = (jnp.zeros((), jnp.float32) if partners.gallery is None
+                else _missed_share(lists.gallery[:count], partners.gallery[:count]))
+    return fresh(partners).replace(
         rebuilds=lists.rebuilds + 1,
         missed_sum=lists.missed_sum + missed,
         missed_max=jnp.maximum(lists.missed_max, missed),

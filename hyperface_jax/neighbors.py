@@ -71,10 +71,11 @@ def _tiles(x: jax.Array, tile_size: int):
     return padded.reshape(num_tiles, t, d), t
 
 
-def map_similarity_tiles(x, y, reduce, *, exclude_self: bool = False,
+def map_similarity_tiles(x, y, reduce, *, exclude_self: bool = False, columns_valid=None,
                          tile_size: int = DEFAULT_TILE_SIZE, precision=lax.Precision.HIGHEST):
     """`reduce(s, xt)` over row tiles of `x`, where ``s = xt @ y.T`` (self pairs at -inf
-    with ``exclude_self``) is the only (tile, m) buffer; `reduce` returns arrays with a
+    with ``exclude_self``, and columns outside the boolean mask `columns_valid`: padding rows
+    of a sharded array) is the only (tile, m) buffer; `reduce` returns arrays with a
     leading axis of the tile's rows, which come back concatenated for the n rows of `x`."""
     n = x.shape[0]
     tiles, t = _tiles(x, tile_size)
@@ -86,6 +87,8 @@ def map_similarity_tiles(x, y, reduce, *, exclude_self: bool = False,
         if exclude_self:
             rows = tile_index * t + jnp.arange(t)
             s = jnp.where(rows[:, None] == columns[None, :], -jnp.inf, s)
+        if columns_valid is not None:
+            s = jnp.where(columns_valid[None, :], s, -jnp.inf)
         return reduce(s, xt)
 
     out = lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles))
@@ -97,6 +100,7 @@ def nearest_neighbors(
     y: jax.Array,
     *,
     exclude_self: bool = False,
+    columns_valid=None,
     tile_size: int = DEFAULT_TILE_SIZE,
     precision=lax.Precision.HIGHEST,
 ) -> tuple[jax.Array, jax.Array]:
@@ -112,7 +116,8 @@ def nearest_neighbors(
         return jnp.take_along_axis(s, j[:, None], axis=1)[:, 0], j
 
     values, indices = map_similarity_tiles(x, y, best, exclude_self=exclude_self,
-                                           tile_size=tile_size, precision=precision)
+                                           columns_valid=columns_valid, tile_size=tile_size,
+                                           precision=precision)
     return values, indices.astype(jnp.int32)
 
 

@@ -1,35 +1,38 @@
-"""The HyperFace objective: packing term (paper Eq. 1) plus manifold regulariser (Eq. 2).
+"""The HyperFace objective: the paper's packing term plus its manifold regulariser.
 
     P(X) = reduce_i  max_{j != i} h(x_i, x_j)      packing term
     R(X) = mean_i min_{g in G} (1 - cos(x_i, g))   manifold regulariser
     L    = P + alpha * R
 
 `objective` chooses the inner max over partners:
-  "max"        the hard maximum of the cosine (the paper's Eq. 1);
+  "max"        the hard maximum of the cosine (the paper's objective);
   "logsumexp"  a smooth maximum of the cosine, (1/t) log sum_j exp(t cos), whose
                temperature t is annealed upward so it tends to the hard maximum;
   "riesz"      the Riesz t-energy of each point's pairs in the log domain,
                (1/t) log sum_j |x_i - x_j|^-t, with the exponent t annealed upward
                (t -> inf: minus the log of the nearest distance).
-`reduce` chooses the outer reduction over identities: "mean" (the paper's) or "max" (the
-literal worst pair; smooth objectives use (1/t) logsumexp over rows, which for "riesz"
-is the whole configuration's Riesz energy).
+`reduce` chooses the outer reduction over identities: "mean" (the paper's mean of each
+identity's nearest-neighbour cosine) or "max" (the literal worst pair; smooth objectives
+use (1/t) logsumexp over rows, which for "riesz" is the whole configuration's Riesz
+energy).
 
-Rows of X and G are unit vectors, so cos is the inner product. Every search is blockwise:
-no n x n matrix is held in memory (`neighbors`).
+Rows of X and G are unit vectors, so cos is the inner product. Where the partners come
+from is a value, `search` (`search.LocalSearch` on one device, `sharding.RingSearch` on a
+mesh), and `lists` optionally restricts each row's partners to its neighbour lists: the
+loss below is the only one, whatever the placement.
 """
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from hyperface_jax import neighbors
-from hyperface_jax.neighbor_lists import gathered_similarity
+from hyperface_jax.search import PACKING_REDUCTIONS, LocalSearch, mean_rows, reduce_rows
 
 OBJECTIVES = ("max", "logsumexp", "riesz")
-PACKING_REDUCTIONS = ("mean", "max")
+__all__ = ["OBJECTIVES", "PACKING_REDUCTIONS", "LossTerms", "Partners", "hyperface_loss",
+           "annealed_temperature", "check_objective", "reduce_packing"]
 
 
 class LossTerms(NamedTuple):
@@ -38,15 +41,16 @@ class LossTerms(NamedTuple):
     regulariser: jax.Array
 
 
+class Partners(NamedTuple):
+    """Neighbour lists of the local rows (global row indices): `packing` (rows, K) into X,
+    `gallery` (rows, Kg) into G or None."""
+    packing: jax.Array
+    gallery: jax.Array | None
+
+
 def reduce_packing(row_values: jax.Array, reduce: str, temperature=None) -> jax.Array:
-    """Mean or maximum over identities; a smooth maximum when a temperature is given."""
-    if reduce == "mean":
-        return jnp.mean(row_values)
-    if reduce == "max":
-        if temperature is None:
-            return jnp.max(row_values)
-        return jax.nn.logsumexp(temperature * row_values) / temperature
-    raise ValueError(f"unknown packing reduction {reduce!r}; choose one of {PACKING_REDUCTIONS}")
+    """Mean or maximum over identities (one device, no padding)."""
+    return reduce_rows(row_values, reduce, temperature)
 
 
 def check_objective(name: str) -> None:
@@ -54,23 +58,23 @@ def check_objective(name: str) -> None:
         raise ValueError(f"unknown --objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
-def packing_term(x, *, objective="max", reduce="mean", temperature=None,
-                 tile_size=neighbors.DEFAULT_TILE_SIZE, precision=lax.Precision.HIGHEST):
-    check_objective(objective)
+def _packing_rows(x, search, objective, temperature, lists):
+    """Each local row's (hard or smooth) maximum over its partners."""
+    if lists is None:
+        if objective == "max":
+            return search.nearest(x, x, exclude_self=True)
+        return search.smooth(x, temperature, objective)
+    c = search.gathered(x, x, lists.packing)
     if objective == "max":
-        row_values, _ = neighbors.nearest_self_similarity(x, tile_size, precision)
-        return reduce_packing(row_values, reduce)
-    temperature = jnp.asarray(temperature, x.dtype)
-    row_values = neighbors.smooth_nearest_self(x, temperature, objective, tile_size, precision)
-    return reduce_packing(row_values, reduce, temperature)
+        return jnp.max(c, axis=1)
+    return jax.nn.logsumexp(temperature * neighbors.pair_energy(c, objective), axis=1) / temperature
 
 
-def regulariser_term(x, gallery, *, tile_size=neighbors.DEFAULT_TILE_SIZE,
-                     precision=lax.Precision.HIGHEST):
-    if gallery is None:
-        return jnp.zeros((), x.dtype)
-    gallery_values, _ = neighbors.nearest_similarity(x, gallery, tile_size, precision)
-    return jnp.mean(1.0 - gallery_values)
+def _gallery_rows(x, gallery, search, lists):
+    """Each local row's cosine to its nearest gallery row."""
+    if lists is None or lists.gallery is None:
+        return search.nearest(x, gallery, exclude_self=False)
+    return jnp.max(search.gathered(x, gallery, lists.gallery), axis=1)
 
 
 def hyperface_loss(
@@ -82,33 +86,31 @@ def hyperface_loss(
     reduce: str = "mean",
     temperature=None,
     tile_size: int = neighbors.DEFAULT_TILE_SIZE,
-    precision=lax.Precision.HIGHEST,
+    precision="highest",
+    search=None,
+    lists: Partners | None = None,
+    count: int | None = None,
 ) -> tuple[jax.Array, LossTerms]:
-    """`L = P + alpha * R` and its terms; differentiable in `x` (and in `gallery`)."""
-    packing = packing_term(x, objective=objective, reduce=reduce, temperature=temperature,
-                           tile_size=tile_size, precision=precision)
-    regulariser = regulariser_term(x, gallery, tile_size=tile_size, precision=precision)
-    total = packing + alpha * regulariser
-    return total, LossTerms(total, packing, regulariser)
+    """`L = P + alpha * R` and its terms; differentiable in `x` (and in `gallery`).
 
-
-def listed_hyperface_loss(x, gallery, alpha, lists, *, objective="max", reduce="mean",
-                          temperature=None, tile_size=neighbors.DEFAULT_TILE_SIZE):
-    """`hyperface_loss` with each row's partners restricted to its neighbour lists
-    (`neighbor_lists.NeighborLists`): exact whenever the lists hold the true nearest rows."""
+    `search` (default: `LocalSearch(tile_size, precision)`) finds the partners; `lists`
+    restricts them to neighbour lists (exact whenever the lists hold the true nearest
+    rows); `count` is the number of real rows over all devices (default: the rows of x).
+    """
     check_objective(objective)
-    c = gathered_similarity(x, x, lists.packing, tile_size)  # (n, K)
-    if objective == "max":
-        packing = reduce_packing(jnp.max(c, axis=1), reduce)
-    else:
+    search = search or LocalSearch(tile_size, precision)
+    valid = search.valid(x)
+    count = x.shape[0] if count is None else count
+    if objective != "max":
         temperature = jnp.asarray(temperature, x.dtype)
-        z = temperature * neighbors.pair_energy(c, objective)
-        packing = reduce_packing(jax.nn.logsumexp(z, axis=1) / temperature, reduce, temperature)
+    rows = _packing_rows(x, search, objective, temperature, lists)
+    packing = reduce_rows(rows, reduce, None if objective == "max" else temperature,
+                          search=search, valid=valid, count=count)
     if gallery is None:
         regulariser = jnp.zeros((), x.dtype)
     else:
-        near = gathered_similarity(x, gallery, lists.gallery, tile_size)
-        regulariser = jnp.mean(1.0 - jnp.max(near, axis=1))
+        near = _gallery_rows(x, gallery, search, lists)
+        regulariser = mean_rows(1.0 - near, search=search, valid=valid, count=count)
     total = packing + alpha * regulariser
     return total, LossTerms(total, packing, regulariser)
 

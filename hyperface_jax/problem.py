@@ -5,13 +5,14 @@ Everything here runs before anything is written, so bad input leaves no trace on
 
 import dataclasses
 import hashlib
+import math
 
 import jax
 import numpy as np
 
 from hyperface_jax import sphere
 from hyperface_jax.config import PackConfig
-from hyperface_jax.files import InputError, load_embeddings
+from hyperface_jax.files import InputError, load_embeddings, unit_rows
 from hyperface_jax.neighbors import MATMUL_PRECISIONS
 from hyperface_jax.objective import OBJECTIVES, PACKING_REDUCTIONS
 from hyperface_jax.solver import MINIBATCH_UPDATES
@@ -39,6 +40,11 @@ class Problem:
     def d(self) -> int:
         return self.inits.shape[2]
 
+    @property
+    def m(self) -> int:
+        """Gallery rows (0 without a gallery)."""
+        return 0 if self.gallery is None else self.gallery.shape[0]
+
     def fingerprint(self) -> dict:
         """Shapes and digests of the inputs: what a resumed run must share."""
         out = {"init_sha256": _digest(self.inits)}
@@ -52,9 +58,10 @@ def _digest(array: np.ndarray) -> str:
 
 
 def check_settings(c: PackConfig) -> None:
-    """Checks that need no file: names, ranges."""
-    if not c.out_dir:
-        raise InputError("--out_dir is required")
+    """Checks that need no file: names, ranges, finite numbers."""
+    for name, value in c.flag_values().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"--{name} must be a finite number, got {value}")
     if c.packing_reduce not in PACKING_REDUCTIONS:
         raise InputError(f"unknown --packing_reduce {c.packing_reduce!r}; "
                          f"choose one of {', '.join(PACKING_REDUCTIONS)}")
@@ -74,8 +81,6 @@ def check_settings(c: PackConfig) -> None:
                          "(restarts from one file would all be the same)")
     if c.alpha < 0:
         raise InputError(f"--alpha must be >= 0, got {c.alpha}")
-    if c.alpha > 0 and not c.gallery:
-        raise InputError(f"--alpha={c.alpha} needs a --gallery; pass --alpha=0 for pure packing")
     for name in ("steps", "batch_size", "anneal_steps", "polish_steps"):
         if getattr(c, name) < 0:
             raise InputError(f"--{name} must be >= 0, got {getattr(c, name)}")
@@ -84,9 +89,6 @@ def check_settings(c: PackConfig) -> None:
                          f"choose one of {', '.join(MATMUL_PRECISIONS)}")
     if c.neighbor_list_size < 0:
         raise InputError(f"--neighbor_list_size must be >= 0, got {c.neighbor_list_size}")
-    if c.neighbor_list_size and c.batch_size:
-        raise InputError("--neighbor_list_size works in full-batch mode only (--batch_size=0); "
-                         "a mini-batch step already searches only its batch")
     for name in ("gallery_list_size", "neighbor_refresh_every"):
         if c.neighbor_list_size and getattr(c, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
@@ -97,12 +99,24 @@ def check_settings(c: PackConfig) -> None:
             raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
 
 
-def build_problem(c: PackConfig) -> Problem:
+def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
+    """The validated problem of `c`. In-memory `gallery` / `init` arrays (the Python API)
+    take the place of the --gallery / --init files and are validated the same way."""
     check_settings(c)
     init_key, batch_key = jax.random.split(jax.random.PRNGKey(c.seed))
-    gallery = load_embeddings(c.gallery, "gallery") if c.gallery else None
-    from_file = c.init not in ("random", "gallery")
-    init = load_embeddings(c.init, "init") if from_file else None
+    if gallery is not None:
+        gallery = unit_rows(gallery, "gallery array")
+    elif c.gallery:
+        gallery = load_embeddings(c.gallery, "gallery")
+    if init is not None:
+        init = unit_rows(init, "init array")
+        if c.restarts > 1:
+            raise InputError("--restarts > 1 needs --init=random or --init=gallery "
+                             "(restarts from one array would all be the same)")
+    elif c.init not in ("random", "gallery"):
+        init = load_embeddings(c.init, "init")
+    if c.alpha > 0 and gallery is None:
+        raise InputError(f"--alpha={c.alpha} needs a --gallery; pass --alpha=0 for pure packing")
 
     d = c.dim
     for name, array in (("gallery", gallery), ("init", init)):
@@ -128,6 +142,9 @@ def build_problem(c: PackConfig) -> Problem:
         raise InputError(f"need at least 2 identities, got {n}")
     if c.batch_size == 1 or c.batch_size > n:
         raise InputError(f"--batch_size={c.batch_size} must be 0 (full batch) or in [2, n={n}]")
+    if c.neighbor_list_size and c.batch_size not in (0, n):
+        raise InputError("--neighbor_list_size works in full-batch mode only (--batch_size=0 "
+                         "or n); a mini-batch step already searches only its batch")
 
     def start(r: int) -> np.ndarray:
         key = init_key if r == 0 else jax.random.fold_in(init_key, r)
@@ -136,7 +153,7 @@ def build_problem(c: PackConfig) -> Problem:
         rows = np.asarray(jax.random.permutation(key, gallery.shape[0])[:n])
         return gallery[np.sort(rows)]
 
-    if c.init == "gallery":
+    if c.init == "gallery" and init is None:
         if gallery is None:
             raise InputError("--init=gallery needs a --gallery")
         if gallery.shape[0] < n:

@@ -1,53 +1,56 @@
-"""Packing on many devices and hosts: references sharded by rows over a one-axis `Mesh`.
+"""Packing on many devices and hosts: the mesh, the ring kernels and the `Sharded` placement.
 
-Layout. The references X (n x d), every optimizer-state leaf shaped like X, and the
-gallery G (m x d) are split by rows over all devices of the mesh (axis ``"rows"``); each
-device holds n/D rows of X and m/D rows of G. The PRNG key, the step and scalar optimizer
-state are replicated. Nothing of size n x n, n x d or m x d is ever materialised on one
-device during a step: the largest per-device buffer is a similarity tile of
-min(tile_size, n/D) x n/D (docs/sharding.md has the measured figures).
+Layout. The references X (n x d), every optimizer-state leaf shaped like X, the neighbour
+lists and the gallery G (m x d) are split by rows over all devices of a one-axis mesh
+(axis ``"rows"``). Any n and m: arrays are padded with zero rows to a multiple of the
+device count, and the search masks padding rows, so they never enter a loss, a gradient or
+a figure. The PRNG key, the step and scalar optimizer state are replicated. The largest
+per-device buffer during a step is a similarity tile of min(tile_size, n/D) x n/D.
 
-Nearest neighbours by a ring. Each device searches its own rows against its own block, then
-passes the block to the next device (`lax.ppermute`) D - 1 times, keeping the running
-maximum, its global index and the partner vector itself. The backward pass of
-``max_j <x_i, x_j>`` is ``x_j*`` for row i (the partner vector kept by the forward pass)
-plus ``x_i`` scattered onto row j*, which may live on another device: the contributions
-travel once more round the ring and each device adds those that land in its rows. Work per
-device is O(n^2 d / D), traffic O(n d) per step; the same code serves the gallery term.
+The solver (`solver.make_step`) and the loss (`objective.hyperface_loss`) are the same as
+on one device: this module only provides the placement (`Sharded`: how rows are split,
+moved and gathered) and the search (`RingSearch`: the answers the loss needs, computed by
+passing row blocks round a ring of devices with `lax.ppermute` inside `jax.shard_map`).
 
-Mini-batch mode (paper Algorithm 2) samples the same rows as one device does
-(`solver.batch_indices` is a pure function of (key, step)): every device fetches the batch
-rows it owns, a `psum` assembles the B x d batch everywhere, each device takes its B/D
-slice and runs the ring above on the batch, the gradient slices are gathered, and the
-optimizer update of the batch rows (O(B d)) runs on every device before each writes back
-the rows it owns. The update of the full arrays (full batch, or the dense mini-batch
-update) runs outside `shard_map`, under `jit`'s automatic partitioning, so every optax
-optimizer keeps its global semantics (e.g. whole-array norms in lamb).
+Nearest neighbours by a ring. Each device searches its own rows against its own block,
+then passes the block to the next device D - 1 times, keeping the running maximum, its
+global index and the partner vector. The backward pass of ``max_j <x_i, x_j>`` is
+``x_j*`` for row i plus ``x_i`` scattered onto row j*, which may live on another device:
+the contributions travel once more round the ring. Smooth maxima combine per-block
+logsumexps; top-K lists merge per-block top-K; list similarities fetch each partner row
+from the block that holds it as it passes. Work per device is O(n^2 d / D), traffic
+O(n d) per step.
 
-Why `jax.shard_map` and not `jax.pmap`: pmap gives each device a separate program with a
-leading device axis, needs the state reshaped to (D, n/D, d), and does not compose with
-`jit`-partitioned code or with multi-host global arrays as directly; shard_map is one
-`jit` program over global arrays whose shardings orbax saves and restores on any device
-count, and it leaves the non-local parts (optimizer update, figures) to XLA's partitioner.
+Mini-batch mode samples the same rows as one device (`solver.batch_indices` is a pure
+function of (key, step)): each device contributes the batch rows it owns to a `psum`, the
+batch is split by rows for the loss, and each device writes back the rows it owns. The
+optimizer update runs outside `shard_map`, under `jit`'s automatic partitioning, so every
+optax optimizer keeps its global semantics (e.g. whole-array norms in lamb).
+
+Why `jax.shard_map` and not `jax.pmap`: the state stays one global array that orbax saves
+with its sharding and restores on any device count (padding rows are zeros, so a
+checkpoint restored with another padding is truncated or zero-padded: `checkpoint`), and
+the non-local parts (optimizer update, figures) are left to XLA's partitioner.
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` from the flags or
 the cluster's environment (TPU pods, SLURM, Open MPI, ...); every process runs the same
 command and the mesh spans all processes' devices.
 """
 
+import dataclasses
 import re
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hyperface_jax import neighbors, objective, solver, sphere
+from hyperface_jax import metrics, neighbor_lists, neighbors
 from hyperface_jax.files import InputError
+from hyperface_jax.placement import pad_rows
 
 AXIS = "rows"
 # Flags that choose where a run executes, not what it computes: a checkpoint written with
@@ -90,9 +93,8 @@ def initialize_distributed(c) -> None:
 def make_mesh(devices: str) -> Mesh | None:
     """The one-axis mesh for --devices ('all' or a count); None for the single-device path.
 
-    With one device the existing single-device solver runs (docs/sharding.md: the ring on a
-    mesh of one gives the same numbers at the same speed, but lacks restarts and neighbour
-    lists).
+    With one device and one process the `Local` placement runs: no collectives to pay for
+    (a mesh of one computes the same numbers through the same solver).
     """
     available = jax.devices()
     if devices == "all":
@@ -127,76 +129,9 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def check_compatible(c, n: int, restarts: int, mesh: Mesh) -> None:
-    """Settings the sharded solver does not support, refused with the fix."""
-    size = mesh.size
-    if restarts > 1:
-        raise InputError(f"--restarts={restarts} is not supported on {size} devices; "
-                         "pass --restarts=1 or --devices=1")
-    if c.neighbor_list_size:
-        raise InputError(f"--neighbor_list_size is not supported on {size} devices yet; "
-                         "pass --neighbor_list_size=0 or --devices=1")
-    if n % size:
-        raise InputError(
-            f"n={n} identities do not split evenly over {size} devices; choose "
-            f"--num_identities divisible by {size} or --devices dividing {n}")
-    if c.batch_size not in (0, n) and c.batch_size % size:
-        raise InputError(
-            f"--batch_size={c.batch_size} does not split evenly over {size} devices; choose a "
-            f"multiple of {size} (e.g. {c.batch_size // size * size or size})")
-
-
-# Placement --------------------------------------------------------------------------------
-
-def rows_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def state_shardings(state, mesh: Mesh):
-    """Leaves shaped like the embeddings are split by rows; the rest is replicated."""
-    shape = jnp.shape(state.embeddings)
-    return jax.tree.map(
-        lambda a: rows_sharding(mesh) if jnp.shape(a) == shape else replicated(mesh), state)
-
-
 def _put(array, sharding):
     host = np.asarray(array)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def put_state(state, mesh: Mesh):
-    """A host-side (or single-device) state placed on the mesh; every process passes the same
-    values (they are pure functions of the seed and the input files)."""
-    return jax.tree.map(_put, state, state_shardings(state, mesh))
-
-
-def init_state(embeddings, optimizer, key, mesh: Mesh):
-    """`solver.init_state` on the mesh: the host's rows go straight to their devices and the
-    optimizer state is created sharded, so no device holds a full (n, d) array."""
-    x = _put(embeddings, rows_sharding(mesh))
-    key = _put(key, replicated(mesh))
-
-    def init(x, key):
-        return solver.init_state(x, optimizer, key)
-
-    shardings = state_shardings(jax.eval_shape(init, x, key), mesh)
-    return jax.jit(init, out_shardings=shardings)(x, key)
-
-
-def put_gallery(gallery, mesh: Mesh):
-    """The gallery split by rows, padded to a multiple of the device count with copies of its
-    first row (a duplicate never changes a nearest-neighbour value)."""
-    if gallery is None:
-        return None
-    gallery = np.asarray(gallery, np.float32)
-    pad = -gallery.shape[0] % mesh.size
-    if pad:
-        gallery = np.concatenate([gallery, np.repeat(gallery[:1], pad, axis=0)])
-    return _put(gallery, rows_sharding(mesh))
 
 
 def to_host(array) -> np.ndarray:
@@ -215,21 +150,31 @@ def _shift(a, size: int):
     return lax.ppermute(a, AXIS, [(i, (i + 1) % size) for i in range(size)])
 
 
-def _ring_search(x, y, exclude_self, size, tile_size, precision):
-    """For each local row of x: the largest <x_i, y_j> over the rows of y on every device,
-    its global row index and the row y_j itself. Ties go to the lowest global index, as
-    `jnp.argmax` does on one device."""
+def _real(owner, rows: int, count):
+    """Which rows of the block of device `owner` are real (global index < count)."""
+    if count is None:
+        return None
+    return owner * rows + jnp.arange(rows) < count
+
+
+def _ring_search(x, y, exclude_self, size, tile_size, precision, count):
+    """For each local row of x: the largest <x_i, y_j> over the real rows of y on every
+    device, its global row index and the row y_j itself. Ties go to the lowest global
+    index, as `jnp.argmax` does on one device."""
     me = lax.axis_index(AXIS)
     rows = y.shape[0]
-    v, j = neighbors.nearest_neighbors(x, y, exclude_self=exclude_self, tile_size=tile_size,
-                                       precision=precision)
+    v, j = neighbors.nearest_neighbors(x, y, exclude_self=exclude_self,
+                                       columns_valid=_real(me, rows, count),
+                                       tile_size=tile_size, precision=precision)
     first = (y, v, me * rows + j, y[j])
 
     def visit(k, carry):
         block, best, best_index, best_vector = carry
         block = _shift(block, size)
-        v, j = neighbors.nearest_neighbors(x, block, tile_size=tile_size, precision=precision)
-        index = ((me - k) % size) * rows + j
+        owner = (me - k) % size
+        v, j = neighbors.nearest_neighbors(x, block, columns_valid=_real(owner, rows, count),
+                                           tile_size=tile_size, precision=precision)
+        index = owner * rows + j
         better = (v > best) | ((v == best) & (index < best_index))
         return (block, jnp.where(better, v, best), jnp.where(better, index, best_index),
                 jnp.where(better[:, None], block[j], best_vector))
@@ -238,21 +183,22 @@ def _ring_search(x, y, exclude_self, size, tile_size, precision):
     return v, index, vector
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def ring_nearest(x, y, exclude_self, size, tile_size, precision):
-    """``(max_j <x_i, y_j>, global argmax)`` for the local rows of x against the rows of y on
-    all `size` devices of the mesh axis (inside `shard_map`); differentiable in x and y.
-    With ``exclude_self``, y is x and row i never matches itself."""
-    v, index, _ = _ring_search(x, y, exclude_self, size, tile_size, precision)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def ring_nearest(x, y, exclude_self, size, tile_size, precision, count=None):
+    """``(max_j <x_i, y_j>, global argmax)`` for the local rows of x against the real rows
+    (global index < count) of y on all `size` devices of the mesh axis (inside
+    `shard_map`); differentiable in x and y. With ``exclude_self``, y is x and row i never
+    matches itself."""
+    v, index, _ = _ring_search(x, y, exclude_self, size, tile_size, precision, count)
     return v, index
 
 
-def _ring_fwd(x, y, exclude_self, size, tile_size, precision):
-    v, index, vector = _ring_search(x, y, exclude_self, size, tile_size, precision)
+def _ring_fwd(x, y, exclude_self, size, tile_size, precision, count):
+    v, index, vector = _ring_search(x, y, exclude_self, size, tile_size, precision, count)
     return (v, index), (x, y, index, vector)
 
 
-def _ring_bwd(exclude_self, size, tile_size, precision, residuals, cotangents):
+def _ring_bwd(exclude_self, size, tile_size, precision, count, residuals, cotangents):
     x, y, index, vector = residuals
     g = cotangents[0][:, None].astype(x.dtype)
     rows = y.shape[0]
@@ -272,30 +218,42 @@ def _ring_bwd(exclude_self, size, tile_size, precision, residuals, cotangents):
 ring_nearest.defvjp(_ring_fwd, _ring_bwd)
 
 
-def _smooth_block(x, y, temperature, kind, own, tile_size, precision):
-    """Per local row, log sum_j exp(t h(<x_i, y_j>)) over one block y of partners; the self
-    pairs are left out when `own` (a traced bool: y is x)."""
+def _smooth_energies(xt, block, rows_of_tile, temperature, kind, own, real, precision):
+    """Cosines and scaled energies t*h(c) of a tile of local rows against one block; self
+    pairs (when `own`, a traced bool: the block is x itself) and padding columns at -inf."""
+    c = neighbors.similarity(xt, block, precision)
+    columns = jnp.arange(block.shape[0])
+    drop = own & (rows_of_tile[:, None] == columns[None, :])
+    if real is not None:
+        drop = drop | ~real[None, :]
+    return c, jnp.where(drop, -jnp.inf, temperature * neighbors.pair_energy(c, kind))
+
+
+def _smooth_block(x, block, temperature, kind, own, real, tile_size, precision):
+    """Per local row, log sum_j exp(t h(<x_i, y_j>)) over one block of partners."""
     n = x.shape[0]
     tiles, t = neighbors._tiles(x, tile_size)
-    columns = jnp.arange(y.shape[0])
 
     def one_tile(args):
         tile_index, xt = args
-        c = neighbors.similarity(xt, y, precision)
-        self_pair = own & ((tile_index * t + jnp.arange(t))[:, None] == columns[None, :])
-        z = jnp.where(self_pair, -jnp.inf, temperature * neighbors.pair_energy(c, kind))
+        _, z = _smooth_energies(xt, block, tile_index * t + jnp.arange(t), temperature, kind,
+                                own, real, precision)
         return jax.nn.logsumexp(z, axis=1)
 
     return lax.map(one_tile, (jnp.arange(tiles.shape[0]), tiles)).reshape(-1)[:n]
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def ring_smooth(x, temperature, kind, size, tile_size, precision):
-    """`neighbors.smooth_nearest_self` for the local rows of x against the rows of x on all
-    devices (inside `shard_map`): per-block logsumexps combined along the ring."""
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def ring_smooth(x, temperature, kind, size, tile_size, precision, count=None):
+    """`neighbors.smooth_nearest_self` for the local rows of x against the real rows of x
+    on all devices (inside `shard_map`): per-block logsumexps combined along the ring."""
+    me = lax.axis_index(AXIS)
+    rows = x.shape[0]
+
     def visit(k, carry):
         block, total = carry
-        part = _smooth_block(x, block, temperature, kind, k == 0, tile_size, precision)
+        real = _real((me - k) % size, rows, count)
+        part = _smooth_block(x, block, temperature, kind, k == 0, real, tile_size, precision)
         return _shift(block, size), jnp.logaddexp(total, part)
 
     start = jnp.full_like(x[:, 0], -jnp.inf)
@@ -303,17 +261,18 @@ def ring_smooth(x, temperature, kind, size, tile_size, precision):
     return total / temperature
 
 
-def _ring_smooth_fwd(x, temperature, kind, size, tile_size, precision):
-    values = ring_smooth(x, temperature, kind, size, tile_size, precision)
+def _ring_smooth_fwd(x, temperature, kind, size, tile_size, precision, count):
+    values = ring_smooth(x, temperature, kind, size, tile_size, precision, count)
     return values, (x, temperature, values)
 
 
-def _ring_smooth_bwd(kind, size, tile_size, precision, residuals, g):
+def _ring_smooth_bwd(kind, size, tile_size, precision, count, residuals, g):
     """The softmax weights of every pair, block by block round the ring: the local rows'
     gradient stays here, each visiting block's gradient travels with it and is home after
     `size` shifts."""
     x, temperature, values = residuals
     n, d = x.shape
+    me = lax.axis_index(AXIS)
     tiles, t = neighbors._tiles(x, tile_size)
     pad = tiles.shape[0] * t - n
     g_tiles = jnp.pad(g, (0, pad)).reshape(-1, t)  # padded rows carry g = 0
@@ -321,13 +280,12 @@ def _ring_smooth_bwd(kind, size, tile_size, precision, residuals, g):
 
     def visit(k, carry):
         block, d_block, dx = carry
-        columns = jnp.arange(block.shape[0])
+        real = _real((me - k) % size, n, count)
 
         def one_tile(d_block, args):
             tile_index, xt, gt, vt = args
-            c = neighbors.similarity(xt, block, precision)
-            self_pair = (k == 0) & ((tile_index * t + jnp.arange(t))[:, None] == columns[None, :])
-            z = jnp.where(self_pair, -jnp.inf, temperature * neighbors.pair_energy(c, kind))
+            c, z = _smooth_energies(xt, block, tile_index * t + jnp.arange(t), temperature,
+                                    kind, k == 0, real, precision)
             w = (jnp.exp(z - temperature * vt[:, None]) * neighbors._pair_energy_slope(c, kind)
                  * gt[:, None])
             return (d_block + neighbors._dot(w.T, xt, precision),
@@ -345,44 +303,137 @@ def _ring_smooth_bwd(kind, size, tile_size, precision, residuals, g):
 ring_smooth.defvjp(_ring_smooth_fwd, _ring_smooth_bwd)
 
 
-def _local_loss_and_grad(x, gallery, step, total_rows, config, size):
-    """Inside shard_map: the HyperFace loss of all rows (replicated) and its gradient for the
-    local rows `x` (`solver.make_step`'s loss_and_grad, on the ring)."""
+def ring_top_k(x, y, k, exclude_self, size, tile_size, precision, count=None):
+    """Global indices (rows, k) of each local row's k largest inner products with the real
+    rows of y on every device, best first (inside `shard_map`)."""
+    me = lax.axis_index(AXIS)
+    rows = y.shape[0]
+    per_block = min(k, rows)
 
-    def loss(x):
-        if config.objective == "max":
-            v, _ = ring_nearest(x, x, True, size, config.tile_size, config.precision)
-            if config.reduce == "mean":
-                packing = lax.psum(jnp.sum(v), AXIS) / total_rows
-            else:
-                # The global maximum with jnp.max's gradient: shared equally by tied rows.
-                top = v == lax.pmax(lax.stop_gradient(jnp.max(v)), AXIS)
-                packing = lax.psum(jnp.sum(jnp.where(top, v, 0.0)), AXIS) / lax.psum(
-                    jnp.sum(top), AXIS)
-        else:
-            temperature = jnp.asarray(objective.annealed_temperature(
-                step, start=config.temperature_start, end=config.temperature_end,
-                anneal_steps=config.anneal_steps), x.dtype)
-            v = ring_smooth(x, temperature, config.objective, size, config.tile_size,
-                            config.precision)
-            if config.reduce == "mean":
-                packing = lax.psum(jnp.sum(v), AXIS) / total_rows
-            else:  # (1/t) logsumexp over all rows, as `objective.reduce_packing`
-                top = lax.pmax(lax.stop_gradient(jnp.max(temperature * v)), AXIS)
-                packing = (top + jnp.log(lax.psum(jnp.sum(jnp.exp(temperature * v - top)),
-                                                  AXIS))) / temperature
-        if gallery is None:
-            regulariser = jnp.zeros((), x.dtype)
-        else:
-            near, _ = ring_nearest(x, gallery, False, size, config.tile_size, config.precision)
-            regulariser = lax.psum(jnp.sum(1.0 - near), AXIS) / total_rows
-        total = packing + config.alpha * regulariser
-        return total, objective.LossTerms(total, packing, regulariser)
+    def block_top(block, owner, exclude):
+        real = _real(owner, rows, count)
 
-    (_, terms), g = jax.value_and_grad(loss, has_aux=True)(x)
-    if config.project_gradient:
-        g = sphere.tangent_component(g, x)
-    return terms, g
+        def top(s, xt):
+            return lax.top_k(s, per_block)
+
+        v, j = neighbors.map_similarity_tiles(x, block, top, exclude_self=exclude,
+                                              columns_valid=real, tile_size=tile_size,
+                                              precision=precision)
+        return v, (owner * rows + j).astype(jnp.int32)
+
+    def merge(best, new):
+        values = jnp.concatenate([best[0], new[0]], axis=1)
+        indices = jnp.concatenate([best[1], new[1]], axis=1)
+        values, at = lax.top_k(values, k)
+        return values, jnp.take_along_axis(indices, at, axis=1)
+
+    v, j = block_top(y, me, exclude_self)
+    pad = k - per_block  # fewer rows per block than k: fill with -inf until merged
+    first = (jnp.pad(v, ((0, 0), (0, pad)), constant_values=-jnp.inf),
+             jnp.pad(j, ((0, 0), (0, pad))))
+
+    def visit(step, carry):
+        block, best = carry
+        block = _shift(block, size)
+        return block, merge(best, block_top(block, (me - step) % size, False))
+
+    _, (_, indices) = lax.fori_loop(1, size, visit, (y, first))
+    return indices
+
+
+def _in_block(idx, owner, rows):
+    local = idx - owner * rows
+    inside = (local >= 0) & (local < rows)
+    return inside, jnp.where(inside, local, 0)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def ring_gathered(x, y, idx, size, tile_size):
+    """``<x_i, y_{idx[i, k]}>`` for the local rows of x and global indices `idx` into the rows
+    of y on every device: each partner is taken from its block as the block passes."""
+    me = lax.axis_index(AXIS)
+    rows = y.shape[0]
+
+    def visit(k, carry):
+        block, s = carry
+        inside, local = _in_block(idx, (me - k) % size, rows)
+        part = neighbor_lists.gathered_similarity(x, block, local, tile_size)
+        return _shift(block, size), s + jnp.where(inside, part, 0.0)
+
+    _, s = lax.fori_loop(0, size, visit, (y, jnp.zeros_like(idx, dtype=x.dtype)))
+    return s
+
+
+def _ring_gathered_fwd(x, y, idx, size, tile_size):
+    return ring_gathered(x, y, idx, size, tile_size), (x, y, idx)
+
+
+def _ring_gathered_bwd(size, tile_size, residuals, g):
+    """Each block collects the gradient of its rows as it travels; home after `size`
+    shifts."""
+    x, y, idx = residuals
+    me = lax.axis_index(AXIS)
+    rows = y.shape[0]
+
+    def visit(k, carry):
+        block, d_block, dx = carry
+        inside, local = _in_block(idx, (me - k) % size, rows)
+        gk = jnp.where(inside, g, 0.0)
+        dx_k, dy_k, _ = neighbor_lists.gathered_similarity_vjp(x, block, local, gk, tile_size)
+        return _shift(block, size), _shift(d_block + dy_k, size), dx + dx_k
+
+    _, d_home, dx = lax.fori_loop(0, size, visit,
+                                  (y, jnp.zeros_like(y), jnp.zeros_like(x)))
+    return dx, d_home, None
+
+
+ring_gathered.defvjp(_ring_gathered_fwd, _ring_gathered_bwd)
+
+
+# The search and the placement ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RingSearch:
+    """`search.LocalSearch`'s answers for the local rows of a row-split array, inside
+    `shard_map`: partners on every device, by the ring. `count` and `gallery_count` are the
+    real rows of x and of the gallery (the rest is padding)."""
+
+    size: int
+    count: int
+    gallery_count: int | None
+    tile_size: int
+    precision: object
+
+    def _count(self, exclude_self):
+        return self.count if exclude_self else self.gallery_count
+
+    def nearest(self, x, y, *, exclude_self: bool):
+        return ring_nearest(x, y, exclude_self, self.size, self.tile_size, self.precision,
+                            self._count(exclude_self))[0]
+
+    def smooth(self, x, temperature, kind: str):
+        return ring_smooth(x, temperature, kind, self.size, self.tile_size, self.precision,
+                           self.count)
+
+    def top_k(self, x, y, k: int, *, exclude_self: bool):
+        return ring_top_k(x, y, k, exclude_self, self.size, self.tile_size, self.precision,
+                          self._count(exclude_self))
+
+    def gathered(self, x, y, idx):
+        return ring_gathered(x, y, idx, self.size, self.tile_size)
+
+    def total(self, v):
+        return lax.psum(jnp.sum(v), AXIS)
+
+    def maximum(self, v):
+        return lax.pmax(jnp.max(v), AXIS)
+
+    def valid(self, x):
+        return _real(lax.axis_index(AXIS), x.shape[0], self.count)
+
+
+def _spec(split: bool):
+    return P(AXIS) if split else P()
 
 
 def _owned(rows, local_rows):
@@ -391,118 +442,115 @@ def _owned(rows, local_rows):
     return jnp.where((local >= 0) & (local < local_rows), local, local_rows)
 
 
-# Steps ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Sharded:
+    """Rows split over the devices of a one-axis mesh (see the module docstring)."""
 
-def make_step(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh):
-    """`step(state, gallery) -> (state, LossTerms)` on row-sharded state and gallery, the same
-    mathematics as `solver.make_step` (pure, not yet jitted)."""
-    if config.minibatch_update not in solver.MINIBATCH_UPDATES:
-        raise ValueError(f"unknown --minibatch_update {config.minibatch_update!r}")
-    objective.check_objective(config.objective)
-    size = mesh.size
-    full = solver.is_full_batch(config, n)
-    local_rows = n // size
-    smap = partial(jax.shard_map, mesh=mesh)
+    mesh: Mesh
 
-    def full_loss_and_grad(x, gallery, step):
-        body = partial(_local_loss_and_grad, total_rows=n, config=config, size=size)
-        specs = (P(AXIS), None if gallery is None else P(AXIS), P())
-        return smap(body, in_specs=specs, out_specs=(P(), P(AXIS)))(x, gallery, step)
+    @property
+    def size(self) -> int:
+        return self.mesh.size
 
-    def batch_loss_and_grad(x, rows, gallery, step):
-        """The batch rows (replicated, B x d), their loss and gradient (split by rows)."""
-        batch = rows.shape[0]
-        block = batch // size
+    def padded(self, rows: int) -> int:
+        return -(-rows // self.size) * self.size
 
-        def body(x, rows, gallery, step):
-            at = _owned(rows, local_rows)
-            mine = jnp.where((at < local_rows)[:, None], x[jnp.minimum(at, local_rows - 1)], 0)
-            xb = lax.psum(mine, AXIS)  # exactly the batch rows: one owner each, others add 0
-            part = lax.dynamic_slice_in_dim(xb, lax.axis_index(AXIS) * block, block)
-            terms, g = _local_loss_and_grad(part, gallery, step, batch, config, size)
-            return terms, xb, g
+    def search(self, count, gallery_count, tile_size, precision) -> RingSearch:
+        return RingSearch(self.size, count, gallery_count, tile_size, precision)
 
-        specs = (P(AXIS), P(), None if gallery is None else P(AXIS), P())
-        return smap(body, in_specs=specs, out_specs=(P(), P(), P(AXIS)))(x, rows, gallery, step)
+    def rowwise(self, fn, in_rows, out_rows):
+        def run(*args):
+            specs = tuple(None if a is None else _spec(r)
+                          for a, r in zip(args, in_rows, strict=True))
+            out_specs = jax.tree.map(_spec, out_rows)
+            return jax.shard_map(fn, mesh=self.mesh, in_specs=specs, out_specs=out_specs)(*args)
+        return run
 
-    def take_rows(a, rows):
+    def take_rows(self, a, rows):
         def body(a, rows):
+            local_rows = a.shape[0]
             at = _owned(rows, local_rows)
-            mine = jnp.where((at < local_rows)[:, None], a[jnp.minimum(at, local_rows - 1)], 0)
-            return lax.psum(mine, AXIS)
-        return smap(body, in_specs=(P(AXIS), P()), out_specs=P())(a, rows)
+            mine = a[jnp.minimum(at, local_rows - 1)]
+            mask = (at < local_rows).reshape((-1,) + (1,) * (a.ndim - 1))
+            return lax.psum(jnp.where(mask, mine, 0), AXIS)  # one owner each, others add 0
 
-    def put_rows(a, rows, values):
+        batch = jax.shard_map(body, mesh=self.mesh, in_specs=(P(AXIS), P()),
+                              out_specs=P())(a, rows)
+        return pad_rows(batch, self.padded(rows.shape[0]))
+
+    def put_rows(self, a, rows, values):
         def body(a, rows, values):
-            return a.at[_owned(rows, local_rows)].set(values, mode="drop")
-        return smap(body, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS))(a, rows, values)
+            return a.at[_owned(rows, a.shape[0])].set(values, mode="drop")
 
-    def apply(x, g, opt_state):
-        updates, opt_state = optimizer.update(g, opt_state, x)
-        return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
+        values = values[:rows.shape[0]]
+        return jax.shard_map(body, mesh=self.mesh, in_specs=(P(AXIS), P(), P()),
+                             out_specs=P(AXIS))(a, rows, values)
 
-    def step(state: solver.SolverState, gallery):
-        x = state.embeddings
-        shape = x.shape
-        if full:
-            terms, g = full_loss_and_grad(x, gallery, state.step)
-            x, opt_state = apply(x, g, state.opt_state)
-        else:
-            rows = solver.batch_indices(state.key, state.step, n, config.batch_size)
-            terms, xb, g_rows = batch_loss_and_grad(x, rows, gallery, state.step)
-            if config.minibatch_update == "dense":
-                g = put_rows(jnp.zeros_like(x), rows, g_rows)
-                x, opt_state = apply(x, g, state.opt_state)
-            else:
-                is_row = partial(solver._is_row_leaf, shape=shape)
-                row_state = jax.tree.map(
-                    lambda a: take_rows(a, rows) if is_row(a) else a, state.opt_state)
-                new_rows, row_state = apply(xb, g_rows, row_state)
-                x = put_rows(x, rows, new_rows)
-                opt_state = jax.tree.map(
-                    lambda a, b: put_rows(a, rows, b) if is_row(a) else b,
-                    state.opt_state, row_state)
-        return state.replace(embeddings=x, opt_state=opt_state, step=state.step + 1), terms
+    def shardings(self, tree, rows: int, batched: bool = False):
+        """Leaves with an axis of `rows` rows (after the restarts axis when `batched`) are
+        split by rows; the rest is replicated."""
+        lead = 1 if batched else 0
 
-    return step
+        def sharding(a):
+            shape = jnp.shape(a)
+            if len(shape) >= 2 + lead and shape[lead] == rows:
+                return NamedSharding(self.mesh, P(*([None] * lead), AXIS))
+            return NamedSharding(self.mesh, P())
+        return jax.tree.map(sharding, tree)
 
+    def put(self, tree, rows: int, batched: bool = False):
+        """Host arrays (identical on every process) placed on the mesh by `shardings`; row
+        arrays are padded with zero rows to `padded(rows)` first."""
+        target = self.padded(rows)
+        lead = 1 if batched else 0
 
-def make_runner(optimizer, config: solver.SolverConfig, n: int, mesh: Mesh, shardings):
-    """`run(state, gallery, num_steps) -> (state, LossTerms)`, jitted, like
-    `solver.make_runner`; `shardings` (from `state_shardings`) pins the output layout."""
-    step = make_step(optimizer, config, n, mesh)
+        def pad(a):
+            a = np.asarray(a)
+            if a.ndim >= 2 + lead and a.shape[lead] == rows and target != rows:
+                widths = [(0, 0)] * a.ndim
+                widths[lead] = (0, target - rows)
+                a = np.pad(a, widths)
+            return a
 
-    def run(state, gallery, num_steps):
-        zero = jnp.zeros((), state.embeddings.dtype)
-        terms = objective.LossTerms(zero, zero, zero)
-        return lax.fori_loop(0, num_steps, lambda _, c: step(c[0], gallery), (state, terms))
+        host = jax.tree.map(pad, tree)
+        return jax.tree.map(_put, host, self.shardings(host, target, batched))
 
-    terms_sharding = objective.LossTerms(*[replicated(mesh)] * 3)
-    return jax.jit(run, out_shardings=(shardings, terms_sharding))
-
-
-def make_figures(mesh: Mesh, *, alpha: float, reduce: str, tile_size: int):
-    """`figures(embeddings, gallery) -> (dict of floats, 0)`, as pack's figures function:
-    `metrics.packing_figures` with the exact searches done on the ring (full float32
-    precision), so no device holds X or an n x n block for the figures either."""
-    from hyperface_jax import metrics
-
-    size = mesh.size
-    hi = lax.Precision.HIGHEST
-
-    def nearest(x, gallery):
-        nn, _, _ = _ring_search(x, x, True, size, tile_size, hi)
+    def put_gallery(self, gallery):
         if gallery is None:
-            return nn, None
-        return nn, _ring_search(x, gallery, False, size, tile_size, hi)[0]
+            return None
+        gallery = np.asarray(gallery, np.float32)
+        return _put(pad_rows(gallery, self.padded(gallery.shape[0])),
+                    NamedSharding(self.mesh, P(AXIS)))
 
-    @jax.jit
-    def figures(x, gallery):
-        specs = P(AXIS), None if gallery is None else P(AXIS)
-        nn, near = jax.shard_map(nearest, mesh=mesh, in_specs=specs, out_specs=specs)(x, gallery)
-        return metrics.figures_from_nearest(nn, near, alpha=alpha, reduce=reduce)
+    def jit(self, fn, template=None, *, donate: bool = False, replicated_out=None):
+        donate_argnums = (0,) if donate else ()
+        if template is None:
+            return jax.jit(fn, donate_argnums=donate_argnums)
+        x = template.embeddings
+        batched = x.ndim == 3
+        out = (self.shardings(template, x.shape[-2], batched), NamedSharding(self.mesh, P()))
+        return jax.jit(fn, out_shardings=out, donate_argnums=donate_argnums)
 
-    return lambda x, gallery: (metrics.to_python(figures(x, gallery)), 0)
+    def to_host(self, array) -> np.ndarray:
+        return to_host(array)
+
+    def figures(self, x, gallery, *, count, gallery_count, alpha, reduce, tile_size):
+        """`metrics.packing_figures` of the first `count` rows with the exact searches on
+        the ring (full float32 precision)."""
+        hi = "highest"
+
+        def nearest(x, gallery):
+            nn, _, _ = _ring_search(x, x, True, self.size, tile_size, hi, count)
+            if gallery is None:
+                return nn, None
+            return nn, _ring_search(x, gallery, False, self.size, tile_size, hi,
+                                    gallery_count)[0]
+
+        specs = (P(AXIS), None if gallery is None else P(AXIS))
+        nn, near = jax.shard_map(nearest, mesh=self.mesh, in_specs=specs,
+                                 out_specs=specs)(x, gallery)
+        return metrics.figures_from_nearest(nn[:count], None if near is None else near[:count],
+                                            alpha=alpha, reduce=reduce)
 
 
 _DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "f16": 2, "bf16": 2, "pred": 1, "s8": 1,

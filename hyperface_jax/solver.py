@@ -1,7 +1,10 @@
 """Full-batch (paper Algorithm 1) and stochastic mini-batch (Algorithm 2) packing solvers.
 
-One step: gradient of the HyperFace loss, optionally projected onto the sphere's tangent
-space, an optax update, rows renormalised onto the sphere. The whole solver state is one
+One step: gradient of the HyperFace loss, an optax update (the tangent projection, when
+asked for, is a transform chained into the optimizer: `optimizers.on_sphere`), rows
+renormalised onto the sphere. The step is written once for every placement
+(`placement.Local`, `sharding.Sharded`): the placement is a value passed in, which runs the
+loss on each device's rows and moves mini-batch rows. The whole solver state is one
 pytree (`SolverState`), so `jit`, checkpointing and sharding see a single object, and a
 step is a pure function of it: the same state gives the same next state.
 
@@ -27,13 +30,14 @@ import optax
 from jax import lax
 
 from hyperface_jax import neighbor_lists, neighbors, objective, sphere
+from hyperface_jax.placement import LOCAL
 
 MINIBATCH_UPDATES = ("sparse", "dense")
 
 
 @flax.struct.dataclass
 class SolverState:
-    embeddings: jax.Array  # (n, d) float32, unit rows
+    embeddings: jax.Array  # (n, d) float32, unit rows (zero padding rows on a mesh)
     opt_state: Any  # the optax state for `embeddings`
     key: jax.Array  # raw uint32 PRNG key; batch k of step t uses fold_in(key, ...)
     step: jax.Array  # int32 scalar: number of steps taken
@@ -50,10 +54,9 @@ class SolverConfig:
     anneal_steps: int = 1  # ... over this many steps
     batch_size: int = 0  # 0 or n: full batch
     minibatch_update: str = "sparse"
-    project_gradient: bool = True
     tile_size: int = neighbors.DEFAULT_TILE_SIZE
-    precision: Any = lax.Precision.HIGHEST
-    # Neighbour lists (full batch only; see neighbor_lists): 0 = exact search every step.
+    precision: Any = "highest"
+    # Neighbour lists (see neighbor_lists): 0 = exact search every step.
     neighbor_list_size: int = 0
     gallery_list_size: int = 4
     neighbor_refresh_every: int = 20
@@ -61,27 +64,6 @@ class SolverConfig:
     @property
     def uses_lists(self) -> bool:
         return self.neighbor_list_size > 0
-
-
-def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Array | int,
-               gallery=None, config: SolverConfig | None = None):
-    """Step-0 state; `key` (or an int seed) drives the mini-batch order. With a `config`
-    that uses neighbour lists, the lists are built here by exact search."""
-    embeddings = jnp.asarray(embeddings, jnp.float32)
-    if isinstance(key, int):
-        key = jax.random.PRNGKey(key)
-    lists = None
-    if config is not None and config.uses_lists:
-        lists = neighbor_lists.build(
-            embeddings, gallery, config.neighbor_list_size, config.gallery_list_size,
-            tile_size=config.tile_size, precision=config.precision)
-    return SolverState(
-        embeddings=embeddings,
-        opt_state=optimizer.init(embeddings),
-        key=key,
-        step=jnp.zeros((), jnp.int32),
-        lists=lists,
-    )
 
 
 def step_of(state: SolverState) -> int:
@@ -125,8 +107,52 @@ def _is_row_leaf(leaf, shape) -> bool:
     return tuple(jnp.shape(leaf)) == tuple(shape)
 
 
-def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: int):
-    """`step(state, gallery) -> (state, LossTerms)`, pure (not yet jitted)."""
+def partner_search(config: SolverConfig, count: int, gallery_count: int | None,
+                   placement=LOCAL):
+    """`find(x, gallery) -> objective.Partners`: fresh neighbour lists of every row by exact
+    search, on the placement's rows (`count` real rows, `gallery_count` gallery rows)."""
+    k = min(config.neighbor_list_size, count - 1)
+    kg = min(config.gallery_list_size, gallery_count or 1)
+
+    def local(x, gallery):
+        search = placement.search(count, gallery_count, config.tile_size, config.precision)
+        return neighbor_lists.search_partners(x, gallery, k, kg, search)
+
+    return placement.rowwise(local, in_rows=(True, True), out_rows=True)
+
+
+def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Array | int,
+               gallery=None, config: SolverConfig | None = None, *, placement=LOCAL,
+               count: int | None = None, gallery_count: int | None = None):
+    """Step-0 state; `key` (or an int seed) drives the mini-batch order. With a `config`
+    that uses neighbour lists, the lists are built here by exact search. `count` and
+    `gallery_count` are the real (unpadded) row counts; by default all rows are real."""
+    embeddings = jnp.asarray(embeddings, jnp.float32)
+    if isinstance(key, int):
+        key = jax.random.PRNGKey(key)
+    lists = None
+    if config is not None and config.uses_lists:
+        count = embeddings.shape[0] if count is None else count
+        if gallery is not None and gallery_count is None:
+            gallery_count = gallery.shape[0]
+        find = partner_search(config, count, gallery_count, placement)
+        lists = neighbor_lists.fresh(find(embeddings, gallery))
+    return SolverState(
+        embeddings=embeddings,
+        opt_state=optimizer.init(embeddings),
+        key=key,
+        step=jnp.zeros((), jnp.int32),
+        lists=lists,
+    )
+
+
+def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: int, *,
+              placement=LOCAL, gallery_count: int | None = None):
+    """`step(state, gallery, order=None) -> (state, LossTerms)`, pure (not yet jitted).
+
+    `n` and `gallery_count` are the real row counts (the placement may pad its arrays);
+    `gallery_count` defaults to the rows of the gallery passed to the step.
+    """
     if config.minibatch_update not in MINIBATCH_UPDATES:
         raise ValueError(
             f"unknown --minibatch_update {config.minibatch_update!r}; "
@@ -135,61 +161,74 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     if config.uses_lists and not full:
         raise ValueError("neighbour lists work in full-batch mode only (a mini-batch step "
                          "already searches only its batch); set --neighbor_list_size=0")
-
     objective.check_objective(config.objective)
+    smooth = config.objective != "max"
 
-    def loss_and_grad(x, gallery, step, lists=None):
+    def gradient(x, gallery, step, partners, count):
+        """Loss terms over `count` real rows of x, and the gradient of every row of x."""
+        m = gallery_count if gallery_count is not None else (
+            None if gallery is None else gallery.shape[0])
         temperature = objective.annealed_temperature(
             step, start=config.temperature_start, end=config.temperature_end,
-            anneal_steps=config.anneal_steps)
+            anneal_steps=config.anneal_steps) if smooth else jnp.float32(0)
 
-        def loss(x):
-            if lists is not None:
-                return objective.listed_hyperface_loss(
-                    x, gallery, config.alpha, lists, objective=config.objective,
-                    reduce=config.reduce, temperature=temperature, tile_size=config.tile_size)
-            return objective.hyperface_loss(
-                x, gallery, config.alpha, objective=config.objective, reduce=config.reduce,
-                temperature=temperature, tile_size=config.tile_size, precision=config.precision)
-        (_, terms), g = jax.value_and_grad(loss, has_aux=True)(x)
-        if config.project_gradient:
-            g = sphere.tangent_component(g, x)
-        return terms, g
+        def local(x, gallery, partners, temperature):
+            search = placement.search(count, m, config.tile_size, config.precision)
+
+            def loss(x):
+                return objective.hyperface_loss(
+                    x, gallery, config.alpha, objective=config.objective,
+                    reduce=config.reduce, temperature=temperature if smooth else None,
+                    search=search, lists=partners, count=count)
+
+            (_, terms), g = jax.value_and_grad(loss, has_aux=True)(x)
+            return terms, g
+
+        return placement.rowwise(local, in_rows=(True, True, True, False),
+                                 out_rows=(False, True))(x, gallery, partners, temperature)
 
     def apply(x, g, opt_state):
         updates, opt_state = optimizer.update(g, opt_state, x)
         return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
 
+    def refreshed(state, gallery):
+        """The neighbour lists for this step: rebuilt (and audited) every
+        `neighbor_refresh_every` steps."""
+        due = (state.step > 0) & (state.step % config.neighbor_refresh_every == 0)
+        m = gallery_count if gallery_count is not None else (
+            None if gallery is None else gallery.shape[0])
+        find = partner_search(config, n, m, placement)
+        return lax.cond(
+            due, lambda: neighbor_lists.audited(state.lists, find(state.embeddings, gallery), n),
+            lambda: state.lists)
+
     def step(state: SolverState, gallery, order=None):
         """`order`: optionally, the current epoch's row permutation (mini-batch mode)."""
         x = state.embeddings
         lists = state.lists
-        if full and config.uses_lists:
-            due = (state.step > 0) & (state.step % config.neighbor_refresh_every == 0)
-            lists = lax.cond(
-                due,
-                lambda: neighbor_lists.rebuild(lists, x, gallery, tile_size=config.tile_size,
-                                               precision=config.precision),
-                lambda: lists)
-            terms, g = loss_and_grad(x, gallery, state.step, lists)
-            x, opt_state = apply(x, g, state.opt_state)
-        elif full:
-            terms, g = loss_and_grad(x, gallery, state.step)
+        if full:
+            partners = None
+            if config.uses_lists:
+                lists = refreshed(state, gallery)
+                partners = objective.Partners(lists.packing, lists.gallery)
+            terms, g = gradient(x, gallery, state.step, partners, n)
             x, opt_state = apply(x, g, state.opt_state)
         else:
             rows = batch_indices(state.key, state.step, n, config.batch_size, order)
-            terms, g_rows = loss_and_grad(x[rows], gallery, state.step)
+            xb = placement.take_rows(x, rows)
+            terms, g_rows = gradient(xb, gallery, state.step, None, config.batch_size)
             if config.minibatch_update == "dense":
-                g = jnp.zeros_like(x).at[rows].set(g_rows)
+                g = placement.put_rows(jnp.zeros_like(x), rows, g_rows)
                 x, opt_state = apply(x, g, state.opt_state)
             else:
                 shape = x.shape
                 row_state = jax.tree.map(
-                    lambda a: a[rows] if _is_row_leaf(a, shape) else a, state.opt_state)
-                new_rows, row_state = apply(x[rows], g_rows, row_state)
-                x = x.at[rows].set(new_rows)
+                    lambda a: placement.take_rows(a, rows) if _is_row_leaf(a, shape) else a,
+                    state.opt_state)
+                new_rows, row_state = apply(xb, g_rows, row_state)
+                x = placement.put_rows(x, rows, new_rows)
                 opt_state = jax.tree.map(
-                    lambda a, b: a.at[rows].set(b) if _is_row_leaf(a, shape) else b,
+                    lambda a, b: placement.put_rows(a, rows, b) if _is_row_leaf(a, shape) else b,
                     state.opt_state, row_state)
         return state.replace(embeddings=x, opt_state=opt_state, step=state.step + 1,
                              lists=lists), terms
@@ -198,14 +237,18 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
 
 
 def make_runner(optimizer: optax.GradientTransformation, config: SolverConfig, n: int, *,
-                restarts: int = 1):
+                restarts: int = 1, placement=LOCAL, gallery_count: int | None = None,
+                template=None, donate: bool = False):
     """`run(state, gallery, num_steps) -> (state, LossTerms of the last step)`, jitted.
 
     `num_steps` is a traced value (a while loop), so every chunk length shares one
     compiled program and a resumed run executes exactly the same code. With
     ``restarts > 1`` the state carries a leading restart axis and the loop is vmapped.
+    With `donate` the state argument is donated (its buffers are reused for the result,
+    so the n x d state is not copied per call: pass a state you no longer need; `pack`
+    does); `template` (a state or its shapes) pins the output layout on a mesh.
     """
-    step = make_step(optimizer, config, n)
+    step = make_step(optimizer, config, n, placement=placement, gallery_count=gallery_count)
     minibatch = not is_full_batch(config, n)
     per_epoch = n // config.batch_size if minibatch else 1
 
@@ -234,4 +277,4 @@ def make_runner(optimizer: optax.GradientTransformation, config: SolverConfig, n
 
     if restarts > 1:
         run = jax.vmap(run, in_axes=(0, None, None))
-    return jax.jit(run)
+    return placement.jit(run, template, donate=donate)

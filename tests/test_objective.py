@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperface_jax import neighbors, objective, reference, sphere
+from hyperface_jax import dense_baseline, neighbors, objective, sphere
 
 SHAPES = [  # n, m, d, tile (tiles that do not divide n included)
     (7, 5, 3, 3),
@@ -29,7 +29,7 @@ def test_loss_and_gradients_equal_dense_autodiff(n, m, d, tile, reduce):
         return objective.hyperface_loss(x, g, 0.5, reduce=reduce, tile_size=tile)[0]
 
     def dense(x, g):
-        return reference.dense_hyperface_loss(x, g, 0.5, reduce=reduce)[0]
+        return dense_baseline.dense_hyperface_loss(x, g, 0.5, reduce=reduce)[0]
 
     value, grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(x, g)
     value_ref, grads_ref = jax.jit(jax.value_and_grad(dense, argnums=(0, 1)))(x, g)
@@ -43,7 +43,7 @@ def test_loss_and_gradients_equal_dense_autodiff(n, m, d, tile, reduce):
 def test_loss_without_gallery_equals_dense(n, d, tile):
     x = _points(3, n, d)
     ours = jax.jit(jax.grad(lambda x: objective.hyperface_loss(x, None, 0.0, tile_size=tile)[0]))(x)
-    dense = jax.jit(jax.grad(lambda x: reference.dense_hyperface_loss(x, None, 0.0)[0]))(x)
+    dense = jax.jit(jax.grad(lambda x: dense_baseline.dense_hyperface_loss(x, None, 0.0)[0]))(x)
     np.testing.assert_allclose(ours, dense, rtol=1e-5, atol=1e-7)
 
 
@@ -76,7 +76,7 @@ def test_blockwise_gradient_never_holds_an_n_by_n_matrix():
             .temp_size_in_bytes
 
     ours = temp_bytes(lambda x, g: objective.hyperface_loss(x, g, 0.5, tile_size=tile)[0])
-    dense = temp_bytes(lambda x, g: reference.dense_hyperface_loss(x, g, 0.5)[0])
+    dense = temp_bytes(lambda x, g: dense_baseline.dense_hyperface_loss(x, g, 0.5)[0])
     nn_bytes = n * n * 4
     assert ours < nn_bytes / 4, (ours, nn_bytes)
     assert dense >= nn_bytes, (dense, nn_bytes)

@@ -53,75 +53,149 @@ def gallery(tmp_path):
     return path
 
 
+def _run_together(commands, timeout: float) -> list[tuple[str, str]]:
+    """Start the processes of a multi-process run (2 CPU devices each), wait for all, and
+    check each exited 0; returns their (stdout, stderr)."""
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=_devices_env(2), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for cmd in commands]
+    try:
+        results = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:  # a lost peer aborts or hangs the other: never leave one behind
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return results
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-# Device counts, both modes, through the solver API ---------------------------------------
+# Every feature on 1, 2 and 4 devices and on 2 processes x 2 devices, through the API ------
 
-SOLVER_RUNS = """
-import json
-import jax, jax.numpy as jnp, numpy as np
-from hyperface_jax import optimizers, sharding, solver, sphere
-n, d = 48, 8
-x0 = sphere.random_unit_vectors(jax.random.PRNGKey(0), n, d)
+# n = 50 rows, mini-batches of 18 and a gallery of 37 rows split over 2 and 4 devices: every
+# case pads and masks rows. Each setting is one feature of the engine.
+FEATURES = {
+    "paper_max_mean": {},
+    "max_reduce_max": dict(packing_reduce="max"),
+    "minibatch_sparse": dict(batch_size=18),
+    "minibatch_dense": dict(batch_size=18, minibatch_update="dense"),
+    "logsumexp": dict(objective="logsumexp", temperature_start=1.0, temperature_end=100.0),
+    "riesz_max_minibatch": dict(objective="riesz", packing_reduce="max", batch_size=18,
+                                temperature_start=1.0, temperature_end=100.0),
+    "neighbor_lists": dict(objective="logsumexp", temperature_start=1.0, temperature_end=100.0,
+                           neighbor_list_size=6, gallery_list_size=3, neighbor_refresh_every=5),
+    "restarts": dict(restarts=3, objective="logsumexp", temperature_start=1.0,
+                     temperature_end=100.0),
+    "polish": dict(polish_steps=10, polish_learning_rate=1e-3),
+}
+FEATURE_RUNS = """
+import json, sys
+import jax, numpy as np
+from hyperface_jax import pack, sharding
+from hyperface_jax.config import make_config
 gallery = np.load({gallery!r})
-smooth = dict(temperature_start=1.0, temperature_end=100.0, anneal_steps={steps})
-settings = [dict(alpha=0.5), dict(alpha=0.5, reduce="max"),
-            dict(alpha=0.5, batch_size=16), dict(alpha=0.5, batch_size=24,
-                                                 minibatch_update="dense"),
-            dict(alpha=0.5, objective="logsumexp", **smooth),
-            dict(alpha=0.5, objective="riesz", reduce="max", batch_size=16, **smooth)]
+features = json.loads({features!r})
+base = dict(num_identities=50, dim=8, alpha=0.5, steps={steps}, log_every=25,
+            checkpoint_every=25, progress=False, decay_every=20, out_dir="", **{extra})
 out, memory = {{}}, {{}}
-for i, s in enumerate(settings):
-    opt = optimizers.make_optimizer("adam", optimizers.make_schedule(
-        "staircase", 0.01, steps={steps}, decay_rate=0.5, decay_every=20))
-    config = solver.SolverConfig(**s)
-    ref, _ = solver.make_runner(opt, config, n)(solver.init_state(x0, opt, 3),
-                                                jnp.asarray(gallery), {steps})
-    out[f"ref{{i}}"] = np.asarray(ref.embeddings)
-    for count in {{0: (1, 2, 4), 2: (2, 4)}}.get(i, (4,)):
-        mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:count]), (sharding.AXIS,))
-        state = sharding.put_state(solver.init_state(x0, opt, 3), mesh)
-        g = sharding.put_gallery(gallery, mesh)
-        run = sharding.make_runner(opt, config, n, mesh, sharding.state_shardings(state, mesh))
-        compiled = run.lower(state, g, jnp.int32(0)).compile()
-        state, _ = compiled(state, g, jnp.int32({steps}))
-        assert state.embeddings.sharding.spec == jax.sharding.PartitionSpec(sharding.AXIS)
-        out[f"mesh{{count}}_{{i}}"] = sharding.to_host(state.embeddings)
-        if i == 0:
-            memory[count] = [sharding.largest_array_bytes(compiled),
-                             compiled.memory_analysis().argument_size_in_bytes]
-np.savez({out!r}, **out)
-print(json.dumps(memory))
+for name, setting in features.items():
+    for devices in {devices}:
+        c = make_config(**base, **setting, devices=devices)
+        report, x = pack.run_job(c, log=lambda m: None, gallery=gallery)
+        out[f"{{name}}/{{devices}}"] = x
+        if name == "paper_max_mean" and devices != "all":
+            compiled = pack.plan(c, gallery=gallery).runners[0]
+            memory[devices] = [sharding.largest_array_bytes(compiled),
+                               compiled.memory_analysis().argument_size_in_bytes]
+if jax.process_index() == 0:
+    np.savez({out!r}, **out)
+    print(json.dumps(memory))
 """
 
 
-def test_one_two_and_four_devices_match_the_single_device_solver_after_50_steps(
-        tmp_path, gallery):
+def _feature_script(tmp_path, gallery, devices, extra="{}"):
     out = tmp_path / "runs.npz"
-    r = _python(SOLVER_RUNS.format(gallery=str(gallery), steps=STEPS, out=str(out)), devices=4)
+    return FEATURE_RUNS.format(gallery=str(gallery), features=json.dumps(FEATURES),
+                               steps=STEPS, devices=devices, out=str(out), extra=extra), out
+
+
+def _run_features(tmp, devices: str, process_devices: int = 4):
+    gallery = tmp / "gallery.npy"
+    np.save(gallery, _unit(37, 8, seed=5))
+    script, out = _feature_script(tmp, gallery, devices=devices)
+    r = _python(script, devices=process_devices, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = np.load(out)
-    # Full batch (mean, max), mini-batch (sparse, dense), smooth objectives (logsumexp full
-    # batch, riesz mini-batch with the max reduction); 2 devices for full batch and sparse
-    # mini-batch, 4 for all.
-    for i in range(6):
-        ref = runs[f"ref{i}"]
-        for count in {0: (1, 2, 4), 2: (2, 4)}.get(i, (4,)):
-            diff = np.abs(runs[f"mesh{count}_{i}"] - ref).max()
-            assert diff < TOLERANCE, (i, count, diff)
-    # Per-device memory of the compiled full-batch program falls as devices are added:
-    # the largest array (a similarity block) and the arguments (state and gallery rows).
     memory = {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
-    for fewer, more in ((1, 2), (2, 4)):
-        assert memory[more][0] < memory[fewer][0], memory
-        assert memory[more][1] < 0.75 * memory[fewer][1], memory
-    # The settings really differ (the comparison is not between identical trivial runs).
-    assert np.abs(runs["ref0"] - runs["ref2"]).max() > 1e-2
-    assert np.abs(runs["ref2"] - runs["ref3"]).max() > 1e-3
+    return dict(np.load(out)), memory
+
+
+@pytest.fixture(scope="module")
+def feature_runs(tmp_path_factory):
+    """One process with 4 forced CPU devices runs every feature through `pack.run_job` on
+    1 device (the `Local` placement) and on a mesh of 4 devices."""
+    return _run_features(tmp_path_factory.mktemp("features"), '("1", "4")')
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_every_feature_on_four_devices_equals_one_device_after_50_steps(feature_runs, feature):
+    runs, _ = feature_runs
+    one = runs[f"{feature}/1"]
+    assert one.shape == (50, 8)
+    diff = np.abs(runs[f"{feature}/4"] - one).max()
+    assert diff < TOLERANCE, (feature, diff)
+
+
+# Slow: the same code as 4 devices with another ring size (the fast test above covers the
+# path; this one checks 2 devices too).
+@pytest.mark.slow
+def test_every_feature_on_two_devices_equals_one_device(tmp_path, feature_runs):
+    runs, _ = feature_runs
+    two, memory = _run_features(tmp_path, '("2",)', process_devices=2)
+    for feature in FEATURES:
+        diff = np.abs(two[f"{feature}/2"] - runs[f"{feature}/1"]).max()
+        assert diff < TOLERANCE, (feature, diff)
+    assert memory[2][1] < 0.75 * feature_runs[1][1][1], memory  # arguments per device
+
+
+def test_the_features_really_differ_and_memory_per_device_falls_with_devices(feature_runs):
+    runs, memory = feature_runs
+    # The comparisons above are not between identical trivial runs.
+    names = list(FEATURES)
+    for a in names:
+        for b in names[names.index(a) + 1:]:
+            assert np.abs(runs[f"{a}/1"] - runs[f"{b}/1"]).max() > 1e-4, (a, b)
+    # Per-device memory of the compiled full-batch program: the largest array (a similarity
+    # block) and the arguments (state and gallery rows) fall as devices are added.
+    assert memory[4][0] < memory[1][0], memory
+    assert memory[4][1] < 0.5 * memory[1][1], memory
+
+
+# Slow: the multi-process machinery is covered by the CLI test below (full batch, resume
+# across processes); this one checks every feature on 2 processes x 2 devices.
+@pytest.mark.slow
+def test_every_feature_on_two_processes_of_two_devices_equals_one_device(
+        tmp_path, feature_runs):
+    runs, _ = feature_runs
+    gallery = tmp_path / "gallery.npy"
+    np.save(gallery, _unit(37, 8, seed=5))
+    port = _free_port()
+    commands = []
+    for pid in (1, 0):
+        extra = (f"dict(coordinator_address='127.0.0.1:{port}', num_processes=2, "
+                 f"process_id={pid})")
+        script, out = _feature_script(tmp_path, gallery, devices='("all",)', extra=extra)
+        commands.append([sys.executable, "-c", textwrap.dedent(script)])
+    _run_together(commands, timeout=600)
+    multi = np.load(out)
+    for feature in FEATURES:
+        diff = np.abs(multi[f"{feature}/all"] - runs[f"{feature}/1"]).max()
+        assert diff < TOLERANCE, (feature, diff)
 
 
 # The CLI: multi-process, checkpoints, refusals ---------------------------------------------
@@ -151,22 +225,14 @@ def _two_processes(flags, audit_log):
     """Run pack as 2 processes x 2 CPU devices on 127.0.0.1; process 1's file writes are
     recorded by an audit hook into `audit_log`. Returns process 0's and 1's stderr."""
     port = _free_port()
-    procs = []
+    commands = []
     for pid in (1, 0):
         multi = [*flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                  f"--process_id={pid}"]
-        cmd = ([sys.executable, "-c", AUDITED_MAIN.format(log=str(audit_log)), "-", *multi]
-               if pid == 1 else [sys.executable, "-m", "hyperface_jax.pack", *multi])
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_devices_env(2), text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    try:
-        results = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:  # a lost peer aborts or hangs the other: never leave one behind
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, results, strict=True):
-        assert p.returncode == 0, err[-3000:]
+        commands.append([sys.executable, "-c", AUDITED_MAIN.format(log=str(audit_log)), "-",
+                         *multi] if pid == 1 else
+                        [sys.executable, "-m", "hyperface_jax.pack", *multi])
+    results = _run_together(commands, timeout=240)
     return results[1][1], results[0][1]
 
 
@@ -208,7 +274,8 @@ def test_two_processes_of_two_devices_match_one_device_and_only_process_0_writes
 
 
 def test_checkpoints_move_between_four_devices_and_one(tmp_path, gallery):
-    flags = [*COMMON, f"--gallery={gallery}", "--batch_size=16"]
+    # 50 rows: 2 padding rows on 4 devices, none on 1; mini-batches of 18.
+    flags = [*COMMON, "--num_identities=50", f"--gallery={gallery}", "--batch_size=18"]
     straight = tmp_path / "straight"
     assert pack.main(["pack", f"--out_dir={straight}", *flags, f"--steps={STEPS}"]) == 0
     reference = np.load(straight / "embeddings.npy")
@@ -234,29 +301,24 @@ REFUSALS = """
 import sys
 from hyperface_jax import pack
 common = ["--dim=8", "--alpha=0", "--steps=2", "--progress=false"]
-cases = [["--num_identities=48", "--distributed"], ["--num_identities=50"],
-         ["--num_identities=48", "--batch_size=18"],
-         ["--num_identities=48", "--restarts=2"],
-         ["--num_identities=48", "--neighbor_list_size=8"],
+cases = [["--num_identities=48", "--distributed"],
          ["--num_identities=48", "--devices=8"], ["--num_identities=48", "--devices=two"],
          ["--num_identities=48", "--num_processes=2"]]
 for i, case in enumerate(cases):
     code = pack.main(["pack", f"--out_dir={tmp}/o{{i}}", *common, *case])
     print(f"code {{code}}", file=sys.stderr, flush=True)
-code = pack.main(["pack", f"--out_dir={tmp}/ok", *common, "--num_identities=48", "--devices=2"])
+code = pack.main(["pack", f"--out_dir={tmp}/ok", *common, "--num_identities=49", "--devices=2",
+                  "--restarts=2", "--neighbor_list_size=4", "--objective=logsumexp"])
 print(f"code {{code}}", file=sys.stderr, flush=True)
 """
 
 
-def test_unsupported_sharded_settings_exit_2_naming_the_fix(tmp_path):
+def test_bad_placement_flags_exit_2_and_the_sharded_path_refuses_nothing_one_device_takes(
+        tmp_path):
     r = _python(REFUSALS.format(tmp=str(tmp_path)), devices=4)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith(("error:", "code"))]
     expected = [
         "could not join the multi-process run",  # --distributed outside a cluster
-        "do not split evenly over 4 devices; choose --num_identities divisible by 4",
-        "--batch_size=18 does not split evenly over 4 devices; choose a multiple of 4",
-        "--restarts=2 is not supported on 4 devices; pass --restarts=1 or --devices=1",
-        "--neighbor_list_size is not supported on 4 devices yet",
         "--devices=8 but 4 device(s) are available",
         "--devices must be 'all' or a positive count",
         "--num_processes/--process_id need --coordinator_address",
@@ -265,6 +327,8 @@ def test_unsupported_sharded_settings_exit_2_naming_the_fix(tmp_path):
         assert lines[2 * i].startswith("error: ") and words in lines[2 * i], (words, lines)
         assert lines[2 * i + 1] == "code 2", lines
         assert not (tmp_path / f"o{i}").exists()
+    # 49 rows on 2 devices with restarts and neighbour lists: accepted.
     assert lines[-1] == "code 0", r.stderr[-3000:]
     report = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert report["sharded_over_devices"] == 2 and report["device_count"] == 4
+    assert report["n"] == 49 and report["restart_kept"] in (0, 1)

@@ -8,14 +8,15 @@ import pytest
 
 from hyperface_jax import metrics, optimizers, solver, sphere
 
-PAPER_LIKE = dict(learning_rate=0.01, decay_rate=0.3, decay_every=500)
+# A staircase for short test runs (not the paper's schedule: configs/paper_schedule.flags).
+SHORT_STAIRCASE = dict(learning_rate=0.01, decay_rate=0.3, decay_every=500)
 
 
 def _pack(x0, steps, *, gallery=None, seed=0, optimizer="adam", **config):
     schedule = optimizers.make_schedule(
-        "staircase", PAPER_LIKE["learning_rate"], steps=steps,
-        decay_rate=PAPER_LIKE["decay_rate"], decay_every=PAPER_LIKE["decay_every"])
-    opt = optimizers.make_optimizer(optimizer, schedule)
+        "staircase", SHORT_STAIRCASE["learning_rate"], steps=steps,
+        decay_rate=SHORT_STAIRCASE["decay_rate"], decay_every=SHORT_STAIRCASE["decay_every"])
+    opt = optimizers.on_sphere(optimizers.make_optimizer(optimizer, schedule))
     cfg = solver.SolverConfig(**{"alpha": 0.0, **config})
     run = solver.make_runner(opt, cfg, x0.shape[0])
     state, _ = run(solver.init_state(x0, opt, seed), gallery, steps)
@@ -124,7 +125,7 @@ def test_every_listed_optimizer_improves_a_small_packing(name):
     x0 = _random(2, 64, 8)
     before = _figures(x0)
     schedule = optimizers.make_schedule("constant", 0.01, steps=100)
-    opt = optimizers.make_optimizer(name, schedule)
+    opt = optimizers.on_sphere(optimizers.make_optimizer(name, schedule))
     update = "dense" if name == "adafactor" else "sparse"
     cfg = solver.SolverConfig(alpha=0.0, batch_size=32, minibatch_update=update)
     state, _ = solver.make_runner(opt, cfg, 64)(solver.init_state(x0, opt, 0), None, 100)

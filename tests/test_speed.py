@@ -10,7 +10,16 @@ import optax
 import pytest
 from conftest import run_module
 
-from hyperface_jax import metrics, neighbor_lists, neighbors, pack, reference, solver, sphere
+from hyperface_jax import (
+    dense_baseline,
+    metrics,
+    neighbor_lists,
+    neighbors,
+    optimizers,
+    pack,
+    solver,
+    sphere,
+)
 from hyperface_jax.config import make_config
 
 
@@ -21,7 +30,8 @@ def _problem(n, m, d, seed=0):
 
 
 def _adam():
-    return optax.adam(optax.exponential_decay(0.01, 100, 0.5, staircase=True))
+    return optimizers.on_sphere(optax.adam(optax.exponential_decay(0.01, 100, 0.5,
+                                                                   staircase=True)))
 
 
 def _run_exact(x, g, steps, opt, **config):
@@ -32,7 +42,7 @@ def _run_exact(x, g, steps, opt, **config):
 
 
 def _run_dense(x, g, steps, opt):
-    xd, _ = reference.make_dense_runner(opt, alpha=0.5)(x, opt.init(x), g, jnp.int32(steps))
+    xd, _ = dense_baseline.make_dense_runner(opt, alpha=0.5)(x, opt.init(x), g, jnp.int32(steps))
     return xd
 
 

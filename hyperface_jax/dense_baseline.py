@@ -1,4 +1,4 @@
-"""Straightforward dense implementations: the yardstick for tests and benchmarks.
+"""The dense baseline: straightforward implementations, the yardstick for tests and benchmarks.
 
 Materialises the n x n and n x m cosine matrices and lets autodiff differentiate through
 `max`. Correct and simple, O(n^2) memory: use it on small inputs only.
@@ -30,13 +30,13 @@ def dense_hyperface_loss(x, gallery, alpha, *, reduce="mean", precision=lax.Prec
     return total, LossTerms(total, packing, regulariser)
 
 
-def make_dense_runner(optimizer, *, alpha, reduce="mean", project_gradient=True,
-                      precision=lax.Precision.HIGHEST):
+def make_dense_runner(optimizer, *, alpha, reduce="mean", precision=lax.Precision.HIGHEST):
     """Full-batch steps of the dense formulation: `run(x, opt_state, gallery, num_steps)`.
 
-    The same update as `solver.make_step` in full-batch mode (tangent projection, optax
-    update, renormalisation), with the gradient taken by autodiff through the dense
-    matrices: the baseline that tests and benchmarks compare the solver with.
+    The same update as `solver.make_step` in full-batch mode (optax update, with the
+    tangent projection when the optimizer chains it: `optimizers.on_sphere`;
+    renormalisation), with the gradient taken by autodiff through the dense matrices: the
+    baseline that tests and benchmarks compare the solver with.
     """
     import jax
     import optax
@@ -47,8 +47,6 @@ def make_dense_runner(optimizer, *, alpha, reduce="mean", project_gradient=True,
         x, opt_state = carry
         g = jax.grad(lambda x: dense_hyperface_loss(
             x, gallery, alpha, reduce=reduce, precision=precision)[0])(x)
-        if project_gradient:
-            g = sphere.tangent_component(g, x)
         updates, opt_state = optimizer.update(g, opt_state, x)
         return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
 

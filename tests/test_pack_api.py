@@ -1,0 +1,142 @@
+"""The notebook API (`pack_references`) and what a pack run promises about its outputs:
+finite unit rows or exit 1, non-finite flags refused, schedule horizons fixed on resume,
+interrupts that stop at a saved chunk boundary, strict JSON."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hyperface_jax import InputError, pack, pack_references
+from tests.conftest import REPO, cli_env
+
+SMALL = dict(num_identities=40, dim=8, steps=20, log_every=10, checkpoint_every=10,
+             progress=False)
+SMALL_FLAGS = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}"
+               for k, v in SMALL.items()]
+
+
+def _unit(rows, d, seed=0):
+    x = np.random.default_rng(seed).normal(size=(rows, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _strict_json(path):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_api_equals_the_cli_on_arrays_in_memory_and_writes_nothing(tmp_path, monkeypatch):
+    gallery = _unit(30, 8, seed=1)
+    np.save(tmp_path / "g.npy", gallery)
+    assert pack.main(["pack", f"--out_dir={tmp_path}/cli", f"--gallery={tmp_path}/g.npy",
+                      "--alpha=0.5", *SMALL_FLAGS]) == 0
+    cli = _strict_json(tmp_path / "cli" / "report.json")
+
+    work = tmp_path / "notebook"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = pack_references(gallery=gallery, alpha=0.5, log=lambda m: None, **SMALL)
+    assert list(work.iterdir()) == []  # no out_dir: nothing written
+    assert r.embeddings.dtype == np.float32 and r.embeddings.shape == (40, 8)
+    np.testing.assert_array_equal(r.embeddings, np.load(tmp_path / "cli" / "embeddings.npy"))
+    assert r.figures == cli["figures"]
+    assert [h["step"] for h in r.history] == [0, 10, 20]
+    assert r.report["flags"]["gallery"] == "<array>"
+
+
+def test_api_bad_input_raises_input_error_with_the_line_the_cli_prints(tmp_path, capsys):
+    cases = [dict(optimizer="adamm"), dict(no_such_option=1), dict(steps="many"),
+             dict(learning_rate=float("nan"))]
+    for case in cases:
+        with pytest.raises(InputError) as api:
+            pack_references(alpha=0.0, log=lambda m: None, **{**SMALL, **case})
+        flag = [f"--{k}={v}" for k, v in case.items()]
+        assert pack.main(["pack", f"--out_dir={tmp_path}/o", "--alpha=0", *SMALL_FLAGS,
+                          *flag]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line == f"error: {api.value}", (case, line)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        bad = _unit(30, 8)
+        bad[3, 2] = np.nan
+        pack_references(gallery=bad, alpha=0.5, log=lambda m: None, **SMALL)
+
+
+@pytest.mark.parametrize("flag", ["--learning_rate=nan", "--alpha=inf", "--decay_rate=-inf",
+                                  "--temperature_end=nan"])
+def test_non_finite_numeric_flags_exit_2_before_anything_is_written(tmp_path, capsys, flag):
+    out = tmp_path / "o"
+    assert pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS, flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be a finite number" in err[0], err
+    assert not out.exists()
+
+
+def test_a_run_that_diverges_exits_1_in_one_line_and_writes_no_outputs(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS,
+                      "--learning_rate=1e30"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("error: the run diverged by step 10: every row collapsed to zero")
+    assert "--learning_rate=1e+30" in err[-1]
+    assert not (out / "embeddings.npy").exists() and not (out / "report.json").exists()
+    # No state past the divergence was checkpointed.
+    steps = [p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps == []
+
+
+def test_resuming_with_more_steps_under_a_horizon_schedule_is_refused(tmp_path, capsys):
+    out = tmp_path / "o"
+    flags = ["--alpha=0", *SMALL_FLAGS, "--schedule=cosine"]
+    assert pack.main(["pack", f"--out_dir={out}", *flags]) == 0
+    capsys.readouterr()
+    assert pack.main(["pack", f"--out_dir={out}", *flags, "--steps=40"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--steps=20 there, 40 now" in err[0], err
+    # A staircase schedule has no horizon: more steps continue the same run.
+    out2 = tmp_path / "o2"
+    assert pack.main(["pack", f"--out_dir={out2}", "--alpha=0", *SMALL_FLAGS]) == 0
+    assert pack.main(["pack", f"--out_dir={out2}", "--alpha=0", *SMALL_FLAGS,
+                      "--steps=30"]) == 0
+
+
+def test_smooth_objectives_report_the_optimised_loss_beside_the_papers(tmp_path):
+    out = tmp_path / "o"
+    assert pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS,
+                      "--objective=logsumexp", "--temperature_end=100"]) == 0
+    report = _strict_json(out / "report.json")
+    optimised = report["optimised_loss"]
+    assert optimised["objective"] == "logsumexp" and 1 <= optimised["temperature"] <= 100
+    # The smooth maximum is an upper bound of the hard one the figures report.
+    assert optimised["packing"] > report["figures"]["loss_packing"]
+
+
+def test_sigterm_stops_at_a_chunk_boundary_with_history_and_checkpoint_aligned(tmp_path):
+    out = tmp_path / "o"
+    args = ["--num_identities=400", "--dim=32", "--alpha=0", "--steps=100000",
+            "--log_every=5", "--checkpoint_every=1000", "--progress=false"]
+    proc = subprocess.Popen([sys.executable, "-m", "hyperface_jax.pack", f"--out_dir={out}",
+                             *args], cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    history = out / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    steps = [json.loads(line)["step"] for line in history.read_text().splitlines()]
+    saved = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == list(range(0, saved + 1, 5)), (steps, saved)
+    assert f"interrupted: saved a checkpoint at step {saved}" in err
+    assert "Traceback" not in err
