@@ -8,7 +8,6 @@ Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 fail
 """
 
 import json
-import signal
 import sys
 import time
 from functools import partial
@@ -33,7 +32,7 @@ from hyperface_jax import (
     sharding,
     solver,
 )
-from hyperface_jax.config import PackConfig, config_from_flags, define_flags
+from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, atomic_write, save_embeddings, save_json
 from hyperface_jax.problem import build_problem
 
@@ -92,14 +91,6 @@ def _read_history(path: Path, upto: int) -> list[dict]:
         if entry.get("step", upto + 1) <= upto:
             history.append(entry)
     return history
-
-
-class _Terminated(Exception):
-    pass
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
 
 
 def _initial_state(problem, optimizer, config):
@@ -228,7 +219,6 @@ def run(c: PackConfig, *, log=None) -> dict:
 
     stepping = 0.0
     steps_run = 0
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     bar = tqdm(total=total_steps, initial=step, disable=not (c.progress and writer), unit="step",
                dynamic_ncols=True, file=sys.stderr)
     try:
@@ -251,14 +241,13 @@ def run(c: PackConfig, *, log=None) -> dict:
                         f"mean_nn_cos={entry['mean_nn_cos']:.5f}")
             if step % c.checkpoint_every == 0 or step == total_steps:
                 checkpoint.save(manager, state)
-    except (KeyboardInterrupt, _Terminated):
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.sigterm_as_interrupt)
         bar.close()
         log(f"interrupted at step {step}: saving a checkpoint to resume from")
         checkpoint.save(manager, state)
         manager.wait_until_finished()
         raise KeyboardInterrupt from None
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
     checkpoint.save(manager, state)
     manager.wait_until_finished()
@@ -322,7 +311,8 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, make_flag_values(), lambda fv: run(config_from_flags(fv)))
+    return cli.run_main(argv, make_flag_values(), lambda fv: run(config_from_flags(fv)),
+                        help_groups=HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -81,25 +81,28 @@ def train_and_verify(data, bin_dir, out, head_flags, epochs: int, lr_step: int) 
 
 
 def main(argv=None) -> int:
-    import torch
     from absl import flags
 
+    from hyperface_jax import cli
+
     fv = flags.FlagValues()
-    flags.DEFINE_string("out_dir", "", "Working folder.", flag_values=fv)
+    flags.DEFINE_string("out_dir", "", "Working folder (required).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the split and the pairs.", flag_values=fv)
     flags.DEFINE_list("train_seeds", ["0"], "Training seeds (--seed of bridges.train); "
                       "figures are reported per seed and as mean and std.", flag_values=fv)
     flags.DEFINE_bool("full", True, "Also train every head for the full length "
                       f"({FULL[0]} epochs).", flag_values=fv)
     flags.DEFINE_integer("threads", 1, "torch intra-op threads.", flag_values=fv)
-    try:
-        fv(list(sys.argv if argv is None else argv))
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_main(argv, fv, _run)
+
+
+def _run(fv) -> None:
+    import torch
+
+    from hyperface_jax.files import InputError
+
     if not fv.out_dir:
-        print("error: --out_dir is required", file=sys.stderr)
-        return 2
+        raise InputError("--out_dir is required")
     torch.set_num_threads(fv.threads)
     out = Path(fv.out_dir)
     data, bin_dir = build(out, seed=fv.seed)
@@ -124,7 +127,6 @@ def main(argv=None) -> int:
         per_seed = ", ".join(f"{100 * a:.1f}" for a in accs)
         print(f"| {head} | {epochs} | {per_seed} | {100 * np.mean(accs):.1f} | "
               f"{100 * np.mean(tars):.1f} | {sec:.0f} |")
-    return 0
 
 
 if __name__ == "__main__":
