@@ -49,7 +49,8 @@ def restore_latest(manager: ocp.CheckpointManager, template):
         return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     directory = Path(manager.directory)
-    integrity.verify(directory, str(step), directory / str(step), directory / str(step))
+    integrity.verify(directory, str(step), directory / str(step), directory / str(step),
+                     f"checkpoint at step {step}")
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types for damaged or foreign files

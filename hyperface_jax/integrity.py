@@ -57,9 +57,9 @@ def record(directory, entries: dict[str, dict[str, str]], keep) -> None:
     save_json(Path(directory) / LEDGER, ledger)
 
 
-def verify(directory, name: str, base, checkpoint) -> bool:
+def verify(directory, name: str, base, checkpoint, label: str = "checkpoint") -> bool:
     """Check the files of checkpoint `name` (relative to `base`) against the ledger in
-    `directory`; `checkpoint` (its file or folder) is named in the error. Returns False
+    `directory`; `label` and `checkpoint` (its file or folder) are named in the error. Returns False
     when the ledger has no entry for it (written by an older version); raises
     `InputError` naming the first file that is missing or differs."""
     digests = read_ledger(directory).get(name)
@@ -68,10 +68,10 @@ def verify(directory, name: str, base, checkpoint) -> bool:
     for rel, digest in digests.items():
         path = Path(base) / rel
         if not path.is_file():
-            raise InputError(f"checkpoint file {path} is missing; delete {checkpoint} to "
+            raise InputError(f"{label}: file {path} is missing; delete {checkpoint} to "
                              "resume from the one before, or use a new --out_dir")
         if sha256_file(path) != digest:
-            raise InputError(f"checkpoint file {path} differs from its checksum (corrupted "
+            raise InputError(f"{label}: file {path} differs from its checksum (corrupted "
                              f"since it was written); delete {checkpoint} to resume from "
                              "the one before, or use a new --out_dir")
     return True

@@ -97,7 +97,6 @@ class OutputLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        os.fsync(fd)
         self.fd = fd
         return self
 
