@@ -38,6 +38,7 @@ def build(root, *, size: int = SIZE, pairs: int = 1000, seed: int = 0) -> tuple[
     from sklearn.datasets import load_digits
 
     from bridges import bins
+    from hyperface_jax.files import atomic_write
 
     root = Path(root)
     d = load_digits()
@@ -47,7 +48,8 @@ def build(root, *, size: int = SIZE, pairs: int = 1000, seed: int = 0) -> tuple[
     for i in order[:cut]:
         folder = root / "dataset" / f"{d.target[i]:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        _image(d.images[i], size).save(folder / f"{i:04d}.png")
+        image = _image(d.images[i], size)
+        atomic_write(folder / f"{i:04d}.png", lambda f, im=image: im.save(f, format="PNG"))
     held = order[cut:]
     labels = d.target[held]
     images, issame = [], []
