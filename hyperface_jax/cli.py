@@ -33,9 +33,9 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
              help_groups: dict[str, tuple[str, ...]] | None = None) -> int:
     """Parse `argv` (sys.argv when None) into `fv`, run `job(fv)`, return the exit code.
 
-    `output` names the flag of the job's output folder (or file, `output_is_file`); when
-    it is set, the location is checked and locked before `job` runs, and folders created
-    for it are removed again if the job then refuses its input.
+    `output` names the flag of the job's output folder (or file, `output_is_file`): it is
+    required, checked and locked before `job` runs, and folders created for it are removed
+    again if the job then refuses its input.
     """
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
@@ -52,6 +52,8 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
         return _error(f"unexpected arguments {rest[1:]}")
     created = []
     location = fv[output].value if output and output in fv else ""
+    if output and output in fv and not location:
+        return _error(f"--{output} is required")
     try:
         with sigterm_as_interrupt():
             lock = None

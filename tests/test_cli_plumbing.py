@@ -79,6 +79,12 @@ def test_dataclass_flags_round_trip_with_explicit_names():
     assert c.explicit == {"b1", "steps"}
 
 
+@pytest.mark.parametrize("module,output", CLIS)
+def test_every_cli_requires_its_output_first(capsys, module, output):
+    assert importlib.import_module(module).main(["prog"]) == 2
+    assert capsys.readouterr().err == f"error: --{output} is required\n"
+
+
 def _out_args(module: str, output: str, location) -> list[str]:
     return ["prog", f"--{output}={location}"]
 

@@ -101,10 +101,6 @@ def main(argv=None) -> int:
 def _run(fv) -> None:
     import torch
 
-    from hyperface_jax.files import InputError
-
-    if not fv.out_dir:
-        raise InputError("--out_dir is required")
     torch.set_num_threads(fv.threads)
     out = Path(fv.out_dir)
     data, bin_dir = build(out, seed=fv.seed)
