@@ -133,3 +133,37 @@ def test_a_flipped_byte_in_a_training_checkpoint_is_named_on_resume(tmp_path):
     with pytest.raises(InputError) as e:
         train._load_checkpoint(path)
     assert str(path) in str(e.value) and "checksum" in str(e.value)
+
+
+def _history(max_cos, gallery=False):
+    rows = []
+    for step, c in enumerate(max_cos):
+        row = {"step": step * 10, "loss": c, "loss_packing": c, "max_cos": c,
+               "mean_nn_cos": c - 0.1, "nn_cos_p01": c - 0.2, "nn_cos_p99": c}
+        if gallery:
+            row.update(loss_regulariser=0.3, mean_gallery_cos=0.5)
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("max_cos,bound,gallery,panels,gap", [
+    ([0.9, 0.6, 0.5 + 1e-4, 0.5 + 1e-7], 0.5, False, 3, True),  # a small code nears its bound
+    ([0.9, 0.6, 0.5 + 1e-4, 0.5 - 1e-9], 0.5, True, 4, True),  # rounding below: drawn at floor
+    ([0.2, 0.1, 0.07, 0.063], 0.0037, True, 3, False),  # far from the bound: no gap panel
+    ([0.2, 0.1], None, False, 2, False),
+])
+def test_every_curves_panel_has_a_y_label_and_small_codes_a_log_gap(
+        tmp_path, monkeypatch, max_cos, bound, gallery, panels, gap):
+    from hyperface_jax import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda path, fig: figures.append(fig))
+    plots.packing_curves(_history(max_cos, gallery), tmp_path / "c.png", bound=bound)
+    axes = figures[0].axes
+    assert len(axes) == panels
+    assert all(ax.get_ylabel() for ax in axes)
+    assert (axes[-1].get_yscale() == "log") == gap
+    if gap:
+        drawn = axes[-1].lines[0].get_ydata()
+        np.testing.assert_allclose(drawn, np.maximum(np.array(max_cos) - bound,
+                                                     plots.GAP_FLOOR), rtol=1e-6)
