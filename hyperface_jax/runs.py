@@ -165,8 +165,8 @@ def is_secondary_process(process_id: int | None = None) -> bool:
 
 def check_identity(saved: dict, identity: dict, where, what: str = "a different run") -> None:
     """Refuse to resume `where` when the settings that define the run differ from the ones
-    stored there; the one-line message lists every differing value, then and now."""
-    diffs = [f"{k}: {saved.get(k)!r} there, {v!r} now"
+    stored there; the one-line message lists every differing value as `name: then -> now`."""
+    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}"
              for k, v in identity.items() if saved.get(k) != v]
     if diffs:
         raise InputError(f"{where} holds {what} ({'; '.join(diffs)}); use a new --out_dir "

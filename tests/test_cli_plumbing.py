@@ -252,5 +252,5 @@ def test_a_resumed_run_with_other_settings_names_every_difference(tmp_path):
     with pytest.raises(InputError) as e:
         runs.check_identity(saved, {"alpha": 0.25, "n": 5}, tmp_path)
     message = str(e.value)
-    assert "alpha: 0.5 there, 0.25 now" in message and "n: 4 there, 5 now" in message
+    assert "alpha: 0.5 -> 0.25" in message and "n: 4 -> 5" in message
     assert "\n" not in message

@@ -128,16 +128,15 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("epoch_*.pt"))
 
 
-def _save_torch(path: Path, blob, *, ledger: bool = False) -> None:
-    """Write `blob` atomically; with `ledger`, record its checksum first (so every
-    checkpoint on disk has one, whenever a kill comes)."""
+def _save_torch(path: Path, blob, *, ledger_keep=None) -> None:
+    """Write `blob` atomically; with `ledger_keep` (the checkpoint names kept), record its
+    checksum first, so every checkpoint on disk has one whenever a kill comes."""
     buffer = io.BytesIO()
     torch.save(blob, buffer)
     data = buffer.getvalue()
-    if ledger:
-        keep = [p.name for p in _checkpoints(path.parent.parent)] + [path.name]
+    if ledger_keep is not None:
         integrity.record(path.parent, {path.name: {path.name: integrity.sha256_bytes(data)}},
-                         keep=keep)
+                         keep=ledger_keep)
     atomic_write(path, lambda f: f.write(data))
 
 
@@ -314,7 +313,9 @@ def _save_checkpoint(out, c, trainee, optimizer, scaler, epoch, step, step_rows,
             "trainee": trainee.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
             "step_rows": step_rows, "epoch_rows": epoch_rows, "identity": identity}
-    _save_torch(out / "checkpoints" / f"epoch_{epoch:03d}.pt", blob, ledger=True)
+    path = out / "checkpoints" / f"epoch_{epoch:03d}.pt"
+    kept = [p.name for p in _checkpoints(out)] + [path.name]
+    _save_torch(path, blob, ledger_keep=kept[-max(c.keep_checkpoints, 1):])
     for old in _checkpoints(out)[:-max(c.keep_checkpoints, 1)]:
         old.unlink()
 
