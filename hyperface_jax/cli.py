@@ -11,6 +11,7 @@ disk prints one line and exits 1.
 import contextlib
 import dataclasses
 import errno
+import os
 import signal
 import sys
 import textwrap
@@ -72,13 +73,34 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
         return _error(describe(e))
     except KeyboardInterrupt:
         return 130
-    except OSError as e:
+    except Exception as e:
         if isinstance(e, DiskFullError):
             return _error(e.strerror, code=1)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a write outside files.atomic_write
-            return _error(disk_full(e.filename or location or ".", e).strerror, code=1)
-        raise
+        full = _disk_full_errno(e)
+        if full is None:
+            raise
+        # A write outside files.atomic_write (orbax, tensorstore, a library's own file).
+        where = getattr(e, "filename", None) or location or "."
+        return _error(disk_full(where, OSError(full, os.strerror(full))).strerror, code=1)
     return 0
+
+
+_DISK_FULL_TEXT = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def _disk_full_errno(error: BaseException) -> int | None:
+    """ENOSPC or EDQUOT if `error` (or what caused it) is a full disk, else None. Libraries
+    such as orbax's tensorstore re-raise it as ValueError with the OS's text inside."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_TEXT:
+            return error.errno
+        for code, text in _DISK_FULL_TEXT.items():
+            if text in str(error):
+                return code
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _error(message, code: int = 2) -> int:

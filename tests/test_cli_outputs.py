@@ -167,3 +167,15 @@ def test_every_curves_panel_has_a_y_label_and_small_codes_a_log_gap(
         drawn = axes[-1].lines[0].get_ydata()
         np.testing.assert_allclose(drawn, np.maximum(np.array(max_cos) - bound,
                                                      plots.GAP_FLOOR), rtol=1e-6)
+
+
+def test_a_full_disk_inside_a_library_is_one_line_too(tmp_path, capsys):
+    def job(fv):  # what tensorstore raises under orbax when the disk fills
+        raise ValueError("Error writing local file \"/x/d/abc\": [OS error: No space left "
+                         "on device]\n[tensorstore_spec=...]")
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out_dir", "", "out", flag_values=fv)
+    assert cli.run_main(["prog", f"--out_dir={tmp_path}"], fv, job) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on device" in err and "MB free" in err
