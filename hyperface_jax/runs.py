@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import socket
+import warnings
 from pathlib import Path
 
 from hyperface_jax.files import InputError
@@ -86,6 +87,12 @@ class OutputLock:
                 raise InputError(
                     f"{self.label} is in use by another run "
                     f"({holder}); wait for it to end or use another folder") from None
+            except OSError as e:  # a file system without locks (some FUSE mounts)
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                warnings.warn(f"{self.label}: cannot lock {self.path} ({e.strerror}); "
+                              "running without the guard against a second run", stacklevel=2)
+                return self
             # The holder may have released and removed the file between our open and our
             # lock: then we hold a lock on a file nobody else will open. Try again.
             try:

@@ -254,3 +254,15 @@ def test_a_resumed_run_with_other_settings_names_every_difference(tmp_path):
     message = str(e.value)
     assert "alpha: 0.5 -> 0.25" in message and "n: 4 -> 5" in message
     assert "\n" not in message
+
+
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock"):
+        assert cli.run_main(["prog", f"--out_dir={tmp_path}"], _fv(), lambda fv: None) == 0
+    assert not (tmp_path / runs.LOCK_NAME).exists()
