@@ -137,7 +137,7 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, make_flag_values(), run)
+    return cli.run_main(argv, make_flag_values(), run, output="out", output_is_file=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 fail
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from hyperface_jax import cli
+from hyperface_jax import cli, integrity, runs
 from hyperface_jax.files import (
     InputError,
     atomic_write,
@@ -144,27 +143,10 @@ def remove_stale_temporaries(out: Path, identities: range) -> int:
     return removed
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_same_generation(out: Path, identity: dict) -> None:
-    path = out / "generation.json"
-    if not path.exists():
-        return
-    try:
-        before = json.loads(path.read_text())
-    except ValueError:
-        raise InputError(f"{path} is not valid JSON; remove it or use a new --out_dir") from None
-    changed = [k for k in identity if before.get(k) != identity[k]]
-    if changed:
-        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {identity[k]!r}" for k in changed)
-        raise InputError(f"{out} holds images made with other settings ({diffs}); use a new "
-                         "--out_dir or the same settings")
+    before = runs.read_identity(out / "generation.json")
+    if before is not None:
+        runs.check_identity(before, identity, out, "images made with other settings")
 
 
 def tile_owner(i: int, tile: int, tiles_per_identity: int, processes: int) -> int:
@@ -254,7 +236,7 @@ def run(fv, *, log=None) -> dict:
     identity = {k: fv[k].value for k in PIXEL_FLAGS}
     # Model folders are not part of it (they may be mounted elsewhere on another node);
     # their paths are in report.json.
-    identity.update(references_sha256=file_sha256(Path(fv.references)), n=n, d=d,
+    identity.update(references_sha256=integrity.sha256_file(fv.references), n=n, d=d,
                     dtype=str(dtype).removeprefix("torch."), image_size=model.image_size,
                     device_type=device.type)
     check_same_generation(out, identity)

@@ -1,21 +1,38 @@
-"""Orbax checkpoints of the solver state, and the guard that a resumed run is the same run."""
+"""Orbax checkpoints of the solver state, their checksums, and the guard that a resumed
+run is the same run."""
 
-import json
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-from hyperface_jax import solver
+from hyperface_jax import integrity, runs, solver
 from hyperface_jax.files import InputError, save_json
 
 RUN_FILE = "run.json"  # beside the step folders: the flags that define the run
 
 
+class ChecksummedManager(ocp.CheckpointManager):
+    """An orbax manager that records the SHA-256 of every file of each finished step
+    (`integrity.LEDGER` beside the step folders; process 0 writes it). orbax's `save`
+    waits for the previous save first, so each step is hashed once, when it is final."""
+
+    def wait_until_finished(self):
+        super().wait_until_finished()
+        if jax.process_index() != 0:
+            return
+        directory = Path(self.directory)
+        steps = [str(s) for s in self.all_steps()]
+        known = integrity.read_ledger(directory)
+        new = {s: integrity.folder_digests(directory / s) for s in steps if s not in known}
+        if new or set(known) - set(steps):
+            integrity.record(directory, new, keep=steps)
+
+
 def open_manager(directory, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, cleanup_tmp_directories=True, create=True)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    return ChecksummedManager(Path(directory).absolute(), options=options)
 
 
 def save(manager: ocp.CheckpointManager, state) -> None:
@@ -31,6 +48,9 @@ def restore_latest(manager: ocp.CheckpointManager, template):
     if step is None:
         return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    directory = Path(manager.directory)
+    integrity.verify(directory, str(step), directory / str(step), directory / str(step),
+                     f"checkpoint at step {step}")
     try:
         # strict=False: a checkpoint written with another device count holds another number
         # of (zero) padding rows; they are truncated or zero-padded to this run's layout.
@@ -48,19 +68,9 @@ def check_same_run(directory, identity: dict) -> None:
     `identity` holds the flags that change the optimisation (not --steps, which may be
     extended, nor logging). The first run writes it; later runs must match it.
     """
-    path = Path(directory) / RUN_FILE
-    if not path.exists():
-        return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is unreadable ({e}); use a new --out_dir") from None
-    diffs = [f"--{k}={saved.get(k)!r} there, {v!r} now"
-             for k, v in identity.items() if saved.get(k) != v]
-    if diffs:
-        raise InputError(
-            f"{directory} holds checkpoints of a different run ({'; '.join(diffs)}); "
-            "use a new --out_dir or the same flags")
+    saved = runs.read_identity(Path(directory) / RUN_FILE)
+    if saved is not None:
+        runs.check_identity(saved, identity, directory, "checkpoints of a different run")
 
 
 def record_run(directory, identity: dict) -> None:

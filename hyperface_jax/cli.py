@@ -1,48 +1,155 @@
 """The command-line contract every `python -m ...` tool of this project shares.
 
-Flags are absl `FlagValues`; `--help` prints them; a flag error, a stray argument or an
-`InputError` prints one line `error: ...` on stderr and exits 2; Ctrl-C or SIGTERM (turned
-into KeyboardInterrupt by the jobs that checkpoint) exits 130.
+Flags are absl `FlagValues` (defined from a config dataclass where the tool has one, see
+`define_dataclass_flags`); `--help` prints them grouped by topic; a flag error, a stray
+argument, an unreadable flagfile or an `InputError` prints one line `error: ...` on stderr
+and exits 2; the output location (`--out_dir`, or an output file) is checked and locked
+before any work; Ctrl-C or SIGTERM exits 130 (jobs that checkpoint save first); a full
+disk prints one line and exits 1.
 """
 
 import contextlib
+import dataclasses
+import errno
+import os
 import signal
 import sys
+import textwrap
 import threading
+import types
+import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from absl import flags
 
-from hyperface_jax.files import InputError, RunFailed
+from hyperface_jax import runs
+from hyperface_jax.files import DiskFullError, InputError, RunFailed, disk_full
 
 
 def run_main(argv: list[str] | None, fv: flags.FlagValues,
              job: Callable[[flags.FlagValues], object], *,
-             describe: Callable[[InputError], str] = str) -> int:
-    """Parse `argv` (sys.argv when None) into `fv`, run `job(fv)`, return the exit code."""
+             describe: Callable[[InputError], str] = str,
+             output: str | None = "out_dir", output_is_file: bool = False,
+             help_groups: dict[str, tuple[str, ...]] | None = None) -> int:
+    """Parse `argv` (sys.argv when None) into `fv`, run `job(fv)`, return the exit code.
+
+    `output` names the flag of the job's output folder (or file, `output_is_file`): it is
+    required, checked and locked before `job` runs, and folders created for it are removed
+    again if the job then refuses its input.
+    """
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
+        print(help_text(fv, help_groups))
         return 0
     try:
+        check_flagfiles(argv[1:])
         rest = fv(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (flags.Error, InputError) as e:
+        return _error(e)
+    except UnicodeDecodeError as e:  # a flagfile read by another flagfile
+        return _error(f"a --flagfile is not UTF-8 text ({e.reason} at byte {e.start})")
     if len(rest) > 1:
-        print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        return 2
+        return _error(f"unexpected arguments {rest[1:]}")
+    created = []
+    location = fv[output].value if output and output in fv else ""
+    if output and output in fv and not location:
+        return _error(f"--{output} is required")
     try:
-        job(fv)
+        with sigterm_as_interrupt():
+            lock = None
+            if location:
+                process_id = fv["process_id"].value if "process_id" in fv else None
+                created, lock = runs.claim_output(location, f"--{output}",
+                                                  is_file=output_is_file,
+                                                  process_id=process_id)
+            try:
+                job(fv)
+            finally:
+                if lock is not None:
+                    lock.release()
     except InputError as e:
-        print(f"error: {describe(e)}", file=sys.stderr)
-        return 2
-    except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        runs.remove_created(created)
+        return _error(describe(e))
     except KeyboardInterrupt:
         return 130
+    except RunFailed as e:  # the run could not deliver; finished work (checkpoints) is kept
+        return _error(str(e), code=1)
+    except Exception as e:
+        if isinstance(e, DiskFullError):
+            return _error(e.strerror, code=1)
+        full = _disk_full_errno(e)
+        if full is None:
+            raise
+        # A write outside files.atomic_write (orbax, tensorstore, a library's own file).
+        where = getattr(e, "filename", None) or location or "."
+        return _error(disk_full(where, OSError(full, os.strerror(full))).strerror, code=1)
     return 0
+
+
+_DISK_FULL_TEXT = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def _disk_full_errno(error: BaseException) -> int | None:
+    """ENOSPC or EDQUOT if `error` (or what caused it) is a full disk, else None. Libraries
+    such as orbax's tensorstore re-raise it as ValueError with the OS's text inside."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_TEXT:
+            return error.errno
+        for code, text in _DISK_FULL_TEXT.items():
+            if text in str(error):
+                return code
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _error(message, code: int = 2) -> int:
+    text = " ".join(str(message).split("\n")).strip() or "failed"
+    print(f"error: {text}", file=sys.stderr)
+    return code
+
+
+def check_flagfiles(args: list[str]) -> None:
+    """Refuse a --flagfile that is missing or not UTF-8 text, naming it (absl would raise
+    a UnicodeDecodeError without the file's name)."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--flagfile="):
+            name = arg.split("=", 1)[1]
+        elif arg == "--flagfile" and i + 1 < len(args):
+            name = args[i + 1]
+        else:
+            continue
+        try:
+            data = Path(name).read_bytes()
+        except OSError as e:
+            raise InputError(f"--flagfile={name} cannot be read ({e.strerror})") from None
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"--flagfile={name} is not UTF-8 text (byte {e.start}: "
+                             f"{data[e.start:e.start + 1]!r})") from None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises KeyboardInterrupt, so a job's `except
+    KeyboardInterrupt` (checkpoint, then exit 130) serves Ctrl-C and a scheduler's
+    SIGTERM alike. Signal handlers can only be set in the main thread: elsewhere (a job
+    run from a worker thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 class _Interrupt:
@@ -51,9 +158,9 @@ class _Interrupt:
 
 @contextlib.contextmanager
 def deferred_interrupts():
-    """Ctrl-C and SIGTERM during the block set `.requested` (the job stops at its next safe
-    point, e.g. after saving a checkpoint); a second one raises KeyboardInterrupt at once.
-    Outside the main thread (where signals cannot be caught) nothing is installed."""
+    """Within the block Ctrl-C and SIGTERM set `.requested` (the job stops at its next safe
+    point, e.g. after saving a checkpoint at the end of a chunk); a second one raises
+    KeyboardInterrupt at once. Outside the main thread nothing is installed."""
     state = _Interrupt()
     if threading.current_thread() is not threading.main_thread():
         yield state
@@ -71,4 +178,74 @@ def deferred_interrupts():
         yield state
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+# ------------------------------------------------------------- flags from a dataclass
+
+_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
+           str: flags.DEFINE_string}
+
+
+def flag_fields(cls) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are flags (metadata `flag=False` opts out)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", True)]
+
+
+def define_dataclass_flags(fv: flags.FlagValues, cls) -> None:
+    """One absl flag per field of `cls`: same name, default, and `metadata["help"]`; the
+    type from the annotation (int, float, bool, str, or one of them `| None`)."""
+    for f in flag_fields(cls):
+        kind = f.type
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind not in _DEFINE:
+            raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {f.type}")
+        _DEFINE[kind](f.name, f.default, f.metadata["help"], flag_values=fv)
+
+
+def dataclass_values(fv: flags.FlagValues, cls) -> tuple[dict, frozenset]:
+    """`(field values read from the parsed flags, names of the flags given explicitly)`."""
+    names = [f.name for f in flag_fields(cls)]
+    return ({k: fv[k].value for k in names}, frozenset(k for k in names if fv[k].present))
+
+
+# --------------------------------------------------------------------------- help
+
+def help_text(fv: flags.FlagValues, groups: dict[str, tuple[str, ...]] | None = None) -> str:
+    """Every flag with its help and default, grouped by topic in the given order (flags in
+    no group follow, in definition order), instead of absl's alphabetical list, which
+    splits flags that read together (e.g. --temperature_start ... --temperature_end)."""
+    defined = [name for name, flag in fv._flags().items() if name == flag.name]
+    sections, placed = [], set()
+    for title, names in (groups or {}).items():
+        members = [n for n in names if n in defined]
+        placed.update(members)
+        if members:
+            sections.append((title, members))
+    rest = [n for n in defined if n not in placed]
+    if rest:
+        sections.append(("other" if sections else "flags", rest))
+    lines = ["Flags (also read from --flagfile=FILE, one --name=value per line; "
+             "--flagfile may repeat):"]
+    for title, names in sections:
+        lines += ["", f"{title}:"]
+        for name in names:
+            lines += _flag_help(fv[name])
+    return "\n".join(lines)
+
+
+def _flag_help(flag) -> list[str]:
+    name = f"--[no]{flag.name}" if isinstance(flag, flags.BooleanFlag) else f"--{flag.name}"
+    wrapped = textwrap.wrap(f"{name}: {flag.help}", width=96, initial_indent="  ",
+                            subsequent_indent="      ")
+    default = flag.default
+    if default is None:
+        default = "unset"
+    elif isinstance(default, bool):
+        default = str(default).lower()
+    elif isinstance(default, str):
+        default = repr(default)
+    elif isinstance(default, list):
+        default = repr(",".join(map(str, default)))
+    return wrapped + [f"      (default: {default})"]

@@ -35,7 +35,7 @@ from absl import flags
 from jax.experimental.compilation_cache import compilation_cache
 
 from hyperface_jax import cli, neighbors, pack, problem, sample, samplers
-from hyperface_jax.config import PackConfig, config_from_flags, define_flags
+from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, atomic_write, load_embeddings, save_figure, save_json
 from hyperface_jax.objective import OBJECTIVES
 
@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             objectives=_split(fv["objectives"].value), methods=_split(fv["samplers"].value),
             seeds=fv["seeds"].value, options=sample.sampler_options(fv))
 
-    return cli.run_main(argv, fv, job)
+    groups = {"compare": ("optimizers", "objectives", "seeds", "samplers"), **HELP_GROUPS,
+              "samplers (--samplers)": tuple(sample.SAMPLER_FLAGS)}
+    return cli.run_main(argv, fv, job, help_groups=groups)
 
 
 if __name__ == "__main__":

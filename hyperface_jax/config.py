@@ -44,10 +44,14 @@ class PackConfig:
     learning_rate: float = _f(0.01, "Initial learning rate.")
     schedule: str = _f("staircase", "Learning-rate schedule: constant, staircase (lr x "
                                     "decay_rate every decay_every steps, the paper's), "
-                                    "exponential (the same, continuous), cosine.")
+                                    "exponential (the same, continuous), cosine (down to "
+                                    "--final_learning_rate over --steps) or geometric "
+                                    "(from --learning_rate to --final_learning_rate by a "
+                                    "constant factor per step over --steps).")
     decay_rate: float = _f(0.5, "Factor of the staircase/exponential schedule.")
     decay_every: int = _f(1000, "Steps per decay of the staircase/exponential schedule.")
-    final_learning_rate: float = _f(0.0, "End value of the cosine schedule.")
+    final_learning_rate: float = _f(0.0, "End value of the cosine and geometric schedules "
+                                         "(geometric needs it > 0).")
     steps: int = _f(5000, "Total optimisation steps (a resumed run continues up to this).")
     batch_size: int = _f(0, "Mini-batch size B (paper Algorithm 2); 0 = full batch.")
     minibatch_update: str = _f("sparse", "Mini-batch mode: 'sparse' updates only the batch rows "
@@ -114,7 +118,9 @@ class PackConfig:
 
 
 def flag_fields():
-    return [f for f in dataclasses.fields(PackConfig) if f.metadata.get("flag", True)]
+    from hyperface_jax import cli
+
+    return cli.flag_fields(PackConfig)
 
 
 def make_config(**values) -> PackConfig:
@@ -124,22 +130,31 @@ def make_config(**values) -> PackConfig:
 
 def define_flags(flag_values) -> None:
     """Define one absl flag per PackConfig field on `flag_values` (e.g. absl.flags.FLAGS)."""
-    from absl import flags
+    from hyperface_jax import cli
 
-    for f in flag_fields():
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        define = {
-            "int": flags.DEFINE_integer,
-            "float": flags.DEFINE_float,
-            "bool": flags.DEFINE_bool,
-            "str": flags.DEFINE_string,
-            "float | None": flags.DEFINE_float,
-            "bool | None": flags.DEFINE_bool,
-        }[kind]
-        define(f.name, f.default, f.metadata["help"], flag_values=flag_values)
+    cli.define_dataclass_flags(flag_values, PackConfig)
 
 
 def config_from_flags(flag_values) -> PackConfig:
-    values = {f.name: flag_values[f.name].value for f in flag_fields()}
-    explicit = frozenset(f.name for f in flag_fields() if flag_values[f.name].present)
+    from hyperface_jax import cli
+
+    values, explicit = cli.dataclass_values(flag_values, PackConfig)
     return PackConfig(**values, explicit=explicit)
+
+
+# `--help` lists the flags by topic in this order (tests/test_cli_plumbing.py checks that
+# every flag has exactly one topic).
+HELP_GROUPS = {
+    "problem": ("num_identities", "dim", "gallery", "init", "alpha", "seed"),
+    "objective": ("objective", "packing_reduce", "temperature_start", "temperature_end",
+                  "anneal_steps", "restarts", "polish_steps", "polish_learning_rate"),
+    "optimizer": ("optimizer", "learning_rate", "schedule", "decay_rate", "decay_every",
+                  "final_learning_rate", "b1", "b2", "eps", "weight_decay", "momentum",
+                  "nesterov", "decay"),
+    "mode": ("steps", "batch_size", "minibatch_update", "project_gradient"),
+    "speed": ("tile_size", "matmul_precision", "neighbor_list_size", "gallery_list_size",
+              "neighbor_refresh_every"),
+    "devices": ("devices", "coordinator_address", "num_processes", "process_id",
+                "distributed"),
+    "run": ("out_dir", "checkpoint_every", "max_to_keep", "log_every", "progress"),
+}

@@ -5,8 +5,10 @@ unpickles. Every write goes to a temporary name in the same folder and is rename
 place, so a crash or a kill never leaves a truncated file behind.
 """
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,7 +42,8 @@ def open_npy(path: str | os.PathLike, what: str, *, ndim: int, kinds: str) -> np
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{what} file {path} is not a readable .npy array ({e})") from None
+        raise InputError(f"{what} file {path} is not a readable .npy array "
+                         f"({_why_unreadable(path, e)})") from None
     if array.ndim != ndim:
         expected = "(rows, dim)" if ndim == 2 else "(rows,)"
         raise InputError(f"{what} file {path} has shape {array.shape}; expected {expected}")
@@ -50,6 +53,21 @@ def open_npy(path: str | os.PathLike, what: str, *, ndim: int, kinds: str) -> np
     if ndim == 2 and 0 in array.shape:
         raise InputError(f"{what} file {path} is empty (shape {array.shape})")
     return array
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """Why `np.load` refused a file, in our words: numpy's own message for a non-.npy file
+    suggests loading it with allow_pickle, which must never be done with untrusted input."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if head != b"\x93NUMPY":
+        return "no NumPy header: not written by numpy.save" if head else "the file is empty"
+    if "object" in str(error).lower() or "pickle" in str(error).lower():
+        return "it holds Python objects, which are never unpickled"
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 def open_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.ndarray:
@@ -66,13 +84,14 @@ def load_embeddings(path: str | os.PathLike, what: str = "embeddings") -> np.nda
     Non-unit rows are normalised with a warning.
     """
     path = Path(path)
-    return unit_rows(open_embeddings(path, what), f"{what} file {path}")
+    return validated_rows(open_embeddings(path, what), f"{what} file {path}")
 
 
-def unit_rows(array, what: str) -> np.ndarray:
-    """`array` as a validated (n, d) float32 array with unit rows; `what` names it in the
-    one-line `InputError` (not 2-D, empty, NaN/Inf, zero rows). Non-unit rows are
-    normalised with a warning."""
+def validated_rows(array, what: str) -> np.ndarray:
+    """`array` (a file's content, or an array given to the Python API) as a validated
+    (n, d) float32 array with unit rows; `what` names it in the one-line `InputError`
+    (not 2-D, empty, not floating point, NaN/Inf, zero rows). Non-unit rows are normalised
+    with a warning."""
     array = np.asarray(array)
     if array.ndim != 2 or 0 in array.shape:
         raise InputError(f"{what} has shape {array.shape}; expected (rows, dim) with rows > 0")
@@ -83,7 +102,7 @@ def unit_rows(array, what: str) -> np.ndarray:
     if not finite.all():
         row = int(np.argmin(finite))
         raise InputError(f"{what} contains NaN or Inf (first in row {row})")
-    norms = np.linalg.norm(array, axis=1)
+    unit, norms = unit_rows(array)
     if (norms < ZERO_NORM).any():
         row = int(np.argmax(norms < ZERO_NORM))
         raise InputError(f"{what} has a zero vector in row {row}")
@@ -91,23 +110,73 @@ def unit_rows(array, what: str) -> np.ndarray:
     if off.any():
         warnings.warn(f"{what}: {int(off.sum())} of {len(norms)} rows are not unit vectors; "
                       "normalising them", stacklevel=3)
-    return array / norms[:, None]
+    return unit
+
+
+def unit_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(rows scaled to unit norm (float32), their norms (float64))`, exact for any finite
+    float32 row: each row is first divided by its largest magnitude, so the sum of squares
+    cannot overflow (a plain float32 norm is inf above ~1.8e19 and the row would become a
+    zero vector). Zero rows stay zero with norm 0."""
+    array = np.asarray(array, dtype=np.float32)
+    scale = np.max(np.abs(array), axis=1, keepdims=True) if array.size else array[:, :1]
+    scale = np.where(scale > 0, scale, np.float32(1))
+    scaled = array / scale
+    scaled_norms = np.linalg.norm(scaled, axis=1, keepdims=True)
+    unit = scaled / np.where(scaled_norms > 0, scaled_norms, np.float32(1))
+    norms = (scale.astype(np.float64) * scaled_norms)[:, 0]
+    return unit.astype(np.float32, copy=False), norms
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space (or quota): the CLIs print its one line, exit 1."""
 
 
 def atomic_write(path: Path, write) -> None:
+    """Write `path` through `write(binary_file)`: to a temporary name in the same folder,
+    flushed to disk, then renamed into place, with the mode a plain `open` would give
+    (0o666 less the umask: mkstemp's 0600 would hide outputs from colleagues)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, e) from None
         raise
+
+
+def disk_full(path, error: OSError) -> DiskFullError:
+    """The one-line error for a write that ran out of space, with what is left there."""
+    reason = "quota exceeded" if error.errno == errno.EDQUOT else "no space left on device"
+    try:
+        free = f"; {shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free there"
+    except OSError:
+        free = ""
+    return DiskFullError(error.errno, f"{reason} writing {path}{free}; free some space or "
+                         "use another --out_dir (finished work is kept: re-run to resume)")
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_embeddings(path, embeddings) -> None:

@@ -36,7 +36,7 @@ from hyperface_jax import (
     sharding,
     solver,
 )
-from hyperface_jax.config import PackConfig, config_from_flags, define_flags
+from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, RunFailed, atomic_write, save_embeddings, save_json
 from hyperface_jax.placement import LOCAL
 from hyperface_jax.problem import Problem, build_problem
@@ -466,12 +466,8 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job(fv):
-        c = config_from_flags(fv)
-        if not c.out_dir:
-            raise InputError("--out_dir is required")
-        run(c)
-    return cli.run_main(argv, make_flag_values(), job)
+    return cli.run_main(argv, make_flag_values(), lambda fv: run(config_from_flags(fv)),
+                        help_groups=HELP_GROUPS)
 
 
 if __name__ == "__main__":

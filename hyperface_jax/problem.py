@@ -12,7 +12,7 @@ import numpy as np
 
 from hyperface_jax import sphere
 from hyperface_jax.config import PackConfig
-from hyperface_jax.files import InputError, load_embeddings, unit_rows
+from hyperface_jax.files import InputError, load_embeddings, validated_rows
 from hyperface_jax.neighbors import MATMUL_PRECISIONS
 from hyperface_jax.objective import OBJECTIVES, PACKING_REDUCTIONS
 from hyperface_jax.solver import MINIBATCH_UPDATES
@@ -105,11 +105,11 @@ def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
     check_settings(c)
     init_key, batch_key = jax.random.split(jax.random.PRNGKey(c.seed))
     if gallery is not None:
-        gallery = unit_rows(gallery, "gallery array")
+        gallery = validated_rows(gallery, "gallery array")
     elif c.gallery:
         gallery = load_embeddings(c.gallery, "gallery")
     if init is not None:
-        init = unit_rows(init, "init array")
+        init = validated_rows(init, "init array")
         if c.restarts > 1:
             raise InputError("--restarts > 1 needs --init=random or --init=gallery "
                              "(restarts from one array would all be the same)")

@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 
 from hyperface_jax import bounds, cli, metrics, pack, samplers
-from hyperface_jax.config import PackConfig, config_from_flags, define_flags
+from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, load_embeddings, load_labels, save_embeddings, save_json
 
 SAMPLER_FLAGS = {  # name: (define, default, help)
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     define_flags(fv)
     define_sampler_flags(fv)
     return cli.run_main(
-        argv, fv, lambda fv: run(fv["method"].value, config_from_flags(fv), sampler_options(fv)))
+        argv, fv, lambda fv: run(fv["method"].value, config_from_flags(fv), sampler_options(fv)),
+        help_groups={"sampler": tuple(SAMPLER_FLAGS), **HELP_GROUPS})
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_resuming_with_more_steps_under_a_horizon_schedule_is_refused(tmp_path, 
     capsys.readouterr()
     assert pack.main(["pack", f"--out_dir={out}", *flags, "--steps=40"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--steps=20 there, 40 now" in err[0], err
+    assert len(err) == 1 and "steps: 20 -> 40" in err[0], err
     # A staircase schedule has no horizon: more steps continue the same run.
     out2 = tmp_path / "o2"
     assert pack.main(["pack", f"--out_dir={out2}", "--alpha=0", *SMALL_FLAGS]) == 0

@@ -62,7 +62,9 @@ def test_training_writes_model_curves_and_checkpoints(dataset, tmp_path):
     assert [float(r["lr"]) for r in steps] == pytest.approx([0.05, 0.1, 0.01, 0.01, 0.01, 0.01])
     assert float(history[-1]["loss"]) < float(history[0]["loss"])
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "epoch_002.pt", "epoch_003.pt"]
+        "checksums.json", "epoch_002.pt", "epoch_003.pt"]
+    assert sorted(json.loads((out / "checkpoints" / "checksums.json").read_text())) == [
+        "epoch_002.pt", "epoch_003.pt"]  # pruned with the checkpoints
     assert (out / "curves.png").stat().st_size > 10_000
     report = json.loads((out / "report.json").read_text())
     assert report["epochs_done"] == 3 and report["num_classes"] == 6

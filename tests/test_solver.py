@@ -150,9 +150,19 @@ def test_unknown_names_are_refused():
         optimizers.make_optimizer("adam", optax.constant_schedule(0.1), momentum=0.9)
 
 
-def test_runner_draws_each_epoch_once_and_matches_step_by_step_batches():
+def test_runner_draws_each_epoch_once_and_matches_step_by_step_batches(monkeypatch):
     # The runner caches the epoch's permutation across steps; chunks that start mid-epoch
-    # and cross epoch boundaries must give bitwise the same states as single steps.
+    # and cross epoch boundaries must give bitwise the same states as single steps, and
+    # draw the permutation once per epoch (plus once at each chunk's start), not per step:
+    # a counting wrapper sees every draw that executes.
+    draws = []
+    real_epoch_order = solver.epoch_order
+
+    def counted_epoch_order(key, epoch, n):
+        jax.debug.callback(lambda e: draws.append(int(e)), epoch)
+        return real_epoch_order(key, epoch, n)
+
+    monkeypatch.setattr(solver, "epoch_order", counted_epoch_order)
     n, d, b = 50, 8, 10
     opt = optax.adam(0.05)
     cfg = solver.SolverConfig(alpha=0.0, batch_size=b)
@@ -162,8 +172,15 @@ def test_runner_draws_each_epoch_once_and_matches_step_by_step_batches():
     by_steps = state
     for _ in range(23):
         by_steps, _ = step(by_steps, None)
+    jax.effects_barrier()
+    assert len(draws) == 23  # a lone step draws its epoch's permutation: the wrapper counts
+    draws.clear()
     by_chunks = state
     for k in (7, 9, 7):  # boundaries at steps 7 and 16, epochs of 5 steps
         by_chunks, _ = run(by_chunks, None, jnp.int32(k))
+    jax.effects_barrier()
     np.testing.assert_array_equal(by_chunks.embeddings, by_steps.embeddings)
     assert int(by_chunks.step) == 23
+    # Chunk starts (steps 0, 7, 16: epochs 0, 1, 3) and epoch starts (steps 0, 5, 10,
+    # 15, 20): 8 draws for 23 steps.
+    assert sorted(draws) == [0, 0, 1, 1, 2, 3, 3, 4]

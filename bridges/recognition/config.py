@@ -64,14 +64,12 @@ RUN_LENGTH_FLAGS = ("out_dir", "epochs", "workers", "progress", "max_steps",
 
 
 def define_flags(flag_values, cls=TrainConfig) -> None:
-    from absl import flags
+    from hyperface_jax import cli
 
-    kinds = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float,
-             "bool": flags.DEFINE_bool, "str": flags.DEFINE_string}
-    for f in dataclasses.fields(cls):
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        kinds[kind](f.name, f.default, f.metadata["help"], flag_values=flag_values)
+    cli.define_dataclass_flags(flag_values, cls)
 
 
 def config_from_flags(flag_values, cls=TrainConfig):
-    return cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(cls)})
+    from hyperface_jax import cli
+
+    return cls(**cli.dataclass_values(flag_values, cls)[0])

@@ -38,6 +38,7 @@ def build(root, *, size: int = SIZE, pairs: int = 1000, seed: int = 0) -> tuple[
     from sklearn.datasets import load_digits
 
     from bridges import bins
+    from hyperface_jax.files import atomic_write
 
     root = Path(root)
     d = load_digits()
@@ -47,7 +48,8 @@ def build(root, *, size: int = SIZE, pairs: int = 1000, seed: int = 0) -> tuple[
     for i in order[:cut]:
         folder = root / "dataset" / f"{d.target[i]:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        _image(d.images[i], size).save(folder / f"{i:04d}.png")
+        image = _image(d.images[i], size)
+        atomic_write(folder / f"{i:04d}.png", lambda f, im=image: im.save(f, format="PNG"))
     held = order[cut:]
     labels = d.target[held]
     images, issame = [], []
@@ -81,25 +83,24 @@ def train_and_verify(data, bin_dir, out, head_flags, epochs: int, lr_step: int) 
 
 
 def main(argv=None) -> int:
-    import torch
     from absl import flags
 
+    from hyperface_jax import cli
+
     fv = flags.FlagValues()
-    flags.DEFINE_string("out_dir", "", "Working folder.", flag_values=fv)
+    flags.DEFINE_string("out_dir", "", "Working folder (required).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the split and the pairs.", flag_values=fv)
     flags.DEFINE_list("train_seeds", ["0"], "Training seeds (--seed of bridges.train); "
                       "figures are reported per seed and as mean and std.", flag_values=fv)
     flags.DEFINE_bool("full", True, "Also train every head for the full length "
                       f"({FULL[0]} epochs).", flag_values=fv)
     flags.DEFINE_integer("threads", 1, "torch intra-op threads.", flag_values=fv)
-    try:
-        fv(list(sys.argv if argv is None else argv))
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not fv.out_dir:
-        print("error: --out_dir is required", file=sys.stderr)
-        return 2
+    return cli.run_main(argv, fv, _run)
+
+
+def _run(fv) -> None:
+    import torch
+
     torch.set_num_threads(fv.threads)
     out = Path(fv.out_dir)
     data, bin_dir = build(out, seed=fv.seed)
@@ -124,7 +125,6 @@ def main(argv=None) -> int:
         per_seed = ", ".join(f"{100 * a:.1f}" for a in accs)
         print(f"| {head} | {epochs} | {per_seed} | {100 * np.mean(accs):.1f} | "
               f"{100 * np.mean(tars):.1f} | {sec:.0f} |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from bridges.recognition.groupface import GROUP_LOSS_WEIGHT, group_loss
 from bridges.recognition.heads import HEADS, MarginHead
 from bridges.recognition.iresnet import ARCHS
 from bridges.recognition.model import SPEC_KEYS, FaceModel
+from hyperface_jax import integrity, runs
 from hyperface_jax.files import InputError, atomic_write, save_json
 
 STEP_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr")
@@ -127,10 +128,16 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("epoch_*.pt"))
 
 
-def _save_torch(path: Path, blob) -> None:
+def _save_torch(path: Path, blob, *, ledger_keep=None) -> None:
+    """Write `blob` atomically; with `ledger_keep` (the checkpoint names kept), record its
+    checksum first, so every checkpoint on disk has one whenever a kill comes."""
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    data = buffer.getvalue()
+    if ledger_keep is not None:
+        integrity.record(path.parent, {path.name: {path.name: integrity.sha256_bytes(data)}},
+                         keep=ledger_keep)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _write_csv(path: Path, columns, rows) -> None:
@@ -167,10 +174,7 @@ def run(c: TrainConfig, *, log=None) -> dict:
     existing = _checkpoints(out)
     if existing:
         resume = _load_checkpoint(existing[-1])
-        changed = {k for k in identity if resume["identity"].get(k) != identity[k]}
-        if changed:
-            raise InputError(f"{out} holds a run with different settings "
-                             f"({', '.join(sorted(changed))}); use a new --out_dir")
+        runs.check_identity(resume["identity"], identity, out, "a run with different settings")
 
     torch.manual_seed(c.seed)
     trainee = Trainee(c, folder.num_classes)
@@ -290,6 +294,7 @@ def _raise_interrupt(signum, frame):
 
 
 def _load_checkpoint(path: Path) -> dict:
+    integrity.verify(path.parent, path.name, path.parent, path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is bad input
@@ -308,7 +313,9 @@ def _save_checkpoint(out, c, trainee, optimizer, scaler, epoch, step, step_rows,
             "trainee": trainee.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
             "step_rows": step_rows, "epoch_rows": epoch_rows, "identity": identity}
-    _save_torch(out / "checkpoints" / f"epoch_{epoch:03d}.pt", blob)
+    path = out / "checkpoints" / f"epoch_{epoch:03d}.pt"
+    kept = [p.name for p in _checkpoints(out)] + [path.name]
+    _save_torch(path, blob, ledger_keep=kept[-max(c.keep_checkpoints, 1):])
     for old in _checkpoints(out)[:-max(c.keep_checkpoints, 1)]:
         old.unlink()
 

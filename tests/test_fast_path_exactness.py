@@ -1,5 +1,6 @@
 """Exactness of the fast paths: blockwise solver vs dense autodiff, neighbour lists,
-matmul precision (issue 8, target 2 and 4)."""
+reduced matmul precision (issue 8, target 2 and 4). Speed itself is measured in
+benchmarks/, never here."""
 
 import json
 
@@ -147,8 +148,20 @@ def highest_report(tmp_path_factory):
     return _pack(tmp_path_factory.mktemp("highest"), matmul_precision="highest")
 
 
+def _dots_differ_from_highest(precision) -> bool:
+    """Whether this backend computes similarities at `precision` other than at highest
+    (on the CPU, high and default are bitwise equal to highest: nothing to pin there)."""
+    x, y = _problem(256, 256, 64, seed=11)
+    return not np.array_equal(np.asarray(neighbors.similarity(x, y, precision)),
+                              np.asarray(neighbors.similarity(x, y, "highest")))
+
+
 @pytest.mark.parametrize("precision", ["high", "default", "bfloat16"])
-def test_matmul_precision_changes_the_packing_only_slightly(tmp_path, highest_report, precision):
+def test_matmul_precision_changes_the_packing_only_slightly(tmp_path, request, precision):
+    if not _dots_differ_from_highest(precision):
+        pytest.skip(f"on {jax.default_backend()}, dots at precision={precision} are bitwise "
+                    "equal to highest: the test could not fail here")
+    highest_report = request.getfixturevalue("highest_report")
     report = _pack(tmp_path, matmul_precision=precision)
     a, b = highest_report["figures"], report["figures"]
     assert b["max_cos"] < report["initial_figures"]["max_cos"] - 0.1

@@ -1,0 +1,181 @@
+"""What the CLIs read and write: file modes, full disks, unsafe-load hints, huge rows,
+checkpoint checksums (hyperface_jax/files.py, integrity.py, checkpoint.py)."""
+
+import errno
+import os
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+
+from hyperface_jax import checkpoint, cli, files, integrity
+from hyperface_jax.files import InputError
+
+
+@pytest.fixture
+def umask():
+    def set_to(mask):
+        os.umask(mask)
+
+    before = os.umask(0o022)
+    yield set_to
+    os.umask(before)
+
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_respect_the_umask(tmp_path, umask, mask, mode):
+    umask(mask)
+    assert files.current_umask() == mask
+    files.save_embeddings(tmp_path / "e.npy", np.eye(3))
+    files.save_json(tmp_path / "r.json", {"a": 1})
+    for name in ("e.npy", "r.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_free_space(tmp_path, capsys):
+    def half_written(f):
+        f.write(b"{")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out_dir", "", "out", flag_values=fv)
+    target = tmp_path / "report.json"
+    code = cli.run_main(["prog", f"--out_dir={tmp_path}"], fv,
+                        lambda fv: files.atomic_write(target, half_written))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and str(target) in err and "MB free" in err, err
+    assert "no space left" in err
+    assert sorted(os.listdir(tmp_path)) == []  # no temporary left behind, lock released
+
+
+def test_a_text_file_named_npy_gets_no_unsafe_loading_hint(tmp_path):
+    text = tmp_path / "notes.npy"
+    text.write_text("1 2 3\n")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    for path, reason in ((text, "no NumPy header"), (objects, "never unpickled"),
+                         (empty, "empty")):
+        with pytest.raises(InputError) as e:
+            files.load_embeddings(path)
+        message = str(e.value)
+        assert "not a readable .npy" in message and reason in message, message
+        assert "allow_pickle" not in message and "pickle.load" not in message, message
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e19, 2e19, 1e30, 3e38])
+def test_rows_of_any_finite_size_normalise_to_their_direction(tmp_path, magnitude):
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((5, 16))
+    direction = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    data = (direction * (magnitude / np.abs(direction).max())).astype(np.float32)
+    assert np.isfinite(data).all()
+    np.save(tmp_path / "g.npy", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = files.load_embeddings(tmp_path / "g.npy")
+    np.testing.assert_allclose(loaded, direction, atol=1e-6)
+
+
+def test_zero_rows_are_still_refused(tmp_path):
+    data = np.ones((3, 4), np.float32)
+    data[1] = 0
+    np.save(tmp_path / "g.npy", data)
+    with pytest.raises(InputError, match="zero vector in row 1"):
+        files.load_embeddings(tmp_path / "g.npy")
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_an_orbax_checkpoint_is_named_on_resume(tmp_path):
+    import orbax.checkpoint as ocp
+
+    state = {"x": jnp.arange(4096, dtype=jnp.float32)}
+    manager = checkpoint.open_manager(tmp_path)
+    manager.save(1, args=ocp.args.StandardSave(state))
+    manager.save(2, args=ocp.args.StandardSave({"x": state["x"] + 1}))
+    manager.wait_until_finished()
+    manager.close()
+    ledger = integrity.read_ledger(tmp_path)
+    assert set(ledger) == {"1", "2"}
+    manager = checkpoint.open_manager(tmp_path)
+    np.testing.assert_array_equal(checkpoint.restore_latest(manager, state)["x"],
+                                  state["x"] + 1)
+    largest = max((p for p in (tmp_path / "2").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    _flip_a_byte(largest)
+    with pytest.raises(InputError) as e:
+        checkpoint.restore_latest(manager, state)
+    assert str(largest) in str(e.value) and "checksum" in str(e.value)
+    manager.close()
+
+
+def test_a_flipped_byte_in_a_training_checkpoint_is_named_on_resume(tmp_path):
+    torch = pytest.importorskip("torch")
+    from bridges.recognition import train
+
+    folder = tmp_path / "checkpoints"
+    path = folder / "epoch_001.pt"
+    blob = {k: 0 for k in ("identity", "trainee", "optimizer", "scaler", "epoch", "step",
+                           "step_rows", "epoch_rows")}
+    blob["trainee"] = {"w": torch.arange(1000.0)}
+    train._save_torch(path, blob, ledger_keep=[path.name])
+    assert train._load_checkpoint(path)["trainee"]["w"].sum() == sum(range(1000))
+    _flip_a_byte(path)
+    with pytest.raises(InputError) as e:
+        train._load_checkpoint(path)
+    assert str(path) in str(e.value) and "checksum" in str(e.value)
+
+
+def _history(max_cos, gallery=False):
+    rows = []
+    for step, c in enumerate(max_cos):
+        row = {"step": step * 10, "loss": c, "loss_packing": c, "max_cos": c,
+               "mean_nn_cos": c - 0.1, "nn_cos_p01": c - 0.2, "nn_cos_p99": c}
+        if gallery:
+            row.update(loss_regulariser=0.3, mean_gallery_cos=0.5)
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("max_cos,bound,gallery,panels,gap", [
+    ([0.9, 0.6, 0.5 + 1e-4, 0.5 + 1e-7], 0.5, False, 3, True),  # a small code nears its bound
+    ([0.9, 0.6, 0.5 + 1e-4, 0.5 - 1e-9], 0.5, True, 4, True),  # rounding below: drawn at floor
+    ([0.2, 0.1, 0.07, 0.063], 0.0037, True, 3, False),  # far from the bound: no gap panel
+    ([0.2, 0.1], None, False, 2, False),
+])
+def test_every_curves_panel_has_a_y_label_and_small_codes_a_log_gap(
+        tmp_path, monkeypatch, max_cos, bound, gallery, panels, gap):
+    from hyperface_jax import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda path, fig: figures.append(fig))
+    plots.packing_curves(_history(max_cos, gallery), tmp_path / "c.png", bound=bound)
+    axes = figures[0].axes
+    assert len(axes) == panels
+    assert all(ax.get_ylabel() for ax in axes)
+    assert (axes[-1].get_yscale() == "log") == gap
+    if gap:
+        drawn = axes[-1].lines[0].get_ydata()
+        np.testing.assert_allclose(drawn, np.maximum(np.array(max_cos) - bound,
+                                                     plots.GAP_FLOOR), rtol=1e-6)
+
+
+def test_a_full_disk_inside_a_library_is_one_line_too(tmp_path, capsys):
+    def job(fv):  # what tensorstore raises under orbax when the disk fills
+        raise ValueError("Error writing local file \"/x/d/abc\": [OS error: No space left "
+                         "on device]\n[tensorstore_spec=...]")
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out_dir", "", "out", flag_values=fv)
+    assert cli.run_main(["prog", f"--out_dir={tmp_path}"], fv, job) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on device" in err and "MB free" in err

@@ -1,0 +1,268 @@
+"""The shared CLI plumbing (hyperface_jax/cli.py, runs.py): help, flags from dataclasses,
+the output folder checked and locked before any work, SIGTERM, one-line errors."""
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from absl import flags
+from conftest import cli_env
+
+from hyperface_jax import cli, config, runs
+from hyperface_jax.files import InputError, save_json
+
+# Every CLI of the project: module, the flag of its output, whether that is a file.
+CLIS = [
+    ("hyperface_jax.pack", "out_dir"),
+    ("hyperface_jax.sample", "out_dir"),
+    ("hyperface_jax.compare", "out_dir"),
+    ("hyperface_jax.analyze", "out_dir"),
+    ("bridges.embed", "out"),
+    ("bridges.generate", "out_dir"),
+    ("bridges.train", "out_dir"),
+    ("bridges.evaluate", "out_dir"),
+    ("bridges.recognition.digits", "out_dir"),
+]
+
+
+@pytest.mark.parametrize("module,output", CLIS)
+def test_every_cli_answers_help(capsys, module, output):
+    code = importlib.import_module(module).main(["prog", "--help"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"--{output}:" in out and "--flagfile" in out
+
+
+def test_pack_help_is_grouped_by_topic_in_reading_order(capsys):
+    from hyperface_jax import pack
+
+    assert pack.main(["pack", "--help"]) == 0
+    text = capsys.readouterr().out
+    titles = [line[:-1] for line in text.splitlines() if line.endswith(":")
+              and not line.startswith(" ")]
+    assert titles[1:] == list(config.HELP_GROUPS)  # no "other" group: every flag has a topic
+    position = {name: text.index(f"--{name}:") if f"--{name}:" in text
+                else text.index(f"--[no]{name}:") for name in
+                ("temperature_start", "temperature_end", "anneal_steps", "num_identities",
+                 "steps", "out_dir")}
+    assert position["temperature_start"] < position["temperature_end"] < position["anneal_steps"]
+    assert position["num_identities"] < position["temperature_start"] < position["steps"]
+    assert position["steps"] < position["out_dir"]
+    schedule = text[text.index("--schedule:"):text.index("--decay_rate:")]
+    final = text[text.index("--final_learning_rate:"):text.index("--b1:")]
+    assert "geometric" in schedule and "geometric" in final and "cosine" in final
+
+
+def test_every_pack_flag_has_exactly_one_help_topic():
+    grouped = [name for names in config.HELP_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in config.flag_fields())
+
+
+def test_dataclass_flags_round_trip_with_explicit_names():
+    from bridges.recognition.config import TrainConfig, config_from_flags, define_flags
+
+    fv = flags.FlagValues()
+    define_flags(fv)
+    fv(["train", "--lr=0.5", "--noamp", "--arch=ir18"])
+    c = config_from_flags(fv)
+    assert (c.lr, c.amp, c.arch, c.epochs) == (0.5, False, "ir18", TrainConfig.epochs)
+    fv = flags.FlagValues()
+    config.define_flags(fv)
+    fv(["pack", "--b1=0.8", "--steps=7"])
+    c = config.config_from_flags(fv)
+    assert (c.b1, c.b2, c.steps) == (0.8, None, 7)
+    assert c.explicit == {"b1", "steps"}
+
+
+@pytest.mark.parametrize("module,output", CLIS)
+def test_every_cli_requires_its_output_first(capsys, module, output):
+    assert importlib.import_module(module).main(["prog"]) == 2
+    assert capsys.readouterr().err == f"error: --{output} is required\n"
+
+
+def _out_args(module: str, output: str, location) -> list[str]:
+    return ["prog", f"--{output}={location}"]
+
+
+@pytest.mark.parametrize("module,output", CLIS)
+def test_an_existing_file_as_output_folder_is_refused_first(tmp_path, capsys, module, output):
+    # Without the check, every CLI would fail later on a missing required flag instead.
+    target = tmp_path / "file"
+    target.write_text("x")
+    location = target / "sub" / "x.npy" if output == "out" else target
+    code = importlib.import_module(module).main(_out_args(module, output, location))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and f"--{output}=" in err and "existing file" in err, err
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize("module,output", [CLIS[0], CLIS[3], CLIS[6], CLIS[7]])
+def test_an_output_folder_under_proc_is_refused_first(capsys, module, output):
+    code = importlib.import_module(module).main(_out_args(module, output, "/proc/hf_test/x"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "cannot be used as an output folder" in err, err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: no permission "
+                    "error to provoke")
+def test_an_output_folder_without_permission_is_refused(tmp_path, capsys):
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o500)
+    assert cli.run_main(["prog", f"--out_dir={locked / 'x'}"], _fv(), lambda fv: None) == 2
+    assert "cannot be used" in capsys.readouterr().err
+
+
+def _fv() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out_dir", "", "out", flag_values=fv)
+    return fv
+
+
+def test_folders_made_for_a_run_that_refuses_its_input_are_removed(tmp_path, capsys):
+    def refuse(fv):
+        raise InputError("bad input")
+
+    out = tmp_path / "a" / "b"
+    assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), refuse) == 2
+    assert capsys.readouterr().err == "error: bad input\n"
+    assert not (tmp_path / "a").exists()
+
+
+HOLDER = """
+import sys, time
+from hyperface_jax.runs import OutputLock
+OutputLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(folder) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], env=cli_env(),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_on_a_held_folder_exits_2_naming_the_holder(tmp_path, capsys):
+    from hyperface_jax import pack
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = _holder(out)
+    try:
+        code = pack.main(["pack", f"--out_dir={out}", "--num_identities=10", "--dim=4",
+                          "--alpha=0", "--steps=1", "--noprogress"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.count("\n") == 1 and f"process {holder.pid}" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = _holder(out)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (out / runs.LOCK_NAME).exists()  # the file outlives its holder ...
+    ran = []
+    assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: ran.append(
+        (out / runs.LOCK_NAME).read_text())) == 0
+    assert str(os.getpid()) in ran[0]  # ... but the lock was free: taken over
+    assert not (out / runs.LOCK_NAME).exists()  # and removed at the end
+
+
+def test_secondary_processes_of_one_job_do_not_take_the_lock(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    with runs.OutputLock(out):
+        monkeypatch.setenv("RANK", "1")
+        assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: None) == 0
+        monkeypatch.setenv("RANK", "0")
+        assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: None) == 2
+
+
+def test_sigterm_becomes_an_interrupt_in_the_main_thread_only():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with cli.sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before
+    errors = []
+
+    def in_thread():
+        try:
+            with cli.sigterm_as_interrupt():
+                pass
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert errors == []
+
+
+def test_sigterm_during_a_job_exits_130(tmp_path):
+    def job(fv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("not interrupted")
+
+    assert cli.run_main(["prog", f"--out_dir={tmp_path}"], _fv(), job) == 130
+    assert not (tmp_path / runs.LOCK_NAME).exists()
+
+
+def test_a_non_utf8_flagfile_is_one_line_naming_it(tmp_path, capsys):
+    bad = tmp_path / "latin1.flags"
+    bad.write_bytes("--out_dir=caf\xe9\n".encode("latin-1"))
+    assert cli.run_main(["prog", f"--flagfile={bad}"], _fv(), lambda fv: None) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "UTF-8" in err
+    nested = tmp_path / "outer.flags"
+    nested.write_text(f"--flagfile={bad}\n")
+    assert cli.run_main(["prog", f"--flagfile={nested}"], _fv(), lambda fv: None) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "UTF-8" in err
+
+
+def test_a_missing_flagfile_is_one_line(tmp_path, capsys):
+    assert cli.run_main(["prog", f"--flagfile={tmp_path / 'no.flags'}"], _fv(),
+                        lambda fv: None) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no.flags" in err
+
+
+def test_a_resumed_run_with_other_settings_names_every_difference(tmp_path):
+    save_json(tmp_path / "run.json", {"alpha": 0.5, "steps": 10, "n": 4})
+    saved = runs.read_identity(tmp_path / "run.json")
+    runs.check_identity(saved, {"alpha": 0.5, "n": 4}, tmp_path)
+    with pytest.raises(InputError) as e:
+        runs.check_identity(saved, {"alpha": 0.25, "n": 5}, tmp_path)
+    message = str(e.value)
+    assert "alpha: 0.5 -> 0.25" in message and "n: 4 -> 5" in message
+    assert "\n" not in message
+
+
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock"):
+        assert cli.run_main(["prog", f"--out_dir={tmp_path}"], _fv(), lambda fv: None) == 0
+    assert not (tmp_path / runs.LOCK_NAME).exists()
