@@ -48,6 +48,15 @@ def _dense(x, labels):
     return s[iu][same], s[iu][~same]
 
 
+def _leave_one_out(rows):
+    """Direct definition: each row's cosine to the normalised sum of the other rows."""
+    out = []
+    for i in range(len(rows)):
+        rest = np.delete(rows, i, axis=0).sum(axis=0)
+        out.append(rows[i] @ rest / np.linalg.norm(rows[i]) / np.linalg.norm(rest))
+    return np.array(out)
+
+
 def _same_histogram(a, b):
     """Equal pair counts, each value in the same bin up to a float32 rounding across an edge."""
     assert a.sum() == b.sum()
@@ -74,6 +83,57 @@ def test_planted_outlier_images_are_found_exactly(tmp_path):
     assert report["intra_class_noise"]["outlier_images"] == 5
     assert report["intra_class_noise"]["identities_with_outliers"] == 4
     assert report["inter_class_noise"]["identity_pairs"] == 0
+
+
+@pytest.mark.parametrize("chunk_rows", [16, 4096])
+def test_planted_outliers_in_small_classes_are_all_found_leaving_each_image_out(chunk_rows):
+    # Tight classes of 3, 5, 10 and 50 images, each with one image of someone else
+    # (orthogonal to the class centre). Inside its own mean such an image scores about
+    # 1/sqrt(k) and hides in small classes; left out, it scores ~0 and the 0.3 rule finds it.
+    rng = np.random.default_rng(11)
+    d, sizes = 64, [3, 5, 10, 50] * 3
+    centres = _unit(rng.standard_normal((len(sizes), d)))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    x = _unit(centres[labels] + 0.3 * rng.standard_normal((len(labels), d)) / np.sqrt(d))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    planted = starts + rng.integers(0, sizes)
+    other = rng.standard_normal((len(sizes), d))
+    other -= np.einsum("ij,ij->i", other, centres)[:, None] * centres
+    x[planted] = _unit(other)
+    perm = rng.permutation(len(x))  # classes spread over the file
+    x, labels = x[perm], labels[perm]
+    planted = np.sort(np.argsort(perm)[planted])
+    # The case exists: in classes of 3 the outlier's cosine to a mean that includes it
+    # is above 0.3.
+    for r in planted[np.asarray(sizes)[labels[planted]] == 3]:
+        mean = x[labels == labels[r]].sum(axis=0)
+        assert x[r] @ mean / np.linalg.norm(mean) > 0.3
+    ids = quality.identity_figures(x, labels, outlier_threshold=0.3, chunk_rows=chunk_rows)
+    np.testing.assert_array_equal(ids.outlier_rows, planted)
+    assert (ids.outliers == 1).all() and ids.unjudged == 0
+
+
+def test_leave_one_out_figures_equal_a_direct_computation_and_skip_lone_images():
+    x, labels, _ = _labelled(identities=6, per=4, d=8, spread=1.5, seed=12)
+    labels = labels.copy()
+    labels[5] = 99  # an identity of one image: nothing to compare it with
+    ids = quality.identity_figures(x, labels, outlier_threshold=0.5, chunk_rows=5)
+    expected_rows = []
+    for k, value in enumerate(ids.labels):
+        rows = np.flatnonzero(labels == value)
+        if len(rows) == 1:
+            assert np.isnan(ids.consistency[k])
+            continue
+        cos = _leave_one_out(x[rows].astype(np.float64))
+        assert ids.consistency[k] == pytest.approx(cos.mean(), abs=1e-6)
+        expected_rows += list(rows[cos < 0.5])
+    assert 0 < len(expected_rows) < len(x) - 1  # the threshold splits this set
+    np.testing.assert_array_equal(ids.outlier_rows, sorted(expected_rows))
+    assert ids.unjudged == 1
+    np.testing.assert_allclose(
+        quality.leave_one_out_cosines(x[:3], np.repeat(x[:3].sum(0, keepdims=True), 3, 0)
+                                      .astype(np.float64)),
+        _leave_one_out(x[:3].astype(np.float64)), atol=1e-12)
 
 
 def test_planted_duplicate_identities_are_inter_class_noise(tmp_path):
@@ -123,7 +183,7 @@ def test_blockwise_figures_equal_a_dense_computation(chunk_rows):
         rows = x[labels == value].astype(np.float64)
         mean = rows.sum(axis=0) / np.linalg.norm(rows.sum(axis=0))
         np.testing.assert_allclose(ids.means[k], mean, atol=1e-5)
-        assert ids.consistency[k] == pytest.approx((rows @ mean).mean(), abs=1e-5)
+        assert ids.consistency[k] == pytest.approx(_leave_one_out(rows).mean(), abs=1e-6)
     dist, used, exact = quality.impostor_distribution(x, labels, sample=1000, block=chunk_rows)
     assert exact and used == len(x)
     expected = quality.Distribution()
