@@ -471,6 +471,7 @@ def _plot(path: Path, report, genuine, impostor) -> None:
     ax.plot([report["eer_threshold"]], [report["eer"]], "ko", label="EER")
     ax.set_xlim(lo, hi)
     ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_ylim(0, 1.5)  # rates are never negative
     ax.set_xlabel("threshold")
     ax.set_ylabel("rate")
     ax.set_title("error rates")

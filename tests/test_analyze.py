@@ -229,6 +229,86 @@ def test_planted_leaked_identities_are_found_and_clean_top_k_lists_exactly_them(
         assert p["cos"] == pytest.approx(s[p["row"]].max(), abs=1e-5)
 
 
+def _embed_listing(path, files):
+    """The row -> file listing in the layout bridges.embed writes beside its embeddings."""
+    path.write_text(json.dumps({"images": "dataset", "rows": files, "count": len(files),
+                                "skipped": [{"path": "x/bad.png", "reason": "no face"}]}))
+
+
+def test_drop_lists_the_files_of_planted_leaks_and_outliers_from_the_embed_listing(tmp_path):
+    reference, reference_labels, real_centres = _labelled(identities=10, per=4, d=32,
+                                                          spread=0.4, seed=13)
+    rng = np.random.default_rng(14)
+    centres = _unit(rng.standard_normal((12, 32)))
+    centres[5] = real_centres[2]  # a leaked identity: all its 4 images
+    x, labels, _ = _labelled(centres=centres, per=4, d=32, spread=0.4, seed=15)
+    outlier = 41  # an image of someone else inside identity 10
+    x[outlier] = _unit(-centres[10:11])[0]
+    files = [f"{label:05d}/{k}.png" for label, k in zip(labels, np.arange(len(x)) % 4,
+                                                        strict=True)]
+    _embed_listing(tmp_path / "features.json", files)
+    leaked_rows = np.flatnonzero(labels == 5)
+    report, out = _run(tmp_path, x, labels, f"--files={tmp_path}/features.json",
+                       "--drop=leaked_identities,intra_class_outliers",
+                       reference=reference, reference_labels=reference_labels)
+    expected = sorted([*leaked_rows, outlier])
+    assert np.loadtxt(out / "drop_rows.txt", dtype=int).tolist() == expected
+    assert (out / "drop.txt").read_text().splitlines() == [files[r] for r in expected]
+    assert report["drop"]["per_rule"] == {"leaked_identities": 4, "intra_class_outliers": 1}
+    # --clean_top_k alone drops its k images; a text listing (one path per line) works too.
+    (tmp_path / "files.txt").write_text("".join(f + "\n" for f in files))
+    _, out = _run(tmp_path, x, labels, f"--files={tmp_path}/files.txt", "--clean_top_k=4",
+                  reference=reference, reference_labels=reference_labels, name="top")
+    assert sorted((out / "drop.txt").read_text().splitlines()) == sorted(
+        files[r] for r in leaked_rows)
+
+
+def test_drop_files_listing_that_does_not_match_exits_2_and_writes_nothing(tmp_path, capsys):
+    x, labels, _ = _labelled(identities=5, per=4, d=8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "l.npy", labels)
+    np.save(tmp_path / "r.npy", x[:3])
+    files = [f"{i}.png" for i in range(len(x))]
+    _embed_listing(tmp_path / "short.json", files[:-1])
+    _embed_listing(tmp_path / "twice.json", files[:-1] + files[:1])
+    _embed_listing(tmp_path / "ok.json", files)
+    (tmp_path / "norows.json").write_text('{"count": 20}')
+    (tmp_path / "bad.json").write_text("{")
+    base = [f"--embeddings={tmp_path}/x.npy", f"--labels={tmp_path}/l.npy"]
+    top = [f"--reference={tmp_path}/r.npy", "--clean_top_k=2"]
+    cases = [
+        ([f"--files={tmp_path}/short.json", *top], "names 19 files for 20 embeddings rows"),
+        ([f"--files={tmp_path}/twice.json", *top], "names '0.png' twice"),
+        ([f"--files={tmp_path}/norows.json", *top], "no 'rows' list"),
+        ([f"--files={tmp_path}/bad.json", *top], "not valid JSON"),
+        ([f"--files={tmp_path}/missing.json", *top], "listing not found"),
+        ([f"--files={tmp_path}/ok.json"], "give --clean_top_k or --drop"),
+        (["--drop=everything"], "unknown rule 'everything'"),
+        (["--drop=clean_top_k"], "needs --clean_top_k > 0"),
+        (["--drop=leaked_identities"], "needs --reference"),
+    ]
+    for i, (flags, words) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        code = analyze.main(["analyze", f"--out_dir={out}", "--progress=false", *base, *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, flags
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (flags, err)
+        assert not out.exists(), flags
+
+
+def test_histogram_range_follows_the_data_not_the_whole_cosine_axis():
+    genuine, impostor = quality.Distribution(), quality.Distribution()
+    genuine.add(np.linspace(0.80, 0.86, 50))
+    impostor.add(np.linspace(0.60, 0.70, 50))
+    lo, hi = analyze.histogram_range(genuine.counts, impostor.counts)
+    # 5 % of the 0.26 span each side (bin edges are 1e-4 apart).
+    assert lo == pytest.approx(0.60 - 0.013, abs=2e-4) and hi == pytest.approx(0.86 + 0.013,
+                                                                               abs=2e-4)
+    wide = quality.Distribution()
+    wide.add(np.array([-0.999, 0.999]))
+    assert analyze.histogram_range(wide.counts) == (-1.0, 1.0)
+
+
 def test_id_consistency_to_the_identity_embeddings_finds_images_of_the_wrong_identity(tmp_path):
     x, labels, centres = _labelled(identities=20, per=6, spread=0.6, seed=9)
     np.save(tmp_path / "refs.npy", centres)
