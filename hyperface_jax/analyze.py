@@ -8,11 +8,15 @@ most similar to real ones (`--clean_top_k` writes the list to drop). See `qualit
 the definitions and the blockwise, memory-mapped computation (3.2M x 512 fits).
 
 Writes analysis.json, analysis.md, analysis.png (genuine and impostor histograms with the
-EER point), identities.csv (one line per identity), intra_class_outliers.txt (file rows)
-and, with --clean_top_k, clean_drop.txt (synthetic image rows to drop, most similar first).
+EER point), identities.csv (one line per identity), intra_class_outliers.txt (file rows),
+with --clean_top_k clean_drop.txt (synthetic image rows to drop, most similar first), and
+with --clean_top_k or --drop, drop_rows.txt (the rows the chosen rules drop) and, given
+--files (the row -> file listing `bridges.embed` writes beside the embeddings), drop.txt:
+the image files to drop, one path per line, as the listing names them.
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
 """
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -44,8 +48,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                     "reference row is its own identity.", flag_values=fv)
     d.DEFINE_string("out_dir", "", "Folder for analysis.json/.md/.png and the lists.",
                     flag_values=fv)
-    d.DEFINE_float("outlier_threshold", 0.3, "Intra-class noise: an image whose cosine to its "
-                   "identity mean is below this is an outlier (Vec2Face: 0.3).", flag_values=fv)
+    d.DEFINE_float("outlier_threshold", 0.3, "Intra-class noise: an image whose cosine to the "
+                   "mean of the other images of its identity (leave-one-out) is below this is "
+                   "an outlier (Vec2Face: 0.3).", flag_values=fv)
     d.DEFINE_float("same_identity_threshold", 0.7, "Inter-class noise: two identities whose "
                    "means have a cosine above this are the same person (Vec2Face/WebFace260M: "
                    "0.7).", flag_values=fv)
@@ -59,6 +64,15 @@ def define_flags(fv: flags.FlagValues) -> None:
     d.DEFINE_integer("clean_top_k", 0, "With --reference: write clean_drop.txt, the k synthetic "
                      "images most similar to a reference image (HyperFace appendix D: 200); "
                      "0: off.", flag_values=fv)
+    d.DEFINE_string("drop", "", "Rules whose images to drop, comma-separated: clean_top_k "
+                    "(the --clean_top_k images), intra_class_outliers, leaked_identities (every "
+                    "image of an identity above --leakage_threshold to a reference identity). "
+                    "Writes drop_rows.txt and, with --files, drop.txt. Empty: clean_top_k when "
+                    "--clean_top_k > 0.", flag_values=fv)
+    d.DEFINE_string("files", "", "The image file of each embeddings row: the .json listing "
+                    "bridges.embed writes beside its output (its 'rows' list, in row order), or "
+                    "a text file of one path per line. With something to drop, writes drop.txt "
+                    "(one path per line, as listed).", flag_values=fv)
     d.DEFINE_integer("impostor_sample", 20_000, "Impostor pairs: all different-label pairs "
                      "among this many random images (~s^2/2 pairs); exact when N <= this.",
                      flag_values=fv)
@@ -86,6 +100,62 @@ def _check(fv) -> None:
     for name in ("outlier_threshold", "same_identity_threshold", "leakage_threshold"):
         if not -1 <= fv[name].value <= 1:
             raise InputError(f"--{name} must be in [-1, 1], got {fv[name].value}")
+    rules = drop_rules(fv)
+    if "clean_top_k" in rules and not fv["clean_top_k"].value:
+        raise InputError("--drop=clean_top_k needs --clean_top_k > 0")
+    if "leaked_identities" in rules and not fv["reference"].value:
+        raise InputError("--drop=leaked_identities needs --reference")
+    if fv["files"].value and not rules:
+        raise InputError("--files names the files to drop: give --clean_top_k or --drop")
+
+
+DROP_RULES = ("clean_top_k", "intra_class_outliers", "leaked_identities")
+
+
+def drop_rules(fv) -> list[str]:
+    rules = [r.strip() for r in fv["drop"].value.split(",") if r.strip()]
+    for rule in rules:
+        if rule not in DROP_RULES:
+            raise InputError(f"unknown rule {rule!r} in --drop; choose from "
+                             f"{', '.join(DROP_RULES)}")
+    if not rules and fv["clean_top_k"].value:
+        rules = ["clean_top_k"]
+    return rules
+
+
+def load_row_files(path: str, rows: int) -> list[str]:
+    """The file of each embeddings row, from `bridges.embed`'s .json listing (key "rows":
+    one path per row, in row order) or a text file of one path per line. Raises InputError
+    unless there is exactly one distinct, non-empty, single-line path per row."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--files listing not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--files listing {p} is not readable UTF-8 text ({e})") from None
+    if p.suffix == ".json":
+        try:
+            listing = json.loads(text)
+        except ValueError as e:
+            raise InputError(f"--files listing {p} is not valid JSON ({e})") from None
+        files = listing.get("rows") if isinstance(listing, dict) else None
+        if not isinstance(files, list):
+            raise InputError(f"--files listing {p} has no 'rows' list (expected the .json "
+                             "that bridges.embed writes beside its embeddings)")
+    else:
+        files = text.splitlines()
+    if len(files) != rows:
+        raise InputError(f"--files listing {p} names {len(files)} files for {rows} "
+                         "embeddings rows")
+    for i, f in enumerate(files):
+        if not isinstance(f, str) or not f.strip() or "\n" in f or "\r" in f:
+            raise InputError(f"--files listing {p}: entry {i} is not a one-line path: {f!r}")
+    if len(set(files)) != len(files):
+        seen = set()
+        twice = next(f for f in files if f in seen or seen.add(f))
+        raise InputError(f"--files listing {p} names {twice!r} twice")
+    return files
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -109,6 +179,7 @@ def analyze(fv, *, log=None) -> dict:
     x = open_embeddings(fv["embeddings"].value, "embeddings")
     n, d = x.shape
     labels = load_labels(fv["labels"].value, n, "labels")
+    files = load_row_files(fv["files"].value, n) if fv["files"].value else None
     what = f"embeddings file {fv['embeddings'].value}"
     reference = reference_labels = None
     if fv["reference"].value:
@@ -159,11 +230,13 @@ def analyze(fv, *, log=None) -> dict:
         "images_per_identity": _summary(ids.counts.astype(np.float64)),
         "intra_class_noise": {
             "threshold": fv["outlier_threshold"].value,
+            "rule": "cosine to the mean of the other images of the identity (leave-one-out)",
             "outlier_images": int(len(ids.outlier_rows)),
             "share": len(ids.outlier_rows) / n,
             "identities_with_outliers": int((ids.outliers > 0).sum()),
+            "unjudged_images": ids.unjudged,
         },
-        "identity_consistency": _summary(ids.consistency),
+        "identity_consistency": _summary(ids.consistency[np.isfinite(ids.consistency)]),
         "inter_class_noise": {
             "threshold": same_thr,
             "identity_pairs": pair_count,
@@ -222,7 +295,7 @@ def analyze(fv, *, log=None) -> dict:
         bar.close()
         k = fv["clean_top_k"].value
         top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
-        leak = {"to_real": to_real, "top": top}
+        leak = {"to_real": to_real, "top": top, "leaked": leaked}
         report["leakage"] = {
             "threshold": leak_thr,
             "reference_images": len(reference), "reference_identities": len(ref_ids.labels),
@@ -238,10 +311,17 @@ def analyze(fv, *, log=None) -> dict:
         }
         timings["leakage"] = time.perf_counter() - t
 
+    drop = _rows_to_drop(drop_rules(fv), ids, labels, leak)
+    if drop is not None:
+        report["drop"] = {"rules": drop["rules"], "rows": int(len(drop["rows"])),
+                          "per_rule": drop["per_rule"],
+                          "files": "drop.txt" if files is not None else None}
+        if files is not None:
+            drop["files"] = [files[r] for r in drop["rows"]]
     report["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     report["wall_seconds"] = round(time.time() - started, 3)
     report["flags"] = {name: fv[name].value for name in fv if name in _FLAG_NAMES}
-    _write(Path(fv["out_dir"].value), report, ids, impostor, nearest_identity, leak, own)
+    _write(Path(fv["out_dir"].value), report, ids, impostor, nearest_identity, leak, own, drop)
     log(f"{n} images, {c} identities: "
         f"intra-class noise {report['intra_class_noise']['share']:.4%}, "
         f"inter-class pairs {pair_count}, EER {eer:.4%} at {eer_threshold:.3f}, "
@@ -249,8 +329,22 @@ def analyze(fv, *, log=None) -> dict:
     return report
 
 
+def _rows_to_drop(rules, ids, labels, leak) -> dict | None:
+    """The sorted union of the rows each rule drops, and how many each rule names."""
+    if not rules:
+        return None
+    chosen = {
+        "clean_top_k": lambda: leak["top"],
+        "intra_class_outliers": lambda: ids.outlier_rows,
+        "leaked_identities": lambda: np.flatnonzero(np.isin(labels, ids.labels[leak["leaked"]])),
+    }
+    per_rule = {rule: np.asarray(chosen[rule](), np.int64) for rule in rules}
+    rows = np.unique(np.concatenate(list(per_rule.values())))
+    return {"rules": rules, "rows": rows, "per_rule": {r: int(len(v)) for r, v in per_rule.items()}}
+
+
 _FLAG_NAMES = ("embeddings", "labels", "reference", "reference_labels", "identity_embeddings",
-               "out_dir",
+               "out_dir", "drop", "files",
                "outlier_threshold", "same_identity_threshold", "leakage_threshold",
                "clean_top_k", "impostor_sample", "chunk_rows", "seed", "list_limit")
 
@@ -259,7 +353,7 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _write(out: Path, report, ids, impostor, nearest_identity, leak, own) -> None:
+def _write(out: Path, report, ids, impostor, nearest_identity, leak, own, drop) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["label,images,consistency,outliers,nearest_other_identity_cos"
              + (",cos_to_identity_embedding" if own is not None else "")
@@ -273,6 +367,10 @@ def _write(out: Path, report, ids, impostor, nearest_identity, leak, own) -> Non
     _write_text(out / "intra_class_outliers.txt", "".join(f"{r}\n" for r in ids.outlier_rows))
     if leak is not None and report["flags"]["clean_top_k"]:
         _write_text(out / "clean_drop.txt", "".join(f"{r}\n" for r in leak["top"]))
+    if drop is not None:
+        _write_text(out / "drop_rows.txt", "".join(f"{r}\n" for r in drop["rows"]))
+        if "files" in drop:
+            _write_text(out / "drop.txt", "".join(f"{f}\n" for f in drop["files"]))
     _plot(out / "analysis.png", report, ids.genuine, impostor)
     _write_text(out / "analysis.md", _markdown(report))
     save_json(out / "analysis.json", report)
@@ -282,13 +380,15 @@ def _markdown(r: dict) -> str:
     intra, inter = r["intra_class_noise"], r["inter_class_noise"]
     rows = [
         ("images / identities", f"{r['n_images']} / {r['n_identities']} (d = {r['d']})"),
-        (f"intra-class noise (cos to mean < {intra['threshold']})",
+        (f"intra-class noise (leave-one-out cos to mean < {intra['threshold']})",
          f"{intra['outlier_images']} images ({intra['share']:.4%}), "
-         f"{intra['identities_with_outliers']} identities"),
+         f"{intra['identities_with_outliers']} identities"
+         + (f", {intra['unjudged_images']} images alone in their identity not judged"
+            if intra["unjudged_images"] else "")),
         (f"inter-class noise (identity means > {inter['threshold']})",
          f"{inter['identity_pairs']} pairs, {inter['identities_involved']} identities "
          f"({inter['share_of_identities']:.4%})"),
-        ("identity consistency (mean cos to own mean)",
+        ("identity consistency (mean leave-one-out cos to own mean)",
          f"mean {r['identity_consistency'].get('mean', float('nan')):.4f}, "
          f"p05 {r['identity_consistency'].get('p05', float('nan')):.4f}"),
         ("genuine cos", f"{r['genuine']['mean']:.4f} +- {r['genuine']['std']:.4f} "
@@ -313,9 +413,27 @@ def _markdown(r: dict) -> str:
             rows.append(("top-k synthetic/real image pairs",
                          f"{len(lk['top_k_pairs'])} images, cos {lk['top_k_pairs'][-1]['cos']:.4f}"
                          f" to {lk['top_k_pairs'][0]['cos']:.4f} (clean_drop.txt)"))
+    if "drop" in r:
+        dr = r["drop"]
+        rows.append(("images to drop (" + ", ".join(dr["rules"]) + ")",
+                     f"{dr['rows']} (drop_rows.txt" + (", drop.txt)" if dr["files"] else ")")))
     table = "\n".join(f"| {a} | {b} |" for a, b in rows)
     return (f"# Dataset analysis of {r['flags']['embeddings']}\n\n| figure | value |\n|---|---|\n"
             f"{table}\n\nWall time {r['wall_seconds']} s.\n")
+
+
+def histogram_range(*counts: np.ndarray, margin: float = 0.05,
+                    min_pad: float = 0.005) -> tuple[float, float]:
+    """x limits that hold every non-empty bin of the histograms (on `quality.bin_edges()`),
+    padded by `margin` of their span (at least `min_pad`), within [-1, 1]: a narrow
+    distribution is not squashed into a fixed [-1, 1] axis."""
+    filled = np.flatnonzero(np.sum(counts, axis=0))
+    edges = quality.bin_edges()
+    if not len(filled):
+        return -1.0, 1.0
+    lo, hi = edges[filled[0]], edges[filled[-1] + 1]
+    pad = max(margin * (hi - lo), min_pad)
+    return float(max(-1.0, lo - pad)), float(min(1.0, hi + pad))
 
 
 def _plot(path: Path, report, genuine, impostor) -> None:
@@ -325,17 +443,22 @@ def _plot(path: Path, report, genuine, impostor) -> None:
     import matplotlib.pyplot as plt
 
     edges = quality.bin_edges()
-    factor = 50  # plot at 100 bins of width 0.02
-    centres = edges[:-1].reshape(-1, factor).mean(axis=1)
-    width = 2.0 / (quality.BINS // factor)
+    lo, hi = histogram_range(genuine.counts, impostor.counts)
+    # About 100 bars over the plotted range, each a whole number of histogram bins.
+    factor = max(1, int(round((hi - lo) / 100 / (2.0 / quality.BINS))))
+    first = max(0, int(np.floor((lo + 1) * quality.BINS / 2)))
+    last = min(quality.BINS, int(np.ceil((hi + 1) * quality.BINS / 2)))
+    starts = np.arange(first, last, factor)
+    width = factor * 2.0 / quality.BINS
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     for dist, name, color in ((genuine, "genuine", "C0"), (impostor, "impostor", "C3")):
-        counts = dist.counts.reshape(-1, factor).sum(axis=1)
-        ax.bar(centres, counts / max(1, counts.sum()) / width, width=width, alpha=0.5,
-               color=color, label=f"{name} ({dist.n} pairs)")
+        counts = np.add.reduceat(dist.counts[first:last], starts - first)
+        ax.bar(edges[starts] + width / 2, counts / max(1, dist.n) / width, width=width,
+               alpha=0.5, color=color, label=f"{name} ({dist.n} pairs)")
     ax.axvline(report["eer_threshold"], color="k", ls="--", lw=1,
                label=f"EER {report['eer']:.3%} at {report['eer_threshold']:.3f}")
+    ax.set_xlim(lo, hi)
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
     ax.set_title(f"genuine vs impostor (d' = {report['d_prime']:.2f})")
@@ -346,8 +469,11 @@ def _plot(path: Path, report, genuine, impostor) -> None:
     ax.plot(edges, frr, label="false reject rate")
     ax.plot(edges, far, label="false accept rate")
     ax.plot([report["eer_threshold"]], [report["eer"]], "ko", label="EER")
+    ax.set_xlim(lo, hi)
     ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_ylim(0, 1.5)  # rates are never negative
     ax.set_xlabel("threshold")
+    ax.set_ylabel("rate")
     ax.set_title("error rates")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,8 +3,13 @@
 The figures of the Vec2Face appendix and HyperFace appendix D, for per-image features
 `x` (N, d, unit rows) with identity labels (N,):
 
-- intra-class noise: images whose cosine to their identity's mean feature is below
-  `outlier_threshold` (0.3); identity consistency = each identity's mean of that cosine;
+- intra-class noise: images whose cosine to the mean feature of the *other* images of
+  their identity (leave-one-out: an image never votes for its own centre) is below
+  `outlier_threshold` (0.3); identity consistency = each identity's mean of that cosine.
+  With the image inside the mean, an outlier in a class of k images scores about 1/sqrt(k)
+  against a mean it pulls towards itself (0.58 for k = 3) and is missed; left out, it
+  scores its true cosine. An identity of one image has no other images: its image is not
+  judged (cosine NaN, never an outlier) and its consistency is NaN;
 - inter-class noise: pairs of identities whose mean features have a cosine above
   `same_identity_threshold` (0.7);
 - genuine (same identity) and impostor (different identities) cosine distributions, as
@@ -138,15 +143,31 @@ class IdentityFigures:
     labels: np.ndarray  # (C,) label values
     counts: np.ndarray  # (C,) images per identity
     means: np.ndarray  # (C, d) unit mean features
-    consistency: np.ndarray  # (C,) mean cosine of its images to its mean
+    consistency: np.ndarray  # (C,) mean leave-one-out cosine of its images (NaN: 1 image)
     outliers: np.ndarray  # (C,) images under the outlier threshold
     outlier_rows: np.ndarray  # file rows of the intra-class outliers
     genuine: Distribution
+    unjudged: int = 0  # images with no other image in their identity
+
+
+def leave_one_out_cosines(block: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """cos(x_i, S_i - x_i) for rows x_i of `block` and the sum S_i of all rows of x_i's
+    identity (float64): the cosine to the mean of the identity's other images, NaN when
+    those sum to (nearly) nothing, e.g. an identity of one image."""
+    x = block.astype(np.float64)
+    dot = np.einsum("ij,ij->i", x, sums)
+    sq = np.einsum("ij,ij->i", x, x)
+    rest_sq = np.einsum("ij,ij->i", sums, sums) - 2 * dot + sq  # |S - x|^2
+    rest = np.sqrt(np.maximum(rest_sq, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (dot - sq) / (np.sqrt(sq) * rest)
+    cos[rest <= 1e-6] = np.nan
+    return cos
 
 
 def identity_figures(x, labels: np.ndarray, *, outlier_threshold: float = 0.3,
                      chunk_rows: int = 2048, what: str = "embeddings", progress=None):
-    """One pass over the images grouped by identity: means, cosines to the mean, genuine
+    """One pass over the images grouped by identity: means, leave-one-out cosines, genuine
     pairs. Every row is validated (finite, unit norm) as it is read."""
     values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     order = np.argsort(inverse, kind="stable")
@@ -154,6 +175,7 @@ def identity_figures(x, labels: np.ndarray, *, outlier_threshold: float = 0.3,
     c, d = len(values), x.shape[1]
     means = np.zeros((c, d), np.float32)
     consistency = np.zeros(c, np.float64)
+    judged = np.zeros(c, np.int64)
     outliers = np.zeros(c, np.int64)
     outlier_rows = []
     genuine = Distribution()
@@ -163,10 +185,15 @@ def identity_figures(x, labels: np.ndarray, *, outlier_threshold: float = 0.3,
             return _rows(x, slice(int(rows[0]), int(rows[-1]) + 1), what)
         return _rows(x, rows, what)
 
-    def to_mean(ids, block, local_ids):
-        cos = np.einsum("ij,ij->i", block, means[local_ids])
-        consistency[ids] += np.bincount(local_ids - ids[0], weights=cos, minlength=len(ids))
-        low = cos < outlier_threshold
+    def to_mean(ids, block, local_ids, sums):
+        """Leave-one-out cosines of `block`'s rows (identities `local_ids`, whose sums are
+        `sums[local_ids - ids[0]]`); returns the outlier mask."""
+        cos = leave_one_out_cosines(block, sums[local_ids - ids[0]])
+        ok = np.isfinite(cos)
+        consistency[ids] += np.bincount(local_ids[ok] - ids[0], weights=cos[ok],
+                                        minlength=len(ids))
+        judged[ids] += np.bincount(local_ids[ok] - ids[0], minlength=len(ids))
+        low = ok & (cos < outlier_threshold)
         np.add.at(outliers, local_ids[low], 1)
         return low
 
@@ -176,13 +203,14 @@ def identity_figures(x, labels: np.ndarray, *, outlier_threshold: float = 0.3,
         end = int(np.searchsorted(starts, starts[k] + chunk_rows, side="right")) - 1
         end = max(end, k + 1)
         if end == k + 1 and counts[k] > chunk_rows:
-            _big_identity(read, order[starts[k]:starts[k + 1]], k, means, chunk_rows, genuine)
+            total = _big_identity(read, order[starts[k]:starts[k + 1]], k, means, chunk_rows,
+                                  genuine)
             block_rows = order[starts[k]:starts[k + 1]]
             for s in range(0, len(block_rows), chunk_rows):
                 rows = np.sort(block_rows[s:s + chunk_rows])
                 block = read(rows)
                 ids = np.array([k])
-                low = to_mean(ids, block, np.full(len(rows), k))
+                low = to_mean(ids, block, np.full(len(rows), k), total[None])
                 outlier_rows.append(rows[low])
         else:
             rows = order[starts[k]:starts[end]]
@@ -192,17 +220,19 @@ def identity_figures(x, labels: np.ndarray, *, outlier_threshold: float = 0.3,
             local = inverse[rows]
             sums = np.add.reduceat(block.astype(np.float64), starts[k:end] - starts[k], axis=0)
             means[k:end] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-            low = to_mean(np.arange(k, end), block, local)
+            low = to_mean(np.arange(k, end), block, local, sums)
             outlier_rows.append(rows[low])
             _genuine_pairs(block, counts[k:end], genuine)
         if progress is not None:
             progress(int(starts[end] - starts[k]))
         k = end
+    with np.errstate(invalid="ignore", divide="ignore"):
+        consistency = np.where(judged > 0, consistency / np.maximum(judged, 1), np.nan)
     return IdentityFigures(
-        labels=values, counts=counts, means=means, consistency=consistency / counts,
+        labels=values, counts=counts, means=means, consistency=consistency,
         outliers=outliers,
         outlier_rows=np.sort(np.concatenate(outlier_rows)) if outlier_rows else np.zeros(0, int),
-        genuine=genuine)
+        genuine=genuine, unjudged=int(counts.sum() - judged.sum()))
 
 
 def _genuine_pairs(block, sizes, genuine):
@@ -240,6 +270,7 @@ def _big_identity(read, rows, k, means, chunk_rows, genuine):
         genuine.add(gram[np.triu_indices(len(bi), k=1)])
         for bj in blocks[i + 1:]:
             genuine.add(xi @ read(bj).T)
+    return total
 
 
 def impostor_distribution(x, labels: np.ndarray, *, sample: int = 20_000, seed: int = 0,

@@ -1,13 +1,19 @@
-"""`python -m hyperface_jax.sample --method=random_margin|diffr|vec2face|hyperface`.
+"""`python -m hyperface_jax.sample --method=random_margin --num_identities=10000 ...`.
 
 Places `--num_identities` synthetic identities with one of the samplers of `samplers.py`
-(or, for `hyperface`, the packing engine with the same flags as `pack`) and writes
-`embeddings.npy` and `report.json` into --out_dir, with the same packing figures as `pack`
-(`metrics.packing_figures`: worst-pair and nearest-neighbour cosines, gallery cosine when
-a --gallery is given), so every method is judged on the same figures.
+(random_margin, diffr, perturbed_gallery) or, for `hyperface`, the packing engine with the
+same flags as `pack`, and writes `embeddings.npy` and `report.json` into --out_dir, with
+the same packing figures as `pack` (`metrics.packing_figures`: worst-pair and
+nearest-neighbour cosines, gallery cosine when a --gallery is given), so every method is
+judged on the same figures. `report.json` lists what the method's paper states
+(`"paper"`) and every value it leaves open that this run chose (`"choices"`).
+Every flag is checked before anything is drawn or written; the rows are checked (finite,
+unit) before they are written.
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
 """
 
+import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,27 +22,34 @@ import jax
 import numpy as np
 from absl import flags
 
-from hyperface_jax import bounds, cli, metrics, pack, samplers
+from hyperface_jax import bounds, cli, metrics, pack, problem, samplers
 from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
 from hyperface_jax.files import InputError, load_embeddings, load_labels, save_embeddings, save_json
 
+OURS = samplers.NOT_IN_PAPER
 SAMPLER_FLAGS = {  # name: (define, default, help)
-    "method": ("string", "hyperface", f"Identity sampler: {', '.join(samplers.METHODS)}."),
+    "method": ("string", "hyperface", f"Identity sampler: {', '.join(samplers.METHODS)} "
+                                      "(perturbed_gallery was called vec2face: it is ours, "
+                                      "not Vec2Face's method)."),
     "min_distance": ("float", 0.3, "random_margin: minimum cosine distance (1 - cos) between "
-                                   "kept identities (HyperFace appendix: 0.3)."),
+                                   "kept identities (the paper's number: HyperFace appendix "
+                                   "E, 0.3)."),
     "max_draws": ("integer", 10_000_000, "Samplers: candidates drawn at most before giving up "
-                                         "(exit 2 naming how many were accepted)."),
+                                         f"(exit 2 naming how many were accepted); {OURS}."),
     "gallery_labels": ("string", "", "diffr: identity label (int) of each --gallery row (.npy)."),
-    "nms_threshold": ("float", 0.8, "diffr: ID-NMS threshold; a candidate is discarded when its "
+    "nms_threshold": ("float", 0.7, "diffr: ID-NMS threshold; a candidate is discarded when its "
                                     "cosine to a real identity mean or an accepted identity "
-                                    "exceeds it."),
-    "perturbation": ("float", 1.0, "vec2face: noise scale s in normalize(g + s * eps), "
-                                   "eps ~ N(0, I/d) (s = 1: about 45 degrees from g)."),
-    "min_source_similarity": ("float", 0.3, "vec2face: lowest cosine of a new identity to its "
-                                            "source gallery row (stays near faces)."),
-    "max_source_similarity": ("float", 0.7, "vec2face: highest cosine to the source row (a "
-                                            "different person by the 0.7 rule)."),
-    "max_similarity": ("float", 0.3, "vec2face: highest cosine between two accepted identities."),
+                                    f"exceeds it ({OURS}: the DiffFR supplement gives no "
+                                    "number; 0.7 = the same-person rule of analyze)."),
+    "perturbation": ("float", 1.0, "perturbed_gallery: noise scale s in normalize(g + s * eps), "
+                                   "eps ~ N(0, I/d) (s = 1: about 45 degrees from g); "
+                                   f"{OURS}."),
+    "min_source_similarity": ("float", 0.3, "perturbed_gallery: lowest cosine of a new identity "
+                                            f"to its source gallery row; {OURS}."),
+    "max_source_similarity": ("float", 0.7, "perturbed_gallery: highest cosine to the source "
+                                            f"row; {OURS}."),
+    "max_similarity": ("float", 0.3, "perturbed_gallery: highest cosine between two accepted "
+                                     f"identities; {OURS}."),
 }
 
 
@@ -50,67 +63,130 @@ def sampler_options(fv: flags.FlagValues) -> dict:
     return {name: fv[name].value for name in SAMPLER_FLAGS if name in fv and name != "method"}
 
 
-def _gallery(c: PackConfig, method: str) -> np.ndarray | None:
-    if not c.gallery:
-        if method in ("diffr", "vec2face"):
-            raise InputError(f"--method={method} needs a --gallery")
+def check_method(method: str) -> None:
+    if method in samplers.RENAMED:
+        raise InputError(f"--method={method} was renamed --method={samplers.RENAMED[method]} "
+                         "(ours, inspired by Vec2Face; not Vec2Face's method)")
+    if method not in samplers.METHODS:
+        raise InputError(
+            f"unknown --method {method!r}; choose one of {', '.join(samplers.METHODS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The validated inputs of a baseline draw."""
+
+    n: int
+    d: int
+    gallery: np.ndarray | None
+    labels: np.ndarray | None
+
+
+def validate(method: str, c: PackConfig, options: dict) -> Inputs | None:
+    """Every check of a sample run, before anything is drawn or written: the method, every
+    sampler flag (whatever the method), and for the baselines the files and the figure
+    flags (the CLI plumbing checks and locks --out_dir before any of this). Returns the
+    loaded inputs of a baseline (None for hyperface, whose flags `pack.run` checks).
+    Raises InputError."""
+    check_method(method)
+    samplers.check_parameters(c.num_identities, **{k: v for k, v in options.items()
+                                                   if k != "gallery_labels"})
+    if method == "hyperface":
         return None
-    gallery = load_embeddings(c.gallery, "gallery")
-    if "dim" in c.explicit and gallery.shape[1] != c.dim:
-        raise InputError(f"--dim={c.dim} conflicts with the gallery file {c.gallery} "
-                         f"of dimension {gallery.shape[1]}")
-    return gallery
+    if method in samplers.NEEDS_GALLERY and not c.gallery:
+        raise InputError(f"--method={method} needs a --gallery")
+    if method == "diffr" and not options["gallery_labels"]:
+        raise InputError("--method=diffr needs --gallery_labels")
+    if not math.isfinite(c.alpha):
+        raise InputError(f"--alpha must be finite, got {c.alpha}")
+    # The figure flags (--packing_reduce, --tile_size, ...) as pack checks them; --alpha
+    # only enters the figures with a gallery.
+    problem.check_settings(dataclasses.replace(c, alpha=c.alpha if c.gallery else 0.0))
+    samplers.check_parameters(c.num_identities, seed=c.seed)
+    gallery = labels = None
+    d = c.dim
+    if c.gallery:
+        gallery = load_embeddings(c.gallery, "gallery")
+        if "dim" in c.explicit and gallery.shape[1] != c.dim:
+            raise InputError(f"--dim={c.dim} conflicts with the gallery file {c.gallery} "
+                             f"of dimension {gallery.shape[1]}")
+        d = gallery.shape[1]
+    samplers.check_parameters(c.num_identities, d)
+    if method == "diffr":
+        labels = load_labels(options["gallery_labels"], len(gallery), "gallery_labels")
+        if len(np.unique(labels)) < 2:
+            raise InputError(f"diffr needs at least 2 real identities in --gallery_labels "
+                             f"{options['gallery_labels']}")
+    return Inputs(c.num_identities, d, gallery, labels)
 
 
-def draw(method: str, c: PackConfig, options: dict, gallery: np.ndarray | None):
-    """`(embeddings, info)` of a non-hyperface sampler; raises InputError on bad input."""
-    n = c.num_identities
+def draw(method: str, c: PackConfig, options: dict, inputs: Inputs):
+    """`(embeddings, info)` of a baseline sampler; raises InputError on bad input."""
+    n, gallery = inputs.n, inputs.gallery
     common = {"max_draws": options["max_draws"], "seed": c.seed}
     if method == "random_margin":
-        d = c.dim if gallery is None else gallery.shape[1]
-        return samplers.random_margin(n, d, min_distance=options["min_distance"], **common)
+        return samplers.random_margin(n, inputs.d, min_distance=options["min_distance"],
+                                      **common)
     if method == "diffr":
-        if not options["gallery_labels"]:
-            raise InputError("--method=diffr needs --gallery_labels")
-        labels = load_labels(options["gallery_labels"], len(gallery), "gallery_labels")
-        return samplers.diffr(n, gallery, labels, nms_threshold=options["nms_threshold"],
+        return samplers.diffr(n, gallery, inputs.labels, nms_threshold=options["nms_threshold"],
                               **common)
-    if method == "vec2face":
-        return samplers.vec2face(
-            n, gallery, perturbation=options["perturbation"],
-            min_source_similarity=options["min_source_similarity"],
-            max_source_similarity=options["max_source_similarity"],
-            max_similarity=options["max_similarity"], **common)
-    raise InputError(f"unknown --method {method!r}; choose one of {', '.join(samplers.METHODS)}")
+    return samplers.perturbed_gallery(
+        n, gallery, perturbation=options["perturbation"],
+        min_source_similarity=options["min_source_similarity"],
+        max_source_similarity=options["max_source_similarity"],
+        max_similarity=options["max_similarity"], **common)
+
+
+def check_rows(x: np.ndarray, n: int, d: int) -> None:
+    """The promise of embeddings.npy: (n, d) finite unit rows. A breach is our bug: exit 1."""
+    if x.shape != (n, d):
+        raise RuntimeError(f"sampler returned shape {x.shape}, expected {(n, d)}")
+    if not np.isfinite(x).all():
+        raise RuntimeError("sampler returned non-finite rows; nothing written")
+    off = np.abs(np.linalg.norm(x.astype(np.float64), axis=1) - 1)
+    if off.max() > 1e-5:
+        raise RuntimeError(f"sampler returned a non-unit row {int(off.argmax())} "
+                           f"(norm off by {off.max():.3g}); nothing written")
+
+
+def _finite_figures(figures: dict) -> None:
+    bad = [k for k, v in figures.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise RuntimeError(f"non-finite figures {bad}; nothing written")
+
+
+def _paper_and_choices(method: str, c: PackConfig, options: dict) -> dict:
+    values = {**c.flag_values(), **options}
+    paper, choices = samplers.stated_and_chosen(method, values)
+    return {"paper": paper, "choices": choices}
 
 
 def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
     """Sample (or pack) identities into c.out_dir; returns the report written there."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if method not in samplers.METHODS:
-        raise InputError(
-            f"unknown --method {method!r}; choose one of {', '.join(samplers.METHODS)}")
-    if not c.out_dir:
-        raise InputError("--out_dir is required")
+    inputs = validate(method, c, options)
     out = Path(c.out_dir)
     if method == "hyperface":
         report = pack.run(c, log=log)
-        report["method"] = "hyperface"
+        report = {"method": "hyperface", **_paper_and_choices(method, c, options), **report}
         save_json(out / "report.json", report)
         return report
 
     started = time.time()
-    gallery = _gallery(c, method)
-    x, info = draw(method, c, options, gallery)
+    x, info = draw(method, c, options, inputs)
     n, d = x.shape
+    check_rows(x, inputs.n, inputs.d)
+    gallery = inputs.gallery
     alpha = c.alpha if gallery is not None else 0.0
     g = None if gallery is None else jax.numpy.asarray(gallery)
     figures = metrics.to_python(metrics.packing_figures(
         jax.numpy.asarray(x), g, alpha=alpha, reduce=c.packing_reduce,
         tile_size=pack.tile_size_of(c)))
+    _finite_figures(figures)
     bound = bounds.bound_max_cos(n, d)
     report = {
         "method": method,
+        **_paper_and_choices(method, c, options),
         "figures": figures,
         "sampler": info,
         "bound_max_cos": bound,

@@ -4,16 +4,21 @@ Each sampler returns `(embeddings, info)`: an (n, d) float32 array of unit rows 
 of plain figures about the draw (draws taken, acceptance rate, ...). All are numpy, driven
 by one `numpy.random.Generator`, so the same seed gives the same rows.
 
-- `random_margin` (HyperFace appendix): random unit vectors, each kept only when its
-  cosine *distance* (1 - cos) to every kept one is at least `min_distance`.
+- `random_margin` (HyperFace appendix E): random unit vectors, each kept only when its
+  cosine *distance* (1 - cos) to every kept one is at least `min_distance` (paper: 0.3).
 - `diffr` (DiffFR, "Complete the Feature Space"): fictional identities between two real
   identities of a labelled gallery by variance-based interpolation (rule in
-  `interpolate_pair`), filtered by ID-NMS against the real identities and the accepted ones.
-- `vec2face` (Vec2Face's loosely constrained vectors): gallery embeddings perturbed with
-  Gaussian noise, kept when the cosine to their source lies in a band (a new identity, but
-  near a face) and the cosine to every accepted one is at most `max_similarity`.
+  `interpolate_pair`, ours: the supplement states the aim, not the formula), filtered by
+  ID-NMS against the real identities and the accepted ones (threshold: ours).
+- `perturbed_gallery` (ours, *inspired by* Vec2Face's "loosely constrained vectors"; the
+  Vec2Face appendix does not describe its identity sampler): gallery embeddings perturbed
+  with Gaussian noise, kept when the cosine to their source lies in a band and the cosine
+  to every accepted one is at most `max_similarity`. It was called `vec2face`; that name
+  is refused (`RENAMED`) so no figure of ours is mistaken for Vec2Face's method.
 
 `hyperface` (the packing engine) is in `sample.py`, which calls `pack.run`.
+What each paper specifies and what is our choice is listed per method in `PAPER` and
+`CHOICES` (copied into every `report.json` by `sample.py`).
 
 Every acceptance rule here is the same greedy scan (`GreedyAcceptor`): candidates are
 taken in order, one is accepted when its cosine to every row of a fixed "forbidden" set
@@ -21,7 +26,8 @@ taken in order, one is accepted when its cosine to every row of a fixed "forbidd
 most `threshold`. Candidates come in batches; a batch is first checked against the
 accepted and forbidden rows with matrix products (blockwise, `BLOCK` rows at a time),
 then scanned in order against the batch's earlier acceptances, so the result equals the
-one-by-one scan exactly.
+one-by-one scan exactly. A candidate that is not a unit vector (e.g. the interpolation of
+two opposite identities, which has no direction) is never accepted.
 """
 
 import dataclasses
@@ -30,8 +36,82 @@ import numpy as np
 
 from hyperface_jax.files import InputError
 
-METHODS = ("random_margin", "diffr", "vec2face", "hyperface")
+METHODS = ("random_margin", "diffr", "perturbed_gallery", "hyperface")
+NEEDS_GALLERY = ("diffr", "perturbed_gallery")
+# Old names refused with a pointer to the new one (a report must not carry the old label).
+RENAMED = {"vec2face": "perturbed_gallery"}
 BLOCK = 4096  # rows per block of the similarity products (memory ~ BLOCK x BLOCK floats)
+UNIT_TOLERANCE = 1e-3  # candidates whose norm is further from 1 are degenerate
+
+NOT_IN_PAPER = "our choice, not in the paper"
+
+# What the seed papers state for each baseline: (name, value, where). A flag among these
+# defaults to the paper's value.
+PAPER = {
+    "random_margin": [
+        ("points", "random points on the hypersphere, used as reference embeddings",
+         "HyperFace appendix E"),
+        ("min_distance", 0.3, "HyperFace appendix E: selected points have at least 0.3 cosine "
+                              "distance"),
+    ],
+    "diffr": [
+        ("interpolation", "a fictional identity between the features of two real identities, "
+                          "placed by their variances so that it is not too similar to the one "
+                          "of higher variance", "DiffFR supplement, section A"),
+        ("id_nms", "a fictional identity is discarded when it is too similar to an existing "
+                   "(real) identity or an already selected one", "DiffFR supplement, section B"),
+    ],
+    "perturbed_gallery": [],
+    "hyperface": [
+        ("packing", "maximise the smallest distance between reference embeddings (the worst "
+                    "pair: --objective=max --packing_reduce=max)", "HyperFace Eq. 1"),
+        ("optimizer", "adam", "HyperFace Algorithm 1 (RMSprop and AdamW compared in appendix E)"),
+    ],
+}
+
+# What each baseline leaves open and we decided: (name, fixed value or None for a flag, why).
+CHOICES = {
+    "random_margin": [
+        ("distribution", "uniform on the sphere (normalised Gaussian draws)",
+         f"the paper says 'random points'; uniform is our reading ({NOT_IN_PAPER})"),
+        ("cosine_distance", "1 - cos", f"our reading of 'cosine distance' ({NOT_IN_PAPER})"),
+        ("selection", "greedy in draw order: a draw is kept when it is at the margin from "
+                      "every kept point", NOT_IN_PAPER),
+        ("max_draws", None, f"budget of candidate draws ({NOT_IN_PAPER})"),
+    ],
+    "diffr": [
+        ("nms_threshold", None, "ID-NMS cosine threshold, one for real and selected identities "
+                                f"({NOT_IN_PAPER}: the supplement gives no number; default 0.7 "
+                                "= the same-person rule analyze uses)"),
+        ("identity_feature", "unit mean of the identity's gallery rows", NOT_IN_PAPER),
+        ("variance", "mean cosine distance 1 - cos(x, mean) of the identity's rows",
+         NOT_IN_PAPER),
+        ("interpolation_rule", "great-circle point at t = s_a / (s_a + s_b) of the angle from "
+                               "mean a to mean b", f"{NOT_IN_PAPER}: the supplement states the "
+                                                  "aim, not the formula"),
+        ("pairs", "uniform random pairs of distinct real identities", NOT_IN_PAPER),
+        ("nms_order", "draw order", NOT_IN_PAPER),
+        ("max_draws", None, f"budget of candidate draws ({NOT_IN_PAPER})"),
+    ],
+    "perturbed_gallery": [
+        ("method", "ours, inspired by Vec2Face's loosely constrained vectors",
+         "the Vec2Face appendix does not describe its identity sampler; its 0.3 and 0.7 are "
+         "the thresholds of its dataset noise analysis (A.3) and leakage rule (A.8)"),
+        ("perturbation", None, NOT_IN_PAPER),
+        ("min_source_similarity", None, NOT_IN_PAPER),
+        ("max_source_similarity", None, NOT_IN_PAPER),
+        ("max_similarity", None, NOT_IN_PAPER),
+        ("sources", "uniform random gallery rows", NOT_IN_PAPER),
+        ("max_draws", None, f"budget of candidate draws ({NOT_IN_PAPER})"),
+    ],
+    "hyperface": [
+        ("packing_reduce", None, "'mean' (mean over identities of the nearest-neighbour "
+                                 "cosine) is ours; the paper's Eq. 1 is the worst pair, "
+                                 "--packing_reduce=max"),
+        ("init", None, "the paper starts from embeddings of separately generated faces "
+                       "(--init=FILE.npy); 'random' and 'gallery' are ours"),
+    ],
+}
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -63,6 +143,7 @@ class GreedyAcceptor:
         self.seen = 0
         self.rejected_forbidden = 0
         self.rejected_accepted = 0
+        self.rejected_degenerate = 0
 
     @property
     def full(self) -> bool:
@@ -74,6 +155,10 @@ class GreedyAcceptor:
         candidates after that one are not counted as seen."""
         candidates = np.asarray(candidates, np.float32)
         ok = np.ones(len(candidates), bool) if keep is None else np.asarray(keep, bool).copy()
+        unit = np.isfinite(candidates).all(axis=1)
+        unit[unit] = np.abs(np.linalg.norm(candidates[unit], axis=1) - 1) <= UNIT_TOLERANCE
+        degenerate = ok & ~unit
+        ok &= unit
         near_real = np.zeros(len(candidates), bool)
         if self.forbidden is not None and len(self.forbidden):
             near_real = ok & (max_similarity(candidates, self.forbidden) > self.forbidden_threshold)
@@ -97,18 +182,40 @@ class GreedyAcceptor:
         considered = slice(0, last + 1)
         offered = int((np.ones(len(candidates), bool) if keep is None else keep)[considered].sum())
         self.rejected_forbidden += int(near_real[considered].sum())
-        self.rejected_accepted += offered - int(near_real[considered].sum()) - len(taken)
+        self.rejected_degenerate += int(degenerate[considered].sum())
+        self.rejected_accepted += (offered - int(near_real[considered].sum())
+                                   - int(degenerate[considered].sum()) - len(taken))
         self.accepted[self.count:self.count + len(taken)] = candidates[taken]
         self.count += len(taken)
         self.seen += last + 1
         return taken
 
 
-def _check_common(n: int, max_draws: int) -> None:
+def check_parameters(n: int, d: int | None = None, **values) -> None:
+    """Raise InputError (one line naming the flag) for the first parameter out of range.
+
+    Checks every parameter it is given, whatever the method: the samplers call it with
+    theirs, `sample.py` with every flag before anything is drawn or written."""
     if n < 2:
-        raise InputError(f"need at least 2 identities, got {n}")
-    if max_draws < n:
-        raise InputError(f"--max_draws={max_draws} is below --num_identities={n}")
+        raise InputError(f"need at least 2 identities, got --num_identities={n}")
+    if d is not None and d < 2:
+        raise InputError(f"--dim must be >= 2, got {d}")
+    if "seed" in values and values["seed"] < 0:
+        raise InputError(f"--seed must be >= 0 for the samplers, got {values['seed']}")
+    if "max_draws" in values and values["max_draws"] < n:
+        raise InputError(f"--max_draws={values['max_draws']} is below --num_identities={n}")
+    if "min_distance" in values and not 0 <= values["min_distance"] <= 2:
+        raise InputError(f"--min_distance must be in [0, 2], got {values['min_distance']}")
+    for name in ("nms_threshold", "max_similarity"):
+        if name in values and not -1 <= values[name] <= 1:
+            raise InputError(f"--{name} must be in [-1, 1], got {values[name]}")
+    if "perturbation" in values and not 0 < values["perturbation"] < np.inf:
+        raise InputError(f"--perturbation must be positive and finite, got "
+                         f"{values['perturbation']}")
+    low, high = values.get("min_source_similarity"), values.get("max_source_similarity")
+    if low is not None and high is not None and not -1 <= low <= high <= 1:
+        raise InputError("need -1 <= --min_source_similarity <= --max_source_similarity <= 1, "
+                         f"got {low} and {high}")
 
 
 def _unreachable(method: str, acceptor: GreedyAcceptor, max_draws: int, hint: str) -> InputError:
@@ -121,15 +228,14 @@ def _info(acceptor: GreedyAcceptor, **extra) -> dict:
     return {"draws": acceptor.seen, "accepted": acceptor.count,
             "acceptance_rate": acceptor.count / max(1, acceptor.seen),
             "rejected_near_real": acceptor.rejected_forbidden,
-            "rejected_near_accepted": acceptor.rejected_accepted, **extra}
+            "rejected_near_accepted": acceptor.rejected_accepted,
+            "rejected_degenerate": acceptor.rejected_degenerate, **extra}
 
 
 def random_margin(n: int, d: int, *, min_distance: float = 0.3, max_draws: int = 10_000_000,
                   seed: int = 0, batch: int = 2048):
     """Uniform random unit vectors kept when 1 - cos >= `min_distance` to every kept one."""
-    _check_common(n, max_draws)
-    if not 0 <= min_distance <= 2:
-        raise InputError(f"--min_distance must be in [0, 2], got {min_distance}")
+    check_parameters(n, d, min_distance=min_distance, max_draws=max_draws, seed=seed)
     rng = np.random.default_rng(seed)
     acceptor = GreedyAcceptor(n, d, threshold=1.0 - min_distance)
     while not acceptor.full and acceptor.seen < max_draws:
@@ -184,12 +290,13 @@ def interpolate_pair(mean_a, mean_b, spread_a, spread_b):
     return unit_rows((wa * mean_a + wb * mean_b).astype(np.float32))
 
 
-def diffr(n: int, gallery: np.ndarray, labels: np.ndarray, *, nms_threshold: float = 0.8,
+def diffr(n: int, gallery: np.ndarray, labels: np.ndarray, *, nms_threshold: float = 0.7,
           max_draws: int = 10_000_000, seed: int = 0, batch: int = 2048):
     """Fictional identities by variance-based interpolation of random pairs of real
     identities, filtered by ID-NMS (cosine to every real identity mean and every accepted
     identity at most `nms_threshold`)."""
-    _check_common(n, max_draws)
+    check_parameters(n, gallery.shape[1], nms_threshold=nms_threshold, max_draws=max_draws,
+                     seed=seed)
     if len(labels) != len(gallery):
         raise InputError(f"--gallery_labels has {len(labels)} labels for {len(gallery)} "
                          "gallery rows")
@@ -213,19 +320,18 @@ def diffr(n: int, gallery: np.ndarray, labels: np.ndarray, *, nms_threshold: flo
                                     mean_real_spread=float(ids.spreads.mean()))
 
 
-def vec2face(n: int, gallery: np.ndarray, *, perturbation: float = 1.0,
-             min_source_similarity: float = 0.3, max_source_similarity: float = 0.7,
-             max_similarity: float = 0.3, max_draws: int = 10_000_000, seed: int = 0,
-             batch: int = 2048):
-    """Loosely constrained vectors: normalize(g + perturbation * eps), eps ~ N(0, I/d), for
-    random gallery rows g; kept when min <= cos(new, g) <= max_source_similarity and the
-    cosine to every accepted row is at most `max_similarity`."""
-    _check_common(n, max_draws)
-    if perturbation <= 0:
-        raise InputError(f"--perturbation must be positive, got {perturbation}")
-    if not -1 <= min_source_similarity <= max_source_similarity <= 1:
-        raise InputError("need -1 <= --min_source_similarity <= --max_source_similarity <= 1, "
-                         f"got {min_source_similarity} and {max_source_similarity}")
+def perturbed_gallery(n: int, gallery: np.ndarray, *, perturbation: float = 1.0,
+                      min_source_similarity: float = 0.3, max_source_similarity: float = 0.7,
+                      max_similarity: float = 0.3, max_draws: int = 10_000_000, seed: int = 0,
+                      batch: int = 2048):
+    """Ours (inspired by Vec2Face, not its method): normalize(g + perturbation * eps),
+    eps ~ N(0, I/d), for random gallery rows g; kept when min <= cos(new, g) <=
+    max_source_similarity and the cosine to every accepted row is at most
+    `max_similarity`."""
+    check_parameters(n, gallery.shape[1], perturbation=perturbation,
+                     min_source_similarity=min_source_similarity,
+                     max_source_similarity=max_source_similarity, max_similarity=max_similarity,
+                     max_draws=max_draws, seed=seed)
     m, d = gallery.shape
     rng = np.random.default_rng(seed)
     acceptor = GreedyAcceptor(n, d, threshold=max_similarity)
@@ -241,9 +347,19 @@ def vec2face(n: int, gallery: np.ndarray, *, perturbation: float = 1.0,
         acceptor.offer(candidates, keep)
         off_band += int((~keep[:acceptor.seen - before]).sum())
     if not acceptor.full:
-        raise _unreachable("vec2face", acceptor, max_draws,
+        raise _unreachable("perturbed_gallery", acceptor, max_draws,
                            "loosen --min/max_source_similarity or --max_similarity, adjust "
                            "--perturbation, or raise --max_draws")
     return acceptor.accepted, _info(acceptor, rejected_source_band=off_band,
                                     perturbation=perturbation, max_similarity=max_similarity,
                                     source_band=[min_source_similarity, max_source_similarity])
+
+
+def stated_and_chosen(method: str, values: dict) -> tuple[list[dict], list[dict]]:
+    """(what the paper states, what we chose) for `method`, as report.json lists them;
+    a choice that is a flag takes its value from `values` (the run's flags)."""
+    paper = [{"name": name, "value": value, "source": source}
+             for name, value, source in PAPER[method]]
+    choices = [{"name": name, "value": values.get(name) if value is None else value, "why": why}
+               for name, value, why in CHOICES[method]]
+    return paper, choices

@@ -48,6 +48,15 @@ def _dense(x, labels):
     return s[iu][same], s[iu][~same]
 
 
+def _leave_one_out(rows):
+    """Direct definition: each row's cosine to the normalised sum of the other rows."""
+    out = []
+    for i in range(len(rows)):
+        rest = np.delete(rows, i, axis=0).sum(axis=0)
+        out.append(rows[i] @ rest / np.linalg.norm(rows[i]) / np.linalg.norm(rest))
+    return np.array(out)
+
+
 def _same_histogram(a, b):
     """Equal pair counts, each value in the same bin up to a float32 rounding across an edge."""
     assert a.sum() == b.sum()
@@ -74,6 +83,57 @@ def test_planted_outlier_images_are_found_exactly(tmp_path):
     assert report["intra_class_noise"]["outlier_images"] == 5
     assert report["intra_class_noise"]["identities_with_outliers"] == 4
     assert report["inter_class_noise"]["identity_pairs"] == 0
+
+
+@pytest.mark.parametrize("chunk_rows", [16, 4096])
+def test_planted_outliers_in_small_classes_are_all_found_leaving_each_image_out(chunk_rows):
+    # Tight classes of 3, 5, 10 and 50 images, each with one image of someone else
+    # (orthogonal to the class centre). Inside its own mean such an image scores about
+    # 1/sqrt(k) and hides in small classes; left out, it scores ~0 and the 0.3 rule finds it.
+    rng = np.random.default_rng(11)
+    d, sizes = 64, [3, 5, 10, 50] * 3
+    centres = _unit(rng.standard_normal((len(sizes), d)))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    x = _unit(centres[labels] + 0.3 * rng.standard_normal((len(labels), d)) / np.sqrt(d))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    planted = starts + rng.integers(0, sizes)
+    other = rng.standard_normal((len(sizes), d))
+    other -= np.einsum("ij,ij->i", other, centres)[:, None] * centres
+    x[planted] = _unit(other)
+    perm = rng.permutation(len(x))  # classes spread over the file
+    x, labels = x[perm], labels[perm]
+    planted = np.sort(np.argsort(perm)[planted])
+    # The case exists: in classes of 3 the outlier's cosine to a mean that includes it
+    # is above 0.3.
+    for r in planted[np.asarray(sizes)[labels[planted]] == 3]:
+        mean = x[labels == labels[r]].sum(axis=0)
+        assert x[r] @ mean / np.linalg.norm(mean) > 0.3
+    ids = quality.identity_figures(x, labels, outlier_threshold=0.3, chunk_rows=chunk_rows)
+    np.testing.assert_array_equal(ids.outlier_rows, planted)
+    assert (ids.outliers == 1).all() and ids.unjudged == 0
+
+
+def test_leave_one_out_figures_equal_a_direct_computation_and_skip_lone_images():
+    x, labels, _ = _labelled(identities=6, per=4, d=8, spread=1.5, seed=12)
+    labels = labels.copy()
+    labels[5] = 99  # an identity of one image: nothing to compare it with
+    ids = quality.identity_figures(x, labels, outlier_threshold=0.5, chunk_rows=5)
+    expected_rows = []
+    for k, value in enumerate(ids.labels):
+        rows = np.flatnonzero(labels == value)
+        if len(rows) == 1:
+            assert np.isnan(ids.consistency[k])
+            continue
+        cos = _leave_one_out(x[rows].astype(np.float64))
+        assert ids.consistency[k] == pytest.approx(cos.mean(), abs=1e-6)
+        expected_rows += list(rows[cos < 0.5])
+    assert 0 < len(expected_rows) < len(x) - 1  # the threshold splits this set
+    np.testing.assert_array_equal(ids.outlier_rows, sorted(expected_rows))
+    assert ids.unjudged == 1
+    np.testing.assert_allclose(
+        quality.leave_one_out_cosines(x[:3], np.repeat(x[:3].sum(0, keepdims=True), 3, 0)
+                                      .astype(np.float64)),
+        _leave_one_out(x[:3].astype(np.float64)), atol=1e-12)
 
 
 def test_planted_duplicate_identities_are_inter_class_noise(tmp_path):
@@ -123,7 +183,7 @@ def test_blockwise_figures_equal_a_dense_computation(chunk_rows):
         rows = x[labels == value].astype(np.float64)
         mean = rows.sum(axis=0) / np.linalg.norm(rows.sum(axis=0))
         np.testing.assert_allclose(ids.means[k], mean, atol=1e-5)
-        assert ids.consistency[k] == pytest.approx((rows @ mean).mean(), abs=1e-5)
+        assert ids.consistency[k] == pytest.approx(_leave_one_out(rows).mean(), abs=1e-6)
     dist, used, exact = quality.impostor_distribution(x, labels, sample=1000, block=chunk_rows)
     assert exact and used == len(x)
     expected = quality.Distribution()
@@ -167,6 +227,86 @@ def test_planted_leaked_identities_are_found_and_clean_top_k_lists_exactly_them(
     for p in leak["top_k_pairs"]:
         assert p["reference_row"] == int(s[p["row"]].argmax())
         assert p["cos"] == pytest.approx(s[p["row"]].max(), abs=1e-5)
+
+
+def _embed_listing(path, files):
+    """The row -> file listing in the layout bridges.embed writes beside its embeddings."""
+    path.write_text(json.dumps({"images": "dataset", "rows": files, "count": len(files),
+                                "skipped": [{"path": "x/bad.png", "reason": "no face"}]}))
+
+
+def test_drop_lists_the_files_of_planted_leaks_and_outliers_from_the_embed_listing(tmp_path):
+    reference, reference_labels, real_centres = _labelled(identities=10, per=4, d=32,
+                                                          spread=0.4, seed=13)
+    rng = np.random.default_rng(14)
+    centres = _unit(rng.standard_normal((12, 32)))
+    centres[5] = real_centres[2]  # a leaked identity: all its 4 images
+    x, labels, _ = _labelled(centres=centres, per=4, d=32, spread=0.4, seed=15)
+    outlier = 41  # an image of someone else inside identity 10
+    x[outlier] = _unit(-centres[10:11])[0]
+    files = [f"{label:05d}/{k}.png" for label, k in zip(labels, np.arange(len(x)) % 4,
+                                                        strict=True)]
+    _embed_listing(tmp_path / "features.json", files)
+    leaked_rows = np.flatnonzero(labels == 5)
+    report, out = _run(tmp_path, x, labels, f"--files={tmp_path}/features.json",
+                       "--drop=leaked_identities,intra_class_outliers",
+                       reference=reference, reference_labels=reference_labels)
+    expected = sorted([*leaked_rows, outlier])
+    assert np.loadtxt(out / "drop_rows.txt", dtype=int).tolist() == expected
+    assert (out / "drop.txt").read_text().splitlines() == [files[r] for r in expected]
+    assert report["drop"]["per_rule"] == {"leaked_identities": 4, "intra_class_outliers": 1}
+    # --clean_top_k alone drops its k images; a text listing (one path per line) works too.
+    (tmp_path / "files.txt").write_text("".join(f + "\n" for f in files))
+    _, out = _run(tmp_path, x, labels, f"--files={tmp_path}/files.txt", "--clean_top_k=4",
+                  reference=reference, reference_labels=reference_labels, name="top")
+    assert sorted((out / "drop.txt").read_text().splitlines()) == sorted(
+        files[r] for r in leaked_rows)
+
+
+def test_drop_files_listing_that_does_not_match_exits_2_and_writes_nothing(tmp_path, capsys):
+    x, labels, _ = _labelled(identities=5, per=4, d=8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "l.npy", labels)
+    np.save(tmp_path / "r.npy", x[:3])
+    files = [f"{i}.png" for i in range(len(x))]
+    _embed_listing(tmp_path / "short.json", files[:-1])
+    _embed_listing(tmp_path / "twice.json", files[:-1] + files[:1])
+    _embed_listing(tmp_path / "ok.json", files)
+    (tmp_path / "norows.json").write_text('{"count": 20}')
+    (tmp_path / "bad.json").write_text("{")
+    base = [f"--embeddings={tmp_path}/x.npy", f"--labels={tmp_path}/l.npy"]
+    top = [f"--reference={tmp_path}/r.npy", "--clean_top_k=2"]
+    cases = [
+        ([f"--files={tmp_path}/short.json", *top], "names 19 files for 20 embeddings rows"),
+        ([f"--files={tmp_path}/twice.json", *top], "names '0.png' twice"),
+        ([f"--files={tmp_path}/norows.json", *top], "no 'rows' list"),
+        ([f"--files={tmp_path}/bad.json", *top], "not valid JSON"),
+        ([f"--files={tmp_path}/missing.json", *top], "listing not found"),
+        ([f"--files={tmp_path}/ok.json"], "give --clean_top_k or --drop"),
+        (["--drop=everything"], "unknown rule 'everything'"),
+        (["--drop=clean_top_k"], "needs --clean_top_k > 0"),
+        (["--drop=leaked_identities"], "needs --reference"),
+    ]
+    for i, (flags, words) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        code = analyze.main(["analyze", f"--out_dir={out}", "--progress=false", *base, *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, flags
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (flags, err)
+        assert not out.exists(), flags
+
+
+def test_histogram_range_follows_the_data_not_the_whole_cosine_axis():
+    genuine, impostor = quality.Distribution(), quality.Distribution()
+    genuine.add(np.linspace(0.80, 0.86, 50))
+    impostor.add(np.linspace(0.60, 0.70, 50))
+    lo, hi = analyze.histogram_range(genuine.counts, impostor.counts)
+    # 5 % of the 0.26 span each side (bin edges are 1e-4 apart).
+    assert lo == pytest.approx(0.60 - 0.013, abs=2e-4) and hi == pytest.approx(0.86 + 0.013,
+                                                                               abs=2e-4)
+    wide = quality.Distribution()
+    wide.add(np.array([-0.999, 0.999]))
+    assert analyze.histogram_range(wide.counts) == (-1.0, 1.0)
 
 
 def test_id_consistency_to_the_identity_embeddings_finds_images_of_the_wrong_identity(tmp_path):

@@ -1,5 +1,5 @@
-"""Identity samplers (random margin, DiffFR interpolation + ID-NMS, Vec2Face-style) and the
-`python -m hyperface_jax.sample` CLI."""
+"""Identity samplers (random margin, DiffFR interpolation + ID-NMS, our perturbed-gallery
+sampler) and the `python -m hyperface_jax.sample` CLI."""
 
 import json
 
@@ -94,9 +94,32 @@ def test_id_nms_output_respects_its_threshold_against_real_and_accepted():
     assert info["rejected_near_real"] > 0 and info["accepted"] == 200
 
 
-def test_vec2face_keeps_its_source_band_and_mutual_similarity():
+def test_interpolating_opposite_identities_gives_no_identity():
+    # Two antipodal identities of equal spread: their "interpolation" is the zero vector,
+    # which has no direction and must never be accepted as an identity.
+    d = 8
+    centre = np.eye(d, dtype=np.float32)[0]
+    rng = np.random.default_rng(0)
+    gallery = np.concatenate([_unit(centre + 0.01 * rng.standard_normal((4, d))),
+                              _unit(-centre + 0.01 * rng.standard_normal((4, d)))])
+    gallery = np.concatenate([gallery, _unit(rng.standard_normal((6, d)))])
+    labels = np.array([0] * 4 + [1] * 4 + [2, 3, 4, 5, 6, 7])
+    ids = samplers.identity_statistics(gallery, labels)
+    ids_spreads = ids.spreads.copy()
+    ids_spreads[1] = ids_spreads[0]
+    p = samplers.interpolate_pair(ids.means[:1], -ids.means[:1], ids_spreads[:1],
+                                  ids_spreads[:1])
+    assert np.linalg.norm(p) < 1e-3  # the case exists
+    acceptor = samplers.GreedyAcceptor(3, d, threshold=0.9)
+    taken = acceptor.offer(np.concatenate([p, np.eye(d, dtype=np.float32)[1:4]]))
+    assert list(taken) == [1, 2, 3] and acceptor.rejected_degenerate == 1
+    x, info = samplers.diffr(5, gallery, labels, nms_threshold=0.95, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+
+
+def test_perturbed_gallery_keeps_its_source_band_and_mutual_similarity():
     gallery, _ = _labelled_gallery(identities=30, per=4, d=256)
-    x, info = samplers.vec2face(100, gallery, perturbation=1.0, min_source_similarity=0.3,
+    x, info = samplers.perturbed_gallery(100, gallery, perturbation=1.0, min_source_similarity=0.3,
                                 max_source_similarity=0.7, max_similarity=0.4, seed=2)
     assert _max_offdiag(x) <= 0.4 + 1e-6
     nearest_gallery = (x @ gallery.T).max(axis=1)
@@ -108,7 +131,7 @@ def test_sample_cli_writes_embeddings_and_the_pack_figures(tmp_path):
     gallery, labels = _labelled_gallery()
     np.save(tmp_path / "g.npy", gallery)
     np.save(tmp_path / "l.npy", labels)
-    for method in ("random_margin", "diffr", "vec2face"):
+    for method in ("random_margin", "diffr", "perturbed_gallery"):
         out = tmp_path / method
         code = sample.main(["sample", f"--method={method}", "--num_identities=60",
                             f"--gallery={tmp_path}/g.npy", f"--gallery_labels={tmp_path}/l.npy",
@@ -120,6 +143,17 @@ def test_sample_cli_writes_embeddings_and_the_pack_figures(tmp_path):
         assert report["figures"]["max_cos"] == pytest.approx(_max_offdiag(x), abs=1e-5)
         near = (x @ gallery.T).max(axis=1).mean()
         assert report["figures"]["mean_gallery_cos"] == pytest.approx(near, abs=1e-5)
+        # What the paper leaves open is named, with this run's value for each flag.
+        choices = {c["name"]: c for c in report["choices"]}
+        assert choices["max_draws"]["value"] == 10_000_000
+        assert all("not in the paper" in c["why"] or c["name"] == "method"
+                   for c in report["choices"]), method
+        assert json.loads(json.dumps(report)) == report
+    assert choices["max_similarity"]["value"] == 0.5  # perturbed_gallery's flag as given
+    diffr = json.loads((tmp_path / "diffr" / "report.json").read_text())
+    assert {c["name"]: c["value"] for c in diffr["choices"]}["nms_threshold"] == 0.7
+    margin = json.loads((tmp_path / "random_margin" / "report.json").read_text())
+    assert {p["name"]: p["value"] for p in margin["paper"]}["min_distance"] == 0.3
 
 
 def test_sample_cli_hyperface_runs_the_packing_engine(tmp_path):
@@ -130,6 +164,7 @@ def test_sample_cli_hyperface_runs_the_packing_engine(tmp_path):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "hyperface" and report["steps"] == 20
+    assert {c["name"]: c["value"] for c in report["choices"]}["packing_reduce"] == "mean"
     assert report["figures"]["max_cos"] < report["initial_figures"]["max_cos"]
 
 
@@ -145,13 +180,32 @@ def test_sample_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path,
           f"--gallery_labels={tmp_path}/short.npy"],
          "19 labels for 20 embedding rows"),
         (["--method=diffr", f"--gallery={tmp_path}/g.npy"], "needs --gallery_labels"),
-        (["--method=vec2face"], "needs a --gallery"),
-        (["--method=vec2face", f"--gallery={tmp_path}/nan.npy"], "NaN or Inf"),
+        (["--method=perturbed_gallery"], "needs a --gallery"),
+        (["--method=perturbed_gallery", f"--gallery={tmp_path}/nan.npy"], "NaN or Inf"),
+        (["--method=vec2face"], "renamed --method=perturbed_gallery"),
+        (["--method=random_margin", "--dim=0"], "--dim must be >= 2, got 0"),
+        (["--method=random_margin", "--dim=1"], "--dim must be >= 2, got 1"),
+        (["--method=random_margin", "--dim=4", "--num_identities=1"], "at least 2 identities"),
+        (["--method=random_margin", "--seed=-1"], "--seed must be >= 0"),
+        (["--method=random_margin", "--min_distance=nan"], "--min_distance"),
+        (["--method=random_margin", "--nms_threshold=nan"], "--nms_threshold"),
+        (["--method=random_margin", "--perturbation=inf"], "--perturbation"),
+        (["--method=random_margin", "--max_similarity=1.5"], "--max_similarity"),
+        (["--method=random_margin", "--max_source_similarity=0.1"], "--min_source_similarity"),
+        (["--method=random_margin", "--max_draws=3"], "--max_draws=3 is below"),
+        (["--method=hyperface", "--max_draws=3"], "--max_draws=3 is below"),
+        (["--method=random_margin", "--packing_reduce=median"], "--packing_reduce"),
+        (["--method=perturbed_gallery", f"--gallery={tmp_path}/g.npy", "--alpha=nan"],
+         "--alpha must be finite"),
         (["--method=random_margin", "--dim=3", "--num_identities=200", "--max_draws=1000"],
          "only"),
         (["--method=voronoi"], "unknown --method 'voronoi'"),
         (["--method=random_margin", "--min_distance=3"], "--min_distance"),
     ]
+    (tmp_path / "a_file").write_text("")
+    cases += [(["--method=random_margin", f"--out_dir={tmp_path}/a_file"], "not a folder"),
+              (["--method=random_margin", f"--out_dir={tmp_path}/a_file/x"], "cannot write"),
+              (["--method=random_margin", "--out_dir=/proc/no/such"], "cannot write")]
     for i, (flags, words) in enumerate(cases):
         out = tmp_path / f"out{i}"
         code = sample.main(["sample", f"--out_dir={out}", "--num_identities=10", *flags])
@@ -159,3 +213,13 @@ def test_sample_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path,
         assert code == 2, flags
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (flags, err)
         assert not out.exists(), flags
+
+
+def test_rows_are_checked_before_they_are_written():
+    x = _unit(np.random.default_rng(0).standard_normal((5, 4)))
+    sample.check_rows(x, 5, 4)
+    for bad, words in ((np.where(np.arange(5)[:, None] == 2, 0, x), "non-unit row 2"),
+                       (np.where(np.arange(5)[:, None] == 1, np.nan, x), "non-finite"),
+                       (x[:4], "shape")):
+        with pytest.raises(RuntimeError, match=words):
+            sample.check_rows(bad.astype(np.float32), 5, 4)
