@@ -4,22 +4,32 @@
     result = pack_references(num_identities=2000, dim=512, steps=400, alpha=0.0)
 
 The CLIs (`python -m hyperface_jax.pack`, `.sample`, `.analyze`, `.compare`) are thin
-layers over these modules; the names below are the stable ones.
+layers over these modules; the names below are the stable ones. They are loaded on first
+use, so `python -m hyperface_jax.<tool>` and `import hyperface_jax.files` stay light.
 """
 
-from hyperface_jax.api import PackResult, pack_config, pack_references
-from hyperface_jax.bounds import bound_max_cos
-from hyperface_jax.files import InputError, RunFailed, load_embeddings
-from hyperface_jax.metrics import packing_figures
-from hyperface_jax.objective import OBJECTIVES, LossTerms, hyperface_loss
-from hyperface_jax.optimizers import on_sphere, tangent_projection
-from hyperface_jax.placement import LOCAL, Local
-from hyperface_jax.search import LocalSearch
-from hyperface_jax.solver import SolverConfig, SolverState, init_state, make_runner, make_step
+import importlib
 
-__all__ = [
-    "InputError", "LOCAL", "Local", "LocalSearch", "LossTerms", "OBJECTIVES", "PackResult",
-    "RunFailed", "SolverConfig", "SolverState", "bound_max_cos", "hyperface_loss",
-    "init_state", "load_embeddings", "make_runner", "make_step", "on_sphere",
-    "pack_config", "pack_references", "packing_figures", "tangent_projection",
-]
+_EXPORTS = {
+    "PackResult": "api", "pack_config": "api", "pack_references": "api",
+    "bound_max_cos": "bounds",
+    "InputError": "files", "RunFailed": "files", "load_embeddings": "files",
+    "packing_figures": "metrics",
+    "OBJECTIVES": "objective", "LossTerms": "objective", "hyperface_loss": "objective",
+    "on_sphere": "optimizers", "tangent_projection": "optimizers",
+    "LOCAL": "placement", "Local": "placement",
+    "LocalSearch": "search",
+    "SolverConfig": "solver", "SolverState": "solver", "init_state": "solver",
+    "make_runner": "solver", "make_step": "solver",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hyperface_jax' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hyperface_jax.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -161,8 +161,8 @@ def _figures_fn(c: PackConfig, problem: Problem, placement):
 def plan(c: PackConfig, *, gallery=None, init=None) -> Plan:
     """Validate `c` (and in-memory `gallery` / `init` arrays, which take the place of the
     files), place the problem and compile its runners. Writes nothing."""
+    placement = make_placement(c)  # first: joining a multi-process run precedes any JAX call
     problem = build_problem(c, gallery=gallery, init=init)
-    placement = make_placement(c)
     optimizer = build_optimizer(c)
     config = solver_config(c)
     if not solver.is_full_batch(config, problem.n) and c.minibatch_update == "sparse":
