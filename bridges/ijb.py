@@ -369,6 +369,14 @@ def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
     return result
 
 
+def gallery_mean(per_gallery: dict) -> dict:
+    """Rank-k and TPIR figures averaged over the galleries (None if one lacks a figure)."""
+    keys = [f"rank_{k}" for k in RANKS] + [f"tpir_at_fpir_{f:g}" for f in FPIRS]
+    values = {k: [r.get(k) for r in per_gallery.values()] for k in keys}
+    return {k: None if any(v is None for v in vs) else float(np.mean(vs))
+            for k, vs in values.items()}
+
+
 # ----------------------------------------------------------------------------- the command
 
 def run(fv, names: dict[str, str]) -> dict:
@@ -420,6 +428,7 @@ def run(fv, names: dict[str, str]) -> dict:
                 g_t, g_s = one_n[gallery]
                 g = template_features(feats, protocol.templates, protocol.medias, g_t)[1]
                 entry["identification"][gallery] = identification(probe, probe_s, g, g_s)
+            entry["identification"]["mean"] = gallery_mean(entry["identification"])
         results[name] = entry
     bar.close()
 

@@ -51,8 +51,14 @@ def _fold_indices(n: int, folds: int) -> np.ndarray:
 
 
 def tar_at_far(scores, issame, far: float = 1e-3) -> dict:
-    """True accept rate at the strictest threshold whose false accept rate over all
-    impostor pairs is at most `far` (pooled over the set, no folds)."""
+    """True accept rate at the most lenient threshold whose false accept rate over all
+    impostor pairs is at most `far` (pooled over the set, no folds).
+
+    With N impostor scores sorted from high to low, the threshold t is the
+    (floor(far * N) + 1)-th highest; a pair is accepted when its score is strictly above
+    t. Impostors tied with t are rejected, so the achieved FAR is <= far, and any lower
+    threshold would accept more than floor(far * N) impostors; genuine pairs tied with t
+    are rejected too. With floor(far * N) = 0, t is the highest impostor score."""
     scores = np.asarray(scores, np.float64)
     issame = np.asarray(issame, bool)
     impostor = np.sort(scores[~issame])[::-1]

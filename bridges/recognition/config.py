@@ -63,7 +63,7 @@ class TrainConfig:
 
 # Flags that may change between a run and its resumption.
 RUN_LENGTH_FLAGS = ("out_dir", "epochs", "workers", "progress", "max_steps",
-                    "keep_checkpoints", "device", "data", "amp")
+                    "keep_checkpoints", "device", "data", "amp", "exclude")
 
 
 def define_flags(flag_values, cls=TrainConfig) -> None:
