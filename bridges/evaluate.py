@@ -56,7 +56,8 @@ def make_flag_values() -> flags.FlagValues:
 
 def find_bins(spec: str, only: str = "") -> dict[str, Path]:
     if not spec:
-        raise InputError("--bins is required (a folder of .bin files or a list of files)")
+        raise InputError("--bins (a folder of .bin files or a list of files) or --ijb is "
+                         "required")
     parts = [Path(p) for p in spec.split(",") if p]
     if len(parts) == 1 and parts[0].is_dir():
         files = sorted(parts[0].glob("*.bin"))
