@@ -334,36 +334,37 @@ def nearest_roc_point(scores, labels, far: float) -> float:
 
 
 def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
-                   ranks=RANKS, fpirs=FPIRS) -> dict:
+                   ranks=RANKS, fpirs=FPIRS, block: int = 2048) -> dict:
     """Open-set 1:N figures of probe templates against one gallery (see the module doc)."""
     from bridges import verification
 
     subjects = np.unique(gallery_subjects)
-    sim = probe_feats @ gallery_feats.T
-    # A subject's score is its best gallery template's (one template each in IJB).
-    per_subject = np.full((len(probe_feats), len(subjects)), -np.inf)
     column = np.searchsorted(subjects, gallery_subjects)
-    for j in range(len(gallery_subjects)):
-        per_subject[:, column[j]] = np.maximum(per_subject[:, column[j]], sim[:, j])
     mated = np.isin(probe_subjects, subjects)
+    mate = np.searchsorted(subjects, probe_subjects).clip(0, len(subjects) - 1)
+    top, rank = np.zeros(len(probe_feats)), np.zeros(len(probe_feats), np.int64)
+    for s in range(0, len(probe_feats), block):  # probe blocks: memory ~ block x gallery
+        per_subject = np.full((min(block, len(probe_feats) - s), len(subjects)), -np.inf)
+        # A subject's score is its best gallery template's (one template each in IJB).
+        np.maximum.at(per_subject.T, column, (probe_feats[s:s + block] @ gallery_feats.T).T)
+        rows = np.arange(len(per_subject))
+        own = per_subject[rows, mate[s:s + block]]
+        # Mated: the mate's score and rank (1 + subjects strictly higher: ties favour the
+        # mate). Non-mated: the best score.
+        top[s:s + block] = np.where(mated[s:s + block], own, per_subject.max(axis=1))
+        rank[s:s + block] = 1 + (per_subject > own[:, None]).sum(axis=1)
     result = {"mated_probes": int(mated.sum()), "non_mated_probes": int((~mated).sum()),
               "gallery_subjects": int(len(subjects))}
+    true, rank = top[mated], rank[mated]
     if mated.any():
-        m = per_subject[mated]
-        true = m[np.arange(len(m)), np.searchsorted(subjects, probe_subjects[mated])]
-        # Rank of the mate: 1 + the subjects scoring strictly higher (ties favour the mate).
-        rank = 1 + (m > true[:, None]).sum(axis=1)
         for k in ranks:
             result[f"rank_{k}"] = float((rank <= k).mean())
-    best_non_mated = per_subject[~mated].max(axis=1) if (~mated).any() else np.zeros(0)
     for f in fpirs:
         key = f"tpir_at_fpir_{f:g}"
-        if not mated.any() or not (~mated).any():
+        if not mated.any() or mated.all():
             result[key] = None
             continue
-        scores = np.concatenate([true, best_non_mated])
-        is_mate = np.concatenate([np.ones(len(true), bool), np.zeros(len(best_non_mated), bool)])
-        t = verification.tar_at_far(scores, is_mate, f)["threshold"]
+        t = verification.tar_at_far(top, mated, f)["threshold"]
         result[key] = float(((rank == 1) & (true > t)).mean())
         result[f"threshold_at_fpir_{f:g}"] = t
     return result

@@ -301,3 +301,29 @@ def test_bad_ijb_metadata_exits_2_with_one_line(ijb_set, tmp_path, capsys):
                               f"--out_dir={tmp_path / 'x'}", "--progress=false"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0], (flags, err)
+
+
+def test_identification_blocks_and_subjects_with_several_templates():
+    """Probe blocks give the figures of one pass; a subject with two gallery templates
+    scores by the better one."""
+    from bridges import ijb
+
+    rng = np.random.default_rng(5)
+    gallery, probes = rng.normal(size=(6, 8)), rng.normal(size=(40, 8))
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    gallery_subjects = np.array([3, 1, 4, 1, 5, 9])        # subject 1 has two templates
+    probe_subjects = rng.choice([1, 2, 3, 4, 5, 6, 7, 9], size=40)
+    whole = ijb.identification(probes, probe_subjects, gallery, gallery_subjects)
+    assert ijb.identification(probes, probe_subjects, gallery, gallery_subjects,
+                              block=3) == whole
+    sims = probes @ gallery.T
+    best = np.stack([sims[:, 0], np.maximum(sims[:, 1], sims[:, 3]), sims[:, 2], sims[:, 4],
+                     sims[:, 5]], axis=1)  # subjects 3, 1, 4, 5, 9
+    order = [3, 1, 4, 5, 9]
+    mated = [i for i, s in enumerate(probe_subjects) if s in order]
+    ranks = [1 + int((best[i] > best[i, order.index(probe_subjects[i])]).sum()) for i in mated]
+    assert whole["rank_1"] == pytest.approx(np.mean(np.array(ranks) == 1))
+    assert whole["mated_probes"] == len(mated)
+    scores = ijb.pair_scores(np.arange(6), gallery, np.array([[0, 1], [2, 5], [3, 3]]), block=2)
+    np.testing.assert_allclose(scores, [gallery[0] @ gallery[1], gallery[2] @ gallery[5], 1.0])
