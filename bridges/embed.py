@@ -133,9 +133,11 @@ def run(fv, *, log=None) -> dict:
         raise InputError(f"no face could be embedded from the {len(paths)} images in {folder} "
                          f"(first skipped: {skipped[0]['path']}: {skipped[0]['reason']})")
     gallery = np.concatenate(features)
-    if not (np.isfinite(gallery).all() and np.allclose(np.linalg.norm(gallery, axis=1), 1,
-                                                         atol=1e-3)):
-        raise FloatingPointError("the recognizer produced non-finite or zero features")
+    unit = np.isfinite(gallery).all(axis=1) & (np.abs(np.linalg.norm(gallery, axis=1) - 1)
+                                               < 1e-3)
+    if not unit.all():
+        raise InputError(f"the recognizer gives a zero or non-finite feature for "
+                         f"{rows[int(np.argmin(unit))]}; nothing written")
     labels, identities = folder_labels(rows)
     listing = {
         "images": str(folder), "recognizer": fv.recognizer,
