@@ -165,6 +165,13 @@ def test_ijb_figures_match_a_plain_numpy_computation(ijb_set, tmp_path):
     pairs = ijb_set["meta"]["pairs"]
     scores = np.array([feats[a] @ feats[b] for a, b, _ in pairs])
     same = np.array([y == 1 for _, _, y in pairs])
+    from sklearn.metrics import roc_curve
+
+    from bridges import ijb
+
+    read, labels = ijb.read_pairs(ijb_set["root"] / "meta" / "ijbc_template_pair_label.txt",
+                                  np.array(sorted(ijb_set["meta"]["templates"])), "crops")
+    assert read.tolist() == [[a, b] for a, b, _ in pairs] and (labels == same).all()
     saved = np.load(out / "ijbc_scores.npz")
     np.testing.assert_allclose(saved["scores_0"], scores, atol=1e-6)
     assert (saved["labels"] == same).all()
@@ -177,6 +184,11 @@ def test_ijb_figures_match_a_plain_numpy_computation(ijb_set, tmp_path):
         assert r["threshold"] == pytest.approx(t, abs=1e-6)
         assert r["tar"] == pytest.approx(tars[-1], abs=1e-6)
         assert r["far_achieved"] <= r["far"]
+        # insightface ijb_11.py: the TPR of the ROC point nearest the target FPR.
+        fpr, tpr, _ = roc_curve(same.astype(int), scores)
+        fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+        _, nearest = min(zip(abs(fpr - r["far"]), range(len(fpr)), strict=True))
+        assert r["tar_nearest_roc_point"] == pytest.approx(tpr[nearest], abs=1e-6)
     assert 0 < tars[-1] < 1 and len(set(tars)) > 1  # the figures are not degenerate
     seen = []
     assert report["impostor_pairs"] == int((~same).sum())
