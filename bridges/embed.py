@@ -8,10 +8,14 @@
 Reads every .jpg/.jpeg/.png under --images (recursively, sorted by path). With --detector
 the largest face of each image is aligned to 112 x 112 with the ArcFace 5-point template;
 with --aligned the inputs must already be 112 x 112 crops. --flip averages each feature
-with its mirror image's. Writes --out (float32 (rows, d), unit rows) and a sidecar
-`<out stem>.json` listing the source file of every row, in row order, and separately every
-file that was skipped and why (unreadable, no face, wrong size): nothing is dropped
-silently. Exit codes: 0 success, 2 bad input (one line on stderr, nothing written).
+with its mirror image's. Writes --out (float32 (rows, d), unit rows), `<out stem>_labels.npy`
+(int64, one label per row: the identity is the image's folder relative to --images, labels
+index the sorted folder names; images directly in --images share the identity ".") and a
+sidecar `<out stem>.json` listing the source file of every row ("rows", relative to
+"images"), the identity folder of every label ("identities") and separately every file
+that was skipped and why (unreadable, no face, wrong size): nothing is dropped silently.
+`hyperface_jax.analyze --embeddings=<out> --labels=<out stem>_labels.npy` reads them.
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from absl import flags
 
 from hyperface_jax import cli
-from hyperface_jax.files import InputError, save_embeddings, save_json
+from hyperface_jax.files import InputError, atomic_write, save_embeddings, save_json
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
 
@@ -41,14 +45,26 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("flip", False, "Average each feature with its mirror image's.", **d)
     flags.DEFINE_float("det_threshold", 0.5, "Detection score threshold.", **d)
     flags.DEFINE_integer("batch_size", 64, "Faces per recognizer call.", lower_bound=1, **d)
-    flags.DEFINE_string("out", "", "Output embeddings (.npy); the listing goes to the same "
-                        "name with .json.", **d)
+    flags.DEFINE_string("out", "", "Output embeddings (.npy); the labels go to <stem>_labels.npy, "
+                        "the listing to <stem>.json.", **d)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", **d)
 
 
 def find_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def labels_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_labels.npy")
+
+
+def folder_labels(rows: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(int64 label per row, identity folder per label): a row's identity is its folder."""
+    folders = [Path(r).parent.as_posix() for r in rows]
+    identities = sorted(set(folders))
+    index = {name: k for k, name in enumerate(identities)}
+    return np.asarray([index[f] for f in folders], np.int64), identities
 
 
 def run(fv, *, log=None) -> dict:
@@ -117,16 +133,25 @@ def run(fv, *, log=None) -> dict:
         raise InputError(f"no face could be embedded from the {len(paths)} images in {folder} "
                          f"(first skipped: {skipped[0]['path']}: {skipped[0]['reason']})")
     gallery = np.concatenate(features)
+    unit = np.isfinite(gallery).all(axis=1) & (np.abs(np.linalg.norm(gallery, axis=1) - 1)
+                                               < 1e-3)
+    if not unit.all():
+        raise InputError(f"the recognizer gives a zero or non-finite feature for "
+                         f"{rows[int(np.argmin(unit))]}; nothing written")
+    labels, identities = folder_labels(rows)
     listing = {
         "images": str(folder), "recognizer": fv.recognizer,
         "detector": fv.detector or None, "aligned": bool(fv.aligned), "flip": bool(fv.flip),
-        "rows": rows, "skipped": skipped, "count": len(rows), "dim": int(gallery.shape[1]),
+        "rows": rows, "labels": labels_path(out).name, "identities": identities,
+        "skipped": skipped, "count": len(rows), "dim": int(gallery.shape[1]),
         "seconds": round(time.time() - started, 3),
     }
     save_embeddings(out, gallery)
+    atomic_write(labels_path(out), lambda f: np.save(f, labels, allow_pickle=False))
     save_json(out.with_suffix(".json"), listing)
-    log(f"{len(rows)} embeddings ({gallery.shape[1]}-D) -> {out}; {len(skipped)} files "
-        f"skipped (listed in {out.with_suffix('.json')})")
+    log(f"{len(rows)} embeddings ({gallery.shape[1]}-D) of {len(identities)} identities -> "
+        f"{out}, labels {labels_path(out).name}; {len(skipped)} files skipped (listed in "
+        f"{out.with_suffix('.json')})")
     return listing
 
 

@@ -5,6 +5,8 @@ embedding of an image is the normalised sum of the features of the image and its
 accuracy by the 10-fold protocol (mean and std), TAR at --far over all pairs, a ROC
 plot, results.md and results.json in --out_dir. `--models=a,b,c` evaluates several models
 and ranks them across the sets by mean accuracy and by Borda count.
+`--ijb=DIR --ijb_target=IJBC` evaluates on IJB-B / IJB-C templates instead (bridges/ijb.py):
+TAR at FAR 1e-6 ... 1e-1, 1:N identification, <target>_results.md/.json, <target>_roc.png.
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from bridges import ijb
 from hyperface_jax import cli
 from hyperface_jax.files import InputError, atomic_write, save_json
 
@@ -47,12 +50,14 @@ def make_flag_values() -> flags.FlagValues:
     for name, default, text in BOOL_DEFS:
         flags.DEFINE_bool(name, default, text, flag_values=fv)
     flags.DEFINE_string("device", "auto", "auto, cpu or cuda.", flag_values=fv)
+    ijb.define_flags(fv)
     return fv
 
 
 def find_bins(spec: str, only: str = "") -> dict[str, Path]:
     if not spec:
-        raise InputError("--bins is required (a folder of .bin files or a list of files)")
+        raise InputError("--bins (a folder of .bin files or a list of files) or --ijb is "
+                         "required")
     parts = [Path(p) for p in spec.split(",") if p]
     if len(parts) == 1 and parts[0].is_dir():
         files = sorted(parts[0].glob("*.bin"))
@@ -142,6 +147,8 @@ def run(fv) -> dict:
         raise InputError("--batch_size must be positive")
     paths = [fv.model] if fv.model else [p for p in fv.models.split(",") if p]
     names = model_names(paths)
+    if fv.ijb:
+        return ijb.run(fv, names)
     sets = find_bins(fv.bins, fv.sets)
     device = torch.device("cuda" if fv.device == "cuda" or (
         fv.device == "auto" and torch.cuda.is_available()) else "cpu")

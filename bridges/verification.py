@@ -51,18 +51,35 @@ def _fold_indices(n: int, folds: int) -> np.ndarray:
 
 
 def tar_at_far(scores, issame, far: float = 1e-3) -> dict:
-    """True accept rate at the strictest threshold whose false accept rate over all
-    impostor pairs is at most `far` (pooled over the set, no folds)."""
+    """True accept rate at the most lenient threshold whose false accept rate over all
+    impostor pairs is at most `far` (pooled over the set, no folds).
+
+    With N impostor scores sorted from high to low, the threshold t is the
+    (floor(far * N) + 1)-th highest; a pair is accepted when its score is strictly above
+    t. Impostors tied with t are rejected, so the achieved FAR is <= far, and any lower
+    threshold would accept more than floor(far * N) impostors; genuine pairs tied with t
+    are rejected too. With floor(far * N) = 0, t is the highest impostor score."""
+    return tar_at_fars(scores, issame, [far])[0]
+
+
+def tar_at_fars(scores, issame, fars) -> list[dict]:
+    """`tar_at_far` for several FARs, sorting the scores once (IJB-C: 15.6 M impostors)."""
     scores = np.asarray(scores, np.float64)
     issame = np.asarray(issame, bool)
     impostor = np.sort(scores[~issame])[::-1]
-    genuine = scores[issame]
+    genuine = np.sort(scores[issame])
     if len(impostor) == 0 or len(genuine) == 0:
-        return {"tar": float("nan"), "far": float("nan"), "threshold": float("nan")}
-    allowed = int(np.floor(far * len(impostor)))  # impostors that may score above
-    threshold = impostor[allowed] if allowed < len(impostor) else -np.inf
-    return {"tar": float((genuine > threshold).mean()),
-            "far": float((impostor > threshold).mean()), "threshold": float(threshold)}
+        return [{"tar": float("nan"), "far": float("nan"), "threshold": float("nan")}
+                for _ in fars]
+    rows = []
+    for far in fars:
+        allowed = int(np.floor(far * len(impostor)))  # impostors that may score above
+        threshold = impostor[allowed] if allowed < len(impostor) else -np.inf
+        above = len(genuine) - np.searchsorted(genuine, threshold, side="right")
+        rows.append({"tar": float(above / len(genuine)),
+                     "far": float(np.sum(impostor > threshold) / len(impostor)),
+                     "threshold": float(threshold)})
+    return rows
 
 
 def roc(scores, issame) -> tuple[np.ndarray, np.ndarray]:

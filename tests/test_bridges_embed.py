@@ -1,6 +1,6 @@
 """`python -m bridges.embed` on a tiny ONNX recogniser (and a tiny SCRFD-format detector):
-row order and sidecar listing, features equal to an independent onnxruntime pass, --flip,
-detection and alignment, skipped files listed, bad input."""
+row order, folder labels and sidecar listing, features equal to an independent onnxruntime
+pass, --flip, detection and alignment, skipped files listed, bad input."""
 
 import json
 from pathlib import Path
@@ -58,6 +58,10 @@ def test_aligned_inputs_rows_listing_and_values(onnx_models, aligned_tree, tmp_p
     np.testing.assert_allclose(np.linalg.norm(g, axis=1), 1.0, atol=1e-5)
     listing = json.loads((tmp_path / "gallery.json").read_text())
     assert listing["rows"] == ["a/1.png", "a/2.jpg", "b/c/3.PNG"]
+    # Labels beside the embeddings: the identity is the image's folder.
+    labels = np.load(tmp_path / "gallery_labels.npy", allow_pickle=False)
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 1]
+    assert listing["identities"] == ["a", "b/c"] and listing["labels"] == "gallery_labels.npy"
     assert {s["path"]: s["reason"] for s in listing["skipped"]} == {
         "broken.jpg": "unreadable", "small.png": "not 112x112 (64x64)"}
     images = [cv2.imread(str(aligned_tree / r)) for r in listing["rows"]]
@@ -135,3 +139,4 @@ def test_bad_input_exits_2_with_one_line(onnx_models, aligned_tree, tmp_path, ca
         assert code == 2, extra
         assert len(err) == 1 and words in err[0], (extra, err)
         assert not out.exists() and not out.with_suffix(".json").exists()
+        assert not (tmp_path / "g_labels.npy").exists()

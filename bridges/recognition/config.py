@@ -13,6 +13,9 @@ def _f(default, help_text: str):
 class TrainConfig:
     data: str = _f("", "Training set: a folder with one sub-folder of images per identity "
                        "(bridges.generate writes dataset/<%06d>/<%03d>.png).")
+    exclude: str = _f("", "A text file of images to leave out of --data, one path per line "
+                          "(relative to --data, or absolute), e.g. the drop.txt of "
+                          "hyperface_jax.analyze; identities left empty are dropped.")
     out_dir: str = _f("", "Folder for checkpoints/, model.pt, history.csv, steps.csv, "
                           "curves.png, report.json. Re-running on it resumes.")
     arch: str = _f("ir50", "Backbone: ir18, ir34, ir50, ir100 or se_ir50.")
@@ -60,7 +63,7 @@ class TrainConfig:
 
 # Flags that may change between a run and its resumption.
 RUN_LENGTH_FLAGS = ("out_dir", "epochs", "workers", "progress", "max_steps",
-                    "keep_checkpoints", "device", "data", "amp")
+                    "keep_checkpoints", "device", "data", "amp", "exclude")
 
 
 def define_flags(flag_values, cls=TrainConfig) -> None:

@@ -2,9 +2,11 @@
 
 Layout: `root/<identity>/<image>` (bridges.generate writes `%06d/%03d.png`; any folder
 names and the usual image suffixes work). Identities are the sorted sub-folders that hold
-at least one image; labels are their indices. Images are decoded per item (nothing is
-held in memory), converted to RGB, resized to the model's input, augmented and scaled to
-[-1, 1] as (x / 255 - 0.5) / 0.5 (the arcface_torch convention).
+at least one image; labels are their indices. `without` leaves out listed files (the
+`--exclude` list of bridges.train, e.g. the drop list of a dataset analysis). Images are
+decoded per item (nothing is held in memory), converted to RGB, resized to the model's
+input, augmented and scaled to [-1, 1] as (x / 255 - 0.5) / 0.5 (the arcface_torch
+convention).
 
 Every random choice (sample order, augmentation) comes from a generator seeded by
 (seed, epoch, index), so the run does not depend on the number of workers or processes,
@@ -58,6 +60,48 @@ def scan(root) -> ImageFolder:
         raise InputError(f"training data folder {root} has {len(identities)} identity folders "
                          "with images; expected root/<identity>/<image> with at least 2")
     return ImageFolder(tuple(paths), np.asarray(labels, np.int64), tuple(identities))
+
+
+def read_exclude(path) -> list[tuple[int, str]]:
+    """(line number, entry) of a list of files to leave out, one path per line (blank lines
+    and lines starting with # ignored); `InputError` if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--exclude list not found: {path}")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--exclude list {path} cannot be read ({type(e).__name__})") from None
+    return [(k, line.strip()) for k, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def without(folder: ImageFolder, root, entries: list[tuple[int, str]],
+            what: str = "--exclude") -> tuple[ImageFolder, list[str]]:
+    """`folder` minus the listed images, and the paths left out. An entry is a path
+    relative to `root` (as bridges.embed's sidecar rows are), or an absolute path, or one
+    relative to the working directory; one that names no image of the set is refused.
+    Identities left without images are dropped and the labels renumbered."""
+    root = Path(root)
+    index = {os.path.realpath(p): k for k, p in enumerate(folder.paths)}
+    drop = set()
+    for number, entry in entries:
+        candidates = [Path(entry)] if Path(entry).is_absolute() else [root / entry, Path(entry)]
+        hit = next((index[r] for r in map(os.path.realpath, candidates) if r in index), None)
+        if hit is None:
+            raise InputError(f"{what} line {number}: {entry} is not an image of the training "
+                             f"set {root}")
+        drop.add(hit)
+    keep = [k for k in range(len(folder.paths)) if k not in drop]
+    kept_identities = sorted({int(folder.labels[k]) for k in keep})
+    new_label = {old: new for new, old in enumerate(kept_identities)}
+    if len(kept_identities) < 2:
+        raise InputError(f"{what} leaves {len(kept_identities)} identities with images; "
+                         "at least 2 are needed")
+    result = ImageFolder(tuple(folder.paths[k] for k in keep),
+                         np.asarray([new_label[int(folder.labels[k])] for k in keep], np.int64),
+                         tuple(folder.identities[k] for k in kept_identities))
+    return result, [folder.paths[k] for k in sorted(drop)]
 
 
 def parse_augment(spec: str) -> tuple[str, ...]:

@@ -47,8 +47,10 @@ def cosface_logits(cosine: torch.Tensor, labels: torch.Tensor, *, s: float = 64.
 def adaface_logits(cosine: torch.Tensor, labels: torch.Tensor, margin_scaler: torch.Tensor, *,
                    s: float = 64.0, m: float = 0.4) -> torch.Tensor:
     """AdaFace: target logit s * (cos(clip(theta - m * z)) - (m + m * z)) with z the
-    norm-based margin scaler in [-1, 1] (z = 1: high quality, ArcFace-like angular
-    margin; z = -1: low quality, a smaller CosFace-like margin)."""
+    norm-based margin scaler in [-1, 1]. z = -1 (low feature norm, low quality):
+    cos(theta + m), ArcFace's angular margin and no additive one; z = 0: cos(theta) - m,
+    CosFace's additive margin; z = 1 (high quality): cos(theta - m) - 2m, a negative
+    angular margin and a doubled additive one, which weighs hard samples more."""
     cosine = cosine.clamp(-1 + _EPS, 1 - _EPS)
     z = margin_scaler.reshape(-1, 1)
     target = cosine.gather(1, labels[:, None])

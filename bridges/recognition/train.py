@@ -160,7 +160,9 @@ def run(c: TrainConfig, *, log=None) -> dict:
     rank, local_rank, world = distributed.init_from_env()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     validate(c, world)
-    folder = data_lib.scan(c.data)
+    folder, excluded = data_lib.scan(c.data), []
+    if c.exclude:
+        folder, excluded = data_lib.without(folder, c.data, data_lib.read_exclude(c.exclude))
     if len(folder.paths) < c.batch_size:
         raise InputError(f"training data {c.data} has {len(folder.paths)} images, fewer than "
                          f"--batch_size={c.batch_size}")
@@ -280,6 +282,7 @@ def run(c: TrainConfig, *, log=None) -> dict:
                                 extra={"world_size": world, "device": str(device), "amp": amp,
                                        "num_images": len(folder.paths),
                                        "num_classes": folder.num_classes,
+                                       "excluded_images": excluded,
                                        "steps_per_epoch": steps_per_epoch,
                                        "wall_seconds": round(time.time() - started, 3)})
         log(f"done: {step} steps, loss {step_rows[-1]['loss']:.4f}, training accuracy "

@@ -1,0 +1,341 @@
+"""`python -m bridges.evaluate --ijb`: an IJB-format set built from scikit-learn's digits
+(subjects = digit classes, several media per template, loose crops shifted around the
+ArcFace landmark template), figures recomputed here in plain numpy, and bad metadata."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bridges import evaluate
+from bridges.recognition.model import FaceModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# The ArcFace 112 x 112 five-point template (insightface face_align.arcface_dst).
+TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                     [41.5493, 92.3655], [70.7299, 92.2041]])
+LOOSE = 128  # loose crops: the face at an integer offset in a larger image
+SUBJECTS = 14  # subject s draws images of digit s % 10: some subjects look alike
+TEMPLATES_PER_SUBJECT = 2
+SPEC = {"arch": "ir18", "width": 4, "embedding_size": 16, "input_size": 32, "dropout": 0.0,
+        "head": "adaface", "groups": 3, "group_aggregation": "soft"}
+
+
+def build_ijb(root: Path, prefix: str = "ijbc", galleries=("G1", "G2"), seed: int = 0) -> dict:
+    """Write meta/ and loose_crop/; return what the test needs to recompute the figures."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    (root / "meta").mkdir(parents=True)
+    (root / "loose_crop").mkdir()
+    crops, templates = [], {}
+    pool = {d: list(rng.permutation(np.flatnonzero(digits.target == d))) for d in range(10)}
+    for s in range(SUBJECTS):
+        for j in range(TEMPLATES_PER_SUBJECT):
+            tid = 1000 + 37 * (s * TEMPLATES_PER_SUBJECT + j)  # sparse, unordered below
+            templates[tid] = s
+            for m in range(int(rng.integers(1, 4))):         # 1-3 media per template
+                media = 50 + s * 3 + m                          # media ids shared across
+                for _ in range(int(rng.integers(1, 3))):        # 1-2 frames per media
+                    index = pool[s % 10].pop()
+                    name = f"{len(crops) + 1}.png"
+                    dx, dy = (int(v) for v in rng.integers(0, LOOSE - 112 + 1, size=2))
+                    face = Image.fromarray((digits.images[index] * 15.9).astype(np.uint8)) \
+                        .resize((112, 112), Image.BILINEAR).convert("RGB")
+                    canvas = np.zeros((LOOSE, LOOSE, 3), np.uint8)
+                    canvas[dy:dy + 112, dx:dx + 112] = np.asarray(face)
+                    tint = rng.integers(0, 60, size=3).astype(np.uint8)  # some colour
+                    canvas = np.clip(canvas.astype(int) + tint, 0, 255).astype(np.uint8)
+                    Image.fromarray(canvas).save(root / "loose_crop" / name)
+                    crops.append({"name": name, "template": tid, "media": media,
+                                  "dx": dx, "dy": dy,
+                                  "faceness": round(float(rng.uniform(0.3, 1.0)), 4)})
+    order = rng.permutation(len(crops))  # crops listed out of template order
+    crops = [crops[i] for i in order]
+    (root / "meta" / f"{prefix}_face_tid_mid.txt").write_text("".join(
+        f"{c['name']} {c['template']} {c['media']}\n" for c in crops))
+    (root / "meta" / f"{prefix}_name_5pts_score.txt").write_text("".join(
+        c["name"] + " " + " ".join(f"{v:.4f}" for v in (TEMPLATE + [c["dx"], c["dy"]]).ravel())
+        + f" {c['faceness']}\n" for c in crops))
+    ids = sorted(templates)
+    pairs = [(a, b, int(templates[a] == templates[b])) for i, a in enumerate(ids)
+             for b in ids[i + 1:]]
+    pairs = [pairs[i] for i in rng.permutation(len(pairs))]
+    (root / "meta" / f"{prefix}_template_pair_label.txt").write_text(
+        "".join(f"{a} {b} {y}\n" for a, b, y in pairs))
+    # 1:N: the first template of subjects 0-6 form gallery 1, of 7-13 gallery 2; the other
+    # templates are the probes (each mated in one gallery, non-mated in the other).
+    first = {s: min(t for t in ids if templates[t] == s) for s in range(SUBJECTS)}
+    split = {galleries[0]: range(0, 7), galleries[1]: range(7, SUBJECTS)}
+    header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
+    for g, subjects in split.items():
+        (root / "meta" / f"{prefix}_1N_gallery_{g}.csv").write_text(header + "".join(
+            f"{c['template']},{templates[c['template']]},{c['name']}\n" for c in crops
+            if c["template"] in [first[s] for s in subjects]))
+    probes = [t for t in ids if t not in first.values()]
+    (root / "meta" / f"{prefix}_1N_probe_mixed.csv").write_text(header + "".join(
+        f"{c['template']},{templates[c['template']]},{c['name']}\n" for c in crops
+        if c["template"] in probes))
+    return {"crops": crops, "templates": templates, "pairs": pairs,
+            "galleries": {g: [first[s] for s in subjects] for g, subjects in split.items()},
+            "probes": probes}
+
+
+@pytest.fixture(scope="module")
+def ijb_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ijb")
+    torch.manual_seed(3)
+    model = FaceModel(SPEC)
+    meta = build_ijb(root / "IJBC")
+    # A random net maps every image to nearly one direction (cosines ~0.9999); batch-norm
+    # statistics taken on the crops spread the features out, so the figures are not
+    # decided by float rounding.
+    faces = [np.asarray(Image.open(root / "IJBC" / "loose_crop" / c["name"]).convert("RGB")
+                        .crop((c["dx"], c["dy"], c["dx"] + 112, c["dy"] + 112))
+                        .resize((32, 32), Image.BILINEAR), np.float32) for c in meta["crops"]]
+    x = torch.from_numpy((np.stack(faces) / 255.0 - 0.5) / 0.5).permute(0, 3, 1, 2).float()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration pass
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()
+    (root / "tiny").mkdir()
+    torch.save({"spec": SPEC, "model": model.state_dict()}, root / "tiny" / "model.pt")
+    return {"root": root / "IJBC", "meta": meta, "model": model,
+            "model_path": root / "tiny" / "model.pt"}
+
+
+# ----------------------------------------------------------------------------- reference
+
+def _features_by_hand(s, detector_score=True) -> dict[str, np.ndarray]:
+    """crop name -> f(crop) + f(mirror) (times faceness), cropping the face out by its
+    known offset (no alignment code), resizing it to the model's input and scaling pixels
+    as arcface_torch does; one crop per forward pass (as the CLI with --batch_size=1)."""
+    if "raw" not in s:
+        s["raw"] = {}
+        with torch.no_grad():
+            for c in s["meta"]["crops"]:
+                rgb = np.asarray(Image.open(s["root"] / "loose_crop" / c["name"]).convert("RGB"))
+                face = rgb[c["dy"]:c["dy"] + 112, c["dx"]:c["dx"] + 112]
+                # The model's input side (32): resized as bridges.recognition.data does.
+                face = np.asarray(Image.fromarray(face).resize((32, 32), Image.BILINEAR),
+                                  np.float32)
+                x = torch.from_numpy((face / 255.0 - 0.5) / 0.5).permute(2, 0, 1)[None]
+                f = s["model"](x)["embedding"] + s["model"](torch.flip(x, dims=[3]))["embedding"]
+                s["raw"][c["name"]] = f[0].double().numpy()
+    return {c["name"]: s["raw"][c["name"]] * (c["faceness"] if detector_score else 1.0)
+            for c in s["meta"]["crops"]}
+
+
+def _templates_by_hand(s, features) -> dict[int, np.ndarray]:
+    result = {}
+    for t in s["meta"]["templates"]:
+        media: dict[int, list] = {}
+        for c in s["meta"]["crops"]:
+            if c["template"] == t:
+                media.setdefault(c["media"], []).append(features[c["name"]])
+        v = sum(np.mean(group, axis=0) for group in media.values())
+        result[t] = v / np.sqrt((v * v).sum())
+    return result
+
+
+def _lenient_threshold(impostor, target):
+    """The smallest t among the scores (and -inf) with share(impostor > t) <= target."""
+    candidates = np.concatenate([[-np.inf], np.unique(impostor)])
+    return min(t for t in candidates if np.mean(impostor > t) <= target)
+
+
+def test_ijb_figures_match_a_plain_numpy_computation(ijb_set, tmp_path):
+    out = tmp_path / "out"
+    code = evaluate.main(["evaluate", f"--model={ijb_set['model_path']}",
+                          f"--ijb={ijb_set['root'].parent}", "--ijb_target=IJBC",
+                          f"--out_dir={out}", "--progress=false", "--batch_size=1"])
+    assert code == 0
+    report = json.loads((out / "ijbc_results.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    feats = _templates_by_hand(ijb_set, _features_by_hand(ijb_set))
+    pairs = ijb_set["meta"]["pairs"]
+    scores = np.array([feats[a] @ feats[b] for a, b, _ in pairs])
+    same = np.array([y == 1 for _, _, y in pairs])
+    from sklearn.metrics import roc_curve
+
+    from bridges import ijb
+
+    read, labels = ijb.read_pairs(ijb_set["root"] / "meta" / "ijbc_template_pair_label.txt",
+                                  np.array(sorted(ijb_set["meta"]["templates"])), "crops")
+    assert read.tolist() == [[a, b] for a, b, _ in pairs] and (labels == same).all()
+    saved = np.load(out / "ijbc_scores.npz")
+    np.testing.assert_allclose(saved["scores_0"], scores, atol=1e-6)
+    assert (saved["labels"] == same).all()
+    rows = report["results"]["tiny"]["verification"]
+    assert [r["far"] for r in rows] == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    tars = []
+    for r in rows:
+        t = _lenient_threshold(scores[~same], r["far"])
+        tars.append(np.mean(scores[same] > t))
+        assert r["threshold"] == pytest.approx(t, abs=1e-6)
+        assert r["tar"] == pytest.approx(tars[-1], abs=1e-6)
+        assert r["far_achieved"] <= r["far"]
+        # insightface ijb_11.py: the TPR of the ROC point nearest the target FPR.
+        fpr, tpr, _ = roc_curve(same.astype(int), scores)
+        fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+        _, nearest = min(zip(abs(fpr - r["far"]), range(len(fpr)), strict=True))
+        assert r["tar_nearest_roc_point"] == pytest.approx(tpr[nearest], abs=1e-6)
+    assert 0 < tars[-1] < 1 and len(set(tars)) > 1  # the figures are not degenerate
+    seen = []
+    assert report["impostor_pairs"] == int((~same).sum())
+    assert report["templates"] == SUBJECTS * TEMPLATES_PER_SUBJECT
+
+    # 1:N, per gallery, by brute force.
+    t = ijb_set["meta"]["templates"]
+    for g, gallery in ijb_set["meta"]["galleries"].items():
+        got = report["results"]["tiny"]["identification"][g]
+        mated = [p for p in ijb_set["meta"]["probes"] if t[p] in {t[x] for x in gallery}]
+        other = [p for p in ijb_set["meta"]["probes"] if p not in mated]
+        ranks, top = [], []
+        for p in mated:
+            sims = {t[x]: feats[p] @ feats[x] for x in gallery}
+            ranks.append(1 + sum(v > sims[t[p]] for v in sims.values()))
+            top.append(sims[t[p]])
+        best_other = np.array([max(feats[p] @ feats[x] for x in gallery) for p in other])
+        assert got["mated_probes"] == len(mated) and got["non_mated_probes"] == len(other)
+        assert got["rank_1"] == pytest.approx(np.mean(np.array(ranks) == 1), abs=1e-6)
+        assert got["rank_5"] == pytest.approx(np.mean(np.array(ranks) <= 5), abs=1e-6)
+        seen += [got["rank_1"], got["rank_5"]]
+        for f in (0.01, 0.1):
+            thr = _lenient_threshold(best_other, f)
+            expected = np.mean([r == 1 and s > thr for r, s in zip(ranks, top, strict=True)])
+            assert got[f"tpir_at_fpir_{f:g}"] == pytest.approx(expected, abs=1e-6)
+    assert min(seen) < 1  # ranks are not all trivially 1
+    ident = report["results"]["tiny"]["identification"]
+    for key in ("rank_1", "rank_5", "tpir_at_fpir_0.01", "tpir_at_fpir_0.1"):
+        assert ident["mean"][key] == pytest.approx((ident["G1"][key] + ident["G2"][key]) / 2)
+    md = (out / "ijbc_results.md").read_text()
+    assert "| model |" in md and "TPIR@FPIR=0.01" in md and f"{100 * tars[-1]:.2f}" in md
+    assert (out / "ijbc_roc.png").stat().st_size > 10_000
+
+
+def test_unweighted_and_normalised_crops_change_the_scores_as_defined(ijb_set, tmp_path):
+    """Also in batches of 7: float32 convolutions of a batch differ from one image's in
+    the last bits (~3e-6 on these cosines), so the tolerance is 1e-4 here; a crop fed to
+    the wrong template would be off by far more."""
+    out = tmp_path / "plain"
+    assert evaluate.main(["evaluate", f"--model={ijb_set['model_path']}",
+                          f"--ijb={ijb_set['root']}", "--ijb_target=IJBC", "--noijb_1n",
+                          "--noijb_detector_score", "--noijb_feature_norm",
+                          f"--out_dir={out}", "--progress=false", "--batch_size=7"]) == 0
+    crops = _features_by_hand(ijb_set, detector_score=False)
+    crops = {k: v / np.linalg.norm(v) for k, v in crops.items()}
+    feats = _templates_by_hand(ijb_set, crops)
+    scores = np.array([feats[a] @ feats[b] for a, b, _ in ijb_set["meta"]["pairs"]])
+    np.testing.assert_allclose(np.load(out / "ijbc_scores.npz")["scores_0"], scores, atol=1e-4)
+    weighted = _templates_by_hand(ijb_set, _features_by_hand(ijb_set))
+    assert max(abs(weighted[a] @ weighted[b] - s)
+               for (a, b, _), s in zip(ijb_set["meta"]["pairs"], scores, strict=True)) > 1e-3
+    report = json.loads((out / "ijbc_results.json").read_text())
+    assert "identification" not in report["results"]["tiny"]
+
+
+def _variant(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    edit(dst / "meta")
+    return dst
+
+
+def _replace(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, count))
+
+
+def _negative_faceness(meta: Path) -> None:
+    path = meta / "ijbc_name_5pts_score.txt"
+    first, rest = path.read_text().split("\n", 1)
+    path.write_text(first.rsplit(" ", 1)[0] + " -1\n" + rest)
+
+
+def test_bad_ijb_metadata_exits_2_with_one_line(ijb_set, tmp_path, capsys):
+    src = ijb_set["root"]
+    pair_file = src / "meta" / "ijbc_template_pair_label.txt"
+    first_pair = pair_file.read_text().splitlines()[0]
+    a, b, y = first_pair.split()
+    first_crop = (src / "meta" / "ijbc_face_tid_mid.txt").read_text().split()[0]
+
+    def drop_crop(meta):
+        (meta.parent / "loose_crop" / first_crop).unlink()
+
+    def garbage_crop(meta):
+        (meta.parent / "loose_crop" / first_crop).write_bytes(b"not an image")
+
+    cases = {
+        "no pair file": (lambda m: (m / "ijbc_template_pair_label.txt").unlink(),
+                         "file not found"),
+        "bad label": (lambda m: _replace(m / "ijbc_template_pair_label.txt", first_pair,
+                                         f"{a} {b} 2"), "label must be 0 or 1, got 2"),
+        "unknown template": (lambda m: _replace(m / "ijbc_template_pair_label.txt", first_pair,
+                                                f"{a} 999 {y}"), "template 999 has no crop"),
+        "text id": (lambda m: _replace(m / "ijbc_template_pair_label.txt", first_pair,
+                                       f"{a} x {y}"), "must be integers"),
+        "short line": (lambda m: _replace(m / "ijbc_template_pair_label.txt", first_pair,
+                                          f"{a} {b}"), "expected 3 fields"),
+        "missing crop": (drop_crop, "crop not found"),
+        "unreadable crop": (garbage_crop, "not a readable image"),
+        "lists disagree": (lambda m: _replace(m / "ijbc_name_5pts_score.txt", first_crop + " ",
+                                              "other.png "), "same crops"),
+        "negative faceness": (_negative_faceness, "faceness score >= 0"),
+        "one gallery missing": (lambda m: (m / "ijbc_1N_gallery_G2.csv").unlink(),
+                                "1:N list not found"),
+        "gallery template unknown": (lambda m: _replace(m / "ijbc_1N_gallery_G1.csv",
+                                                        "FILENAME\n", "FILENAME\n999,1,x.png\n"),
+                                     "template 999 has no crop"),
+    }
+    for k, (name, (edit, words)) in enumerate(cases.items()):
+        root = _variant(src, tmp_path / f"case{k}", edit)
+        out = tmp_path / f"out{k}"
+        code = evaluate.main(["evaluate", f"--model={ijb_set['model_path']}", f"--ijb={root}",
+                              f"--out_dir={out}", "--progress=false"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (name, err)
+        assert len(err) == 1 and words in err[0], (name, err)
+        assert not out.exists(), name
+    for flags, words in [([f"--ijb={tmp_path}"], "no meta/ folder"),
+                         ([f"--ijb={src}", f"--bins={tmp_path}"], "one of --bins and --ijb"),
+                         ([f"--ijb={src}", "--ijb_target=IJBB"], "file not found")]:
+        code = evaluate.main(["evaluate", f"--model={ijb_set['model_path']}", *flags,
+                              f"--out_dir={tmp_path / 'x'}", "--progress=false"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and words in err[0], (flags, err)
+
+
+def test_identification_blocks_and_subjects_with_several_templates():
+    """Probe blocks give the figures of one pass; a subject with two gallery templates
+    scores by the better one."""
+    from bridges import ijb
+
+    rng = np.random.default_rng(5)
+    gallery, probes = rng.normal(size=(6, 8)), rng.normal(size=(40, 8))
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    gallery_subjects = np.array([3, 1, 4, 1, 5, 9])        # subject 1 has two templates
+    probe_subjects = rng.choice([1, 2, 3, 4, 5, 6, 7, 9], size=40)
+    whole = ijb.identification(probes, probe_subjects, gallery, gallery_subjects)
+    assert ijb.identification(probes, probe_subjects, gallery, gallery_subjects,
+                              block=3) == whole
+    sims = probes @ gallery.T
+    best = np.stack([sims[:, 0], np.maximum(sims[:, 1], sims[:, 3]), sims[:, 2], sims[:, 4],
+                     sims[:, 5]], axis=1)  # subjects 3, 1, 4, 5, 9
+    order = [3, 1, 4, 5, 9]
+    mated = [i for i, s in enumerate(probe_subjects) if s in order]
+    ranks = [1 + int((best[i] > best[i, order.index(probe_subjects[i])]).sum()) for i in mated]
+    assert whole["rank_1"] == pytest.approx(np.mean(np.array(ranks) == 1))
+    assert whole["mated_probes"] == len(mated)
+    scores = ijb.pair_scores(np.arange(6), gallery, np.array([[0, 1], [2, 5], [3, 3]]), block=2)
+    np.testing.assert_allclose(scores, [gallery[0] @ gallery[1], gallery[2] @ gallery[5], 1.0])
