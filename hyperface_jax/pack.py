@@ -125,31 +125,26 @@ def make_placement(c: PackConfig):
 
 
 def _initial_state(problem: Problem, optimizer, config, placement, gallery):
-    restarts = problem.restarts
+    """The step-0 state, built where its rows live (no device holds another's rows)."""
+    batched = problem.restarts > 1
 
     def init(x):
         return solver.init_state(x, optimizer, problem.batch_key, gallery, config,
                                  placement=placement, count=problem.n, gallery_count=problem.m)
-    if restarts > 1:
-        init = jax.vmap(init)
-    inits = problem.inits if restarts > 1 else problem.init
-    x = placement.put(inits, problem.n, restarts > 1)
-    shapes = jax.eval_shape(init, x)
-    if placement is LOCAL:
-        return jax.jit(init)(x)
-    out = placement.shardings(shapes, placement.padded(problem.n), restarts > 1)
-    return jax.jit(init, out_shardings=out)(x)
+    init = jax.vmap(init) if batched else init
+    x = placement.put(problem.inits if batched else problem.init, problem.n, batched)
+    layout = placement.shardings(jax.eval_shape(init, x), placement.padded(problem.n), batched)
+    return jax.jit(init, out_shardings=layout)(x)
 
 
 def _figures_fn(c: PackConfig, problem: Problem, placement):
-    one = jax.tree_util.Partial(
-        placement.figures, count=problem.n, gallery_count=problem.m, alpha=c.alpha,
-        reduce=c.packing_reduce, tile_size=tile_size_of(c))
+    """`figures(state, gallery) -> (dict of floats, index of the best restart)`: exact."""
+    one = jax.jit(partial(placement.figures, count=problem.n, gallery_count=problem.m,
+                          alpha=c.alpha, reduce=c.packing_reduce, tile_size=tile_size_of(c)))
     if problem.restarts == 1:
-        fn = jax.jit(lambda x, g: one(x, g))
-        return lambda state, g: ({k: float(v) for k, v in jax.device_get(fn(
-            state.embeddings, g)).items()}, 0)
-    batched = jax.jit(jax.vmap(lambda x, g: one(x, g), in_axes=(0, None)))
+        return lambda state, g: ({k: float(v) for k, v in jax.device_get(
+            one(state.embeddings, g)).items()}, 0)
+    batched = jax.jit(jax.vmap(one, in_axes=(0, None)))
 
     def figures(state, g):
         values = jax.device_get(batched(state.embeddings, g))

@@ -9,6 +9,7 @@ The solver is written once against this small interface; a placement says how to
                                   results are split by rows (True) or replicated (False)
   take_rows(a, rows)              the given global rows of a row-split array (mini-batches)
   put_rows(a, rows, values)       ... written back
+  shardings(tree, rows)           the layout of a state (None: the default, one device)
   put(tree, rows), put_gallery(g) host arrays placed, padded with zero rows to `padded`
   jit(fn, template, donate)       `jax.jit` with the state's layout pinned and donated
   to_host(a)                      the whole array as numpy on every process
@@ -47,6 +48,9 @@ class Local:
 
     def put_rows(self, a, rows, values):
         return a.at[rows].set(values)
+
+    def shardings(self, tree, rows: int, batched: bool = False):
+        return None  # one device: jit's default layout
 
     def put(self, tree, rows: int | None = None, batched: bool = False):
         return jax.tree.map(jnp.asarray, tree)
