@@ -16,6 +16,8 @@ the image files to drop, one path per line, as the listing names them.
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
 """
 
+import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -172,16 +174,32 @@ def _distribution(dist: quality.Distribution) -> dict:
             "p01": dist.quantile(0.01), "p50": dist.quantile(0.5), "p99": dist.quantile(0.99)}
 
 
-def analyze(fv, *, log=None) -> dict:
-    _check(fv)
-    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    started = time.time()
+# The analysis: inputs, the passes over the rows, the drop rules, the report -------------------
+
+@dataclasses.dataclass
+class Inputs:
+    """The validated inputs: the rows (memory-mapped), their labels, and the optional row
+    files, reference set and identity embeddings (None when not given)."""
+    x: np.ndarray
+    labels: np.ndarray
+    files: list[str] | None
+    reference: np.ndarray | None
+    reference_labels: np.ndarray | None
+    targets: np.ndarray | None  # --identity_embeddings: row i for label i
+    what: str  # how errors about the rows name them
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[1]
+
+
+def read_inputs(fv) -> Inputs:
+    """Open and check every input file (InputError naming the first bad one)."""
     x = open_embeddings(fv["embeddings"].value, "embeddings")
     n, d = x.shape
     labels = load_labels(fv["labels"].value, n, "labels")
     files = load_row_files(fv["files"].value, n) if fv["files"].value else None
-    what = f"embeddings file {fv['embeddings'].value}"
-    reference = reference_labels = None
+    reference = reference_labels = targets = None
     if fv["reference"].value:
         ref = open_embeddings(fv["reference"].value, "reference")
         if ref.shape[1] != d:
@@ -192,41 +210,84 @@ def analyze(fv, *, log=None) -> dict:
         reference_labels = (load_labels(fv["reference_labels"].value, len(reference),
                                         "reference_labels")
                             if fv["reference_labels"].value else np.arange(len(reference)))
-    chunk = fv["chunk_rows"].value
-    timings = {}
+    if fv["identity_embeddings"].value:
+        path = fv["identity_embeddings"].value
+        targets = load_embeddings(path, "identity_embeddings")
+        if targets.shape[1] != d:
+            raise InputError(f"dimension mismatch: embeddings have d={d}, identity_embeddings "
+                             f"{path} has d={targets.shape[1]}")
+        if labels.min() < 0 or labels.max() >= len(targets):
+            raise InputError(f"labels run from {labels.min()} to {labels.max()} but "
+                             f"identity_embeddings {path} has {len(targets)} rows (row i is "
+                             "label i)")
+    return Inputs(x, labels, files, reference, reference_labels, targets,
+                  f"embeddings file {fv['embeddings'].value}")
 
-    bar = tqdm(total=n, disable=not fv["progress"].value, unit="img", desc="identities",
-               file=sys.stderr, dynamic_ncols=True)
+
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
     t = time.perf_counter()
-    ids = quality.identity_figures(x, labels, outlier_threshold=fv["outlier_threshold"].value,
-                                   chunk_rows=chunk, what=what, progress=bar.update)
-    bar.close()
-    timings["identities_and_genuine"] = time.perf_counter() - t
+    yield
+    timings[name] = time.perf_counter() - t
+
+
+def _bar(fv, total: int, desc: str):
+    return tqdm(total=total, disable=not fv["progress"].value, unit="img", desc=desc,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def identity_pass(fv, inputs: Inputs):
+    """Per identity: mean, leave-one-out consistency, outliers; the genuine pairs."""
+    with _bar(fv, len(inputs.x), "identities") as bar:
+        ids = quality.identity_figures(inputs.x, inputs.labels,
+                                       outlier_threshold=fv["outlier_threshold"].value,
+                                       chunk_rows=fv["chunk_rows"].value, what=inputs.what,
+                                       progress=bar.update)
     if len(ids.labels) < 2:
         raise InputError(f"labels file {fv['labels'].value} holds a single identity; "
                          "impostor pairs need at least 2")
     if ids.genuine.n == 0:
         raise InputError(f"labels file {fv['labels'].value}: no identity has two images, "
                          "so there are no genuine pairs")
+    return ids
 
-    t = time.perf_counter()
+
+def impostor_pass(fv, inputs: Inputs):
+    """(impostor distribution, images sampled, exact) over the sampled images."""
     impostor, sampled, exact = quality.impostor_distribution(
-        x, labels, sample=fv["impostor_sample"].value, seed=fv["seed"].value, block=chunk)
-    timings["impostor"] = time.perf_counter() - t
+        inputs.x, inputs.labels, sample=fv["impostor_sample"].value, seed=fv["seed"].value,
+        block=fv["chunk_rows"].value)
     if impostor.n == 0:
         raise InputError(f"no impostor pairs among the {sampled} sampled images; "
                          "raise --impostor_sample")
+    return impostor, sampled, exact
 
-    t = time.perf_counter()
-    same_thr = fv["same_identity_threshold"].value
-    pairs, pair_count, nearest_identity = quality.close_pairs(
-        ids.means, same_thr, block=chunk, limit=fv["list_limit"].value)
-    timings["inter_class"] = time.perf_counter() - t
 
+def inter_class_section(fv, ids) -> tuple[dict, np.ndarray]:
+    """Identity pairs whose means are closer than --same_identity_threshold: (the report
+    section, each identity's cosine to its nearest other identity)."""
+    threshold = fv["same_identity_threshold"].value
+    pairs, pair_count, nearest = quality.close_pairs(
+        ids.means, threshold, block=fv["chunk_rows"].value, limit=fv["list_limit"].value)
     c = len(ids.labels)
+    return {
+        "threshold": threshold,
+        "identity_pairs": pair_count,
+        "identities_involved": int((nearest > threshold).sum()),
+        "share_of_identities": float((nearest > threshold).mean()) if c > 1 else 0.0,
+        "nearest_other_identity_cos": _summary(nearest[np.isfinite(nearest)]),
+        "pairs": [{"label_a": int(ids.labels[a]), "label_b": int(ids.labels[b]), "cos": s}
+                  for a, b, s in pairs],
+    }, nearest
+
+
+def make_report(fv, inputs: Inputs, ids, inter: dict, impostor, sampled: int,
+                exact: bool) -> dict:
+    """The figures of the identity, inter-class and impostor passes."""
+    n = len(inputs.x)
     eer, eer_threshold = quality.equal_error_rate(ids.genuine.counts, impostor.counts)
-    report = {
-        "n_images": n, "d": d, "n_identities": c,
+    return {
+        "n_images": n, "d": inputs.d, "n_identities": len(ids.labels),
         "images_per_identity": _summary(ids.counts.astype(np.float64)),
         "intra_class_noise": {
             "threshold": fv["outlier_threshold"].value,
@@ -237,96 +298,106 @@ def analyze(fv, *, log=None) -> dict:
             "unjudged_images": ids.unjudged,
         },
         "identity_consistency": _summary(ids.consistency[np.isfinite(ids.consistency)]),
-        "inter_class_noise": {
-            "threshold": same_thr,
-            "identity_pairs": pair_count,
-            "identities_involved": int((nearest_identity > same_thr).sum()),
-            "share_of_identities": float((nearest_identity > same_thr).mean()) if c > 1 else 0.0,
-            "nearest_other_identity_cos": _summary(nearest_identity[np.isfinite(nearest_identity)]),
-            "pairs": [{"label_a": int(ids.labels[a]), "label_b": int(ids.labels[b]), "cos": s}
-                      for a, b, s in pairs],
-        },
+        "inter_class_noise": inter,
         "genuine": _distribution(ids.genuine),
         "impostor": {**_distribution(impostor), "images_sampled": sampled, "exact": exact},
         "eer": eer, "eer_threshold": eer_threshold,
         "d_prime": float(quality.decidability(ids.genuine, impostor)),
     }
 
-    own = None
-    if fv["identity_embeddings"].value:
-        path = fv["identity_embeddings"].value
-        targets = load_embeddings(path, "identity_embeddings")
-        if targets.shape[1] != d:
-            raise InputError(f"dimension mismatch: embeddings have d={d}, identity_embeddings "
-                             f"{path} has d={targets.shape[1]}")
-        if ids.labels.min() < 0 or ids.labels.max() >= len(targets):
-            raise InputError(f"labels run from {ids.labels.min()} to {ids.labels.max()} but "
-                             f"identity_embeddings {path} has {len(targets)} rows (row i is "
-                             "label i)")
-        t = time.perf_counter()
-        per_image = quality.cosine_to_own(x, labels, targets, block=chunk, what=what)
-        index = np.searchsorted(ids.labels, labels)
-        own = np.bincount(index, weights=per_image, minlength=len(ids.labels)) / ids.counts
-        low = per_image < fv["outlier_threshold"].value
-        report["id_consistency_to_identity_embeddings"] = {
-            "per_image": _summary(per_image), "per_identity": _summary(own),
-            "images_below_outlier_threshold": int(low.sum()), "share_below": float(low.mean()),
-        }
-        timings["id_consistency"] = time.perf_counter() - t
 
-    leak = None
-    if reference is not None:
-        t = time.perf_counter()
-        ref_ids = quality.identity_figures(reference, reference_labels, chunk_rows=chunk,
-                                           what="reference")
-        leak_thr = fv["leakage_threshold"].value
-        to_real = np.full(c, -np.inf, np.float32)
-        real_arg = np.zeros(c, np.int64)
-        for s in range(0, c, chunk):
-            sim = ids.means[s:s + chunk] @ ref_ids.means.T
-            real_arg[s:s + chunk] = sim.argmax(axis=1)
-            to_real[s:s + chunk] = sim.max(axis=1)
-        leaked = np.flatnonzero(to_real > leak_thr)
-        leaked = leaked[np.argsort(-to_real[leaked], kind="stable")]
-        bar = tqdm(total=n, disable=not fv["progress"].value, unit="img", desc="leakage",
-                   file=sys.stderr, dynamic_ncols=True)
-        best, arg = quality.nearest_reference(x, reference, block=chunk, what=what,
-                                              progress=bar.update)
-        bar.close()
-        k = fv["clean_top_k"].value
-        top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
-        leak = {"to_real": to_real, "top": top, "leaked": leaked}
-        report["leakage"] = {
-            "threshold": leak_thr,
-            "reference_images": len(reference), "reference_identities": len(ref_ids.labels),
-            "leaked_identities": int(len(leaked)), "share": len(leaked) / c,
-            "nearest_reference_identity_cos": _summary(to_real),
-            "nearest_reference_image_cos": _summary(best),
-            "identities": [{"label": int(ids.labels[i]),
-                            "reference_label": int(ref_ids.labels[real_arg[i]]),
-                            "cos": float(to_real[i])}
-                           for i in leaked[:fv["list_limit"].value]],
-            "top_k_pairs": [{"row": int(i), "label": int(labels[i]),
-                             "reference_row": int(arg[i]), "cos": float(best[i])} for i in top],
-        }
-        timings["leakage"] = time.perf_counter() - t
+def consistency_pass(fv, inputs: Inputs, ids) -> tuple[dict, np.ndarray]:
+    """Each image's cosine to its own identity embedding: (the report section, the mean
+    per identity)."""
+    per_image = quality.cosine_to_own(inputs.x, inputs.labels, inputs.targets,
+                                      block=fv["chunk_rows"].value, what=inputs.what)
+    index = np.searchsorted(ids.labels, inputs.labels)
+    own = np.bincount(index, weights=per_image, minlength=len(ids.labels)) / ids.counts
+    low = per_image < fv["outlier_threshold"].value
+    return {"per_image": _summary(per_image), "per_identity": _summary(own),
+            "images_below_outlier_threshold": int(low.sum()),
+            "share_below": float(low.mean())}, own
 
-    drop = _rows_to_drop(drop_rules(fv), ids, labels, leak)
+
+def leakage_pass(fv, inputs: Inputs, ids) -> tuple[dict, dict]:
+    """Identity means against reference identity means, and every image against the
+    nearest reference image: (the report section, {to_real, top, leaked} for the drop
+    rules and identities.csv)."""
+    chunk, c = fv["chunk_rows"].value, len(ids.labels)
+    ref_ids = quality.identity_figures(inputs.reference, inputs.reference_labels,
+                                       chunk_rows=chunk, what="reference")
+    threshold = fv["leakage_threshold"].value
+    to_real = np.full(c, -np.inf, np.float32)
+    real_arg = np.zeros(c, np.int64)
+    for s in range(0, c, chunk):
+        sim = ids.means[s:s + chunk] @ ref_ids.means.T
+        real_arg[s:s + chunk] = sim.argmax(axis=1)
+        to_real[s:s + chunk] = sim.max(axis=1)
+    leaked = np.flatnonzero(to_real > threshold)
+    leaked = leaked[np.argsort(-to_real[leaked], kind="stable")]
+    with _bar(fv, len(inputs.x), "leakage") as bar:
+        best, arg = quality.nearest_reference(inputs.x, inputs.reference, block=chunk,
+                                              what=inputs.what, progress=bar.update)
+    k = fv["clean_top_k"].value
+    top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
+    labels = inputs.labels
+    return {
+        "threshold": threshold,
+        "reference_images": len(inputs.reference),
+        "reference_identities": len(ref_ids.labels),
+        "leaked_identities": int(len(leaked)), "share": len(leaked) / c,
+        "nearest_reference_identity_cos": _summary(to_real),
+        "nearest_reference_image_cos": _summary(best),
+        "identities": [{"label": int(ids.labels[i]),
+                        "reference_label": int(ref_ids.labels[real_arg[i]]),
+                        "cos": float(to_real[i])}
+                       for i in leaked[:fv["list_limit"].value]],
+        "top_k_pairs": [{"row": int(i), "label": int(labels[i]),
+                         "reference_row": int(arg[i]), "cos": float(best[i])} for i in top],
+    }, {"to_real": to_real, "top": top, "leaked": leaked}
+
+
+def analyze(fv, *, log=None) -> dict:
+    """Check the flags and inputs, run the passes, write the outputs; returns the report."""
+    _check(fv)
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    started = time.time()
+    inputs = read_inputs(fv)
+    timings, own, leak = {}, None, None
+    with _timed(timings, "identities_and_genuine"):
+        ids = identity_pass(fv, inputs)
+    with _timed(timings, "impostor"):
+        impostor, sampled, exact = impostor_pass(fv, inputs)
+    with _timed(timings, "inter_class"):
+        inter, nearest_identity = inter_class_section(fv, ids)
+    report = make_report(fv, inputs, ids, inter, impostor, sampled, exact)
+    if inputs.targets is not None:
+        with _timed(timings, "id_consistency"):
+            report["id_consistency_to_identity_embeddings"], own = consistency_pass(
+                fv, inputs, ids)
+    if inputs.reference is not None:
+        with _timed(timings, "leakage"):
+            report["leakage"], leak = leakage_pass(fv, inputs, ids)
+    drop = _rows_to_drop(drop_rules(fv), ids, inputs.labels, leak)
     if drop is not None:
-        report["drop"] = {"rules": drop["rules"], "rows": int(len(drop["rows"])),
-                          "per_rule": drop["per_rule"],
-                          "files": "drop.txt" if files is not None else None}
-        if files is not None:
-            drop["files"] = [files[r] for r in drop["rows"]]
+        report["drop"] = _drop_section(drop, inputs.files)
     report["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     report["wall_seconds"] = round(time.time() - started, 3)
     report["flags"] = {name: fv[name].value for name in fv if name in _FLAG_NAMES}
     _write(Path(fv["out_dir"].value), report, ids, impostor, nearest_identity, leak, own, drop)
-    log(f"{n} images, {c} identities: "
+    log(f"{report['n_images']} images, {report['n_identities']} identities: "
         f"intra-class noise {report['intra_class_noise']['share']:.4%}, "
-        f"inter-class pairs {pair_count}, EER {eer:.4%} at {eer_threshold:.3f}, "
-        f"d'={report['d_prime']:.3f} -> {fv['out_dir'].value}")
+        f"inter-class pairs {inter['identity_pairs']}, EER {report['eer']:.4%} at "
+        f"{report['eer_threshold']:.3f}, d'={report['d_prime']:.3f} -> {fv['out_dir'].value}")
     return report
+
+
+def _drop_section(drop: dict, files: list[str] | None) -> dict:
+    """The report's drop section; with the row files, `drop["files"]` names them."""
+    if files is not None:
+        drop["files"] = [files[r] for r in drop["rows"]]
+    return {"rules": drop["rules"], "rows": int(len(drop["rows"])),
+            "per_rule": drop["per_rule"], "files": "drop.txt" if files is not None else None}
 
 
 def _rows_to_drop(rules, ids, labels, leak) -> dict | None:

@@ -93,6 +93,31 @@ def test_resume_after_an_epoch_matches_the_uninterrupted_run(dataset, tmp_path):
     assert train.main(["train", f"--out_dir={tmp_path / 'split'}", "--epochs=3", *args]) == 2
 
 
+def test_epoch_end_hooks_see_the_model_of_each_checkpointed_epoch(dataset, tmp_path):
+    """Extra epoch-end hooks (e.g. a verification, as arcface_torch's callbacks) run after
+    the epoch's checkpoint, on the model that checkpoint holds."""
+    from bridges.recognition.config import TrainConfig
+    from bridges.recognition.train import run
+
+    probe = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def verify(p, history):
+        p.trainee.model.eval()  # the loop sets training mode again at the next epoch
+        with torch.no_grad():
+            seen.append((history.epoch, history.step, p.trainee.model(probe)["embedding"]))
+
+    c = TrainConfig(data=str(dataset), out_dir=str(tmp_path / "run"), arch="ir18", width=4,
+                    input_size=16, embedding_size=16, workers=0, progress=False,
+                    batch_size=16, lr_steps="1", epochs=2)
+    report = run(c, log=lambda msg: None, hooks=[verify])
+    assert [(e, s) for e, s, _ in seen] == [(1, 2), (2, 4)] and report["steps"] == 4
+    for epoch, _, embedding in seen:
+        model = load_model(tmp_path / "run" / "checkpoints" / f"epoch_{epoch:03d}.pt")
+        with torch.no_grad():
+            torch.testing.assert_close(model(probe)["embedding"], embedding, rtol=0, atol=0)
+    assert not torch.equal(seen[0][2], seen[1][2])
+
 def _bad_inputs(tmp: Path, dataset: Path):
     (tmp / "empty").mkdir()
     one = tmp / "one"

@@ -7,11 +7,10 @@ do not depend on the number of processes. Only rank 0 writes files.
 """
 
 import csv
+import dataclasses
 import io
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -154,11 +153,36 @@ def _identity(c: TrainConfig, folder) -> dict:
     return values
 
 
-def run(c: TrainConfig, *, log=None) -> dict:
-    """Train (or resume) and write the outputs; returns the report (rank 0) or {}."""
-    started = time.time()
+# The run: plan, resume, the epoch loop with its epoch-end hooks, the report --------------
+
+@dataclasses.dataclass
+class Plan:
+    """A training job ready to run: where it runs, its data, model and optimizer."""
+    config: TrainConfig
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    amp: bool
+    folder: data_lib.ImageFolder
+    excluded: list  # the --exclude entries left out
+    identity: dict  # what a resumed run must share with the run that wrote the checkpoint
+    trainee: Trainee
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dataset: data_lib.TrainSet
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out_dir)
+
+
+def plan(c: TrainConfig) -> Plan:
+    """Join the torchrun processes (if any), validate `c`, read the data and build the
+    model, head, optimizer and grad scaler at step 0. Writes nothing."""
     rank, local_rank, world = distributed.init_from_env()
-    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     validate(c, world)
     folder, excluded = data_lib.scan(c.data), []
     if c.exclude:
@@ -169,131 +193,201 @@ def run(c: TrainConfig, *, log=None) -> dict:
     use_cuda = c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     amp = bool(c.amp and use_cuda)
-    out = Path(c.out_dir)
-    identity = _identity(c, folder)
-
-    resume = None
-    existing = _checkpoints(out)
-    if existing:
-        resume = _load_checkpoint(existing[-1])
-        runs.check_identity(resume["identity"], identity, out, "a run with different settings")
-
     torch.manual_seed(c.seed)
     trainee = Trainee(c, folder.num_classes)
     if world > 1 and c.sync_bn:
         trainee = distributed.convert_sync_batchnorm(trainee)
     trainee.to(device)
-    optimizer = make_optimizer(c, trainee)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     steps_per_epoch = len(folder.paths) // c.batch_size
-    start_epoch, step = 0, 0
-    step_rows, epoch_rows, seconds_before = [], [], 0.0
-    if resume is not None:
-        trainee.load_state_dict(resume["trainee"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if amp and resume["scaler"]:  # empty when the run so far had no AMP
-            scaler.load_state_dict(resume["scaler"])
-        start_epoch, step = resume["epoch"], resume["step"]
-        step_rows, epoch_rows = resume["step_rows"], resume["epoch_rows"]
-        seconds_before = epoch_rows[-1]["seconds"] if epoch_rows else 0.0
-        if rank == 0:
-            log(f"resuming after epoch {start_epoch} (step {step}) from {existing[-1]}")
-    net = trainee
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            trainee, device_ids=[local_rank] if use_cuda else None)
-
-    dataset = data_lib.TrainSet(folder, c.input_size, data_lib.parse_augment(c.augment), c.seed)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        log(f"{len(folder.paths)} images of {folder.num_classes} identities; {c.arch} "
-            f"(width {c.width}, input {c.input_size}) + {c.head}; {world} process(es) on "
-            f"{device}{' with AMP' if amp else ''}; {steps_per_epoch} steps per epoch")
     total_steps = c.epochs * steps_per_epoch
     if c.max_steps:
         total_steps = min(total_steps, c.max_steps)
-    bar = tqdm(total=total_steps, initial=step, disable=not c.progress or rank != 0,
+    dataset = data_lib.TrainSet(folder, c.input_size, data_lib.parse_augment(c.augment), c.seed)
+    return Plan(c, rank, local_rank, world, device, amp, folder, excluded,
+                _identity(c, folder), trainee, make_optimizer(c, trainee),
+                torch.amp.GradScaler("cuda", enabled=amp), dataset, steps_per_epoch,
+                total_steps)
+
+
+@dataclasses.dataclass
+class History:
+    """Where the run stands: steps and epochs done (the last epoch possibly cut short by
+    --max_steps), the rows of steps.csv and history.csv, and the seconds of training in
+    the sessions before this one."""
+    step: int = 0
+    epoch: int = 0
+    step_rows: list = dataclasses.field(default_factory=list)
+    epoch_rows: list = dataclasses.field(default_factory=list)
+    seconds_before: float = 0.0
+
+    def end_epoch(self, sums: torch.Tensor, lr: float, seconds: float) -> dict:
+        """Append the epoch's row: its mean loss and accuracy (`sums` of both and the
+        step count), the last learning rate, the training seconds so far."""
+        self.epoch += 1
+        self.epoch_rows.append({"epoch": self.epoch, "step": self.step,
+                                "loss": float(sums[0] / sums[2]),
+                                "accuracy": float(sums[1] / sums[2]), "lr": lr,
+                                "seconds": round(self.seconds_before + seconds, 3)})
+        return self.epoch_rows[-1]
+
+
+def resume(p: Plan, log) -> History:
+    """Restore the model, optimizer, scaler and history from the last checkpoint in
+    --out_dir (refused if its run had other settings); a fresh History without one."""
+    existing = _checkpoints(p.out)
+    if not existing:
+        return History()
+    blob = _load_checkpoint(existing[-1])
+    runs.check_identity(blob["identity"], p.identity, p.out, "a run with different settings")
+    p.trainee.load_state_dict(blob["trainee"])
+    p.optimizer.load_state_dict(blob["optimizer"])
+    if p.amp and blob["scaler"]:  # empty when the run so far had no AMP
+        p.scaler.load_state_dict(blob["scaler"])
+    epoch_rows = blob["epoch_rows"]
+    if p.rank == 0:
+        log(f"resuming after epoch {blob['epoch']} (step {blob['step']}) from {existing[-1]}")
+    return History(blob["step"], blob["epoch"], blob["step_rows"], epoch_rows,
+                   epoch_rows[-1]["seconds"] if epoch_rows else 0.0)
+
+
+def parallel(p: Plan) -> nn.Module:
+    """The module the loop trains: the trainee, wrapped in DDP under torchrun."""
+    if p.world == 1:
+        return p.trainee
+    return nn.parallel.DistributedDataParallel(
+        p.trainee, device_ids=[p.local_rank] if p.device.type == "cuda" else None)
+
+
+def run_loop(p: Plan, net: nn.Module, history: History, hooks) -> History:
+    """Train from `history` to --epochs (or --max_steps), calling `hook(p, history)` for
+    each of `hooks`, in order, at every epoch end. Ctrl-C or SIGTERM (KeyboardInterrupt,
+    see cli.run_main) stops at once; the epochs finished so far are checkpointed."""
+    c = p.config
+    bar = tqdm(total=p.total_steps, initial=history.step, disable=not c.progress or p.rank != 0,
                unit="step", dynamic_ncols=True, file=sys.stderr)
     t0 = time.perf_counter()
-    epoch = start_epoch
-    # SIGTERM ends the run like Ctrl-C (exit 130); finished epochs are checkpointed.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        for epoch in range(start_epoch, c.epochs):
-            if step >= total_steps:
+    with bar:
+        for epoch in range(history.epoch, c.epochs):
+            if history.step >= p.total_steps:
                 break
-            sampler = data_lib.GlobalBatchSampler(len(dataset), c.batch_size, rank=rank,
-                                                  world=world, seed=c.seed, epoch=epoch)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=sampler, num_workers=c.workers,
-                pin_memory=use_cuda, persistent_workers=False)
-            net.train()
-            torch.manual_seed(c.seed * 100_003 + epoch)  # dropout: the same after a resume
-            sums = torch.zeros(3, dtype=torch.float64)
-            for images, labels in loader:
-                if step >= total_steps:
-                    break
-                lr = lr_at(c, step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                    loss, accuracy = net(images, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                figures = distributed.mean_over_processes(
-                    torch.stack([loss.detach().float(), accuracy.float()]).cpu())
-                loss_value, acc_value = float(figures[0]), float(figures[1])
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at step {step}; lower --lr")
-                step += 1
-                step_rows.append({"step": step, "epoch": epoch + 1, "loss": loss_value,
-                                  "accuracy": acc_value, "lr": lr})
-                sums += torch.tensor([loss_value, acc_value, 1.0], dtype=torch.float64)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}", acc=f"{acc_value:.3f}")
+            sums, lr = train_epoch(p, net, epoch, history, bar)
             if sums[2] == 0:
                 break
-            seconds = seconds_before + time.perf_counter() - t0
-            epoch_rows.append({"epoch": epoch + 1, "step": step,
-                               "loss": float(sums[0] / sums[2]),
-                               "accuracy": float(sums[1] / sums[2]), "lr": lr,
-                               "seconds": round(seconds, 3)})
-            if not c.progress and rank == 0:
-                log(f"epoch {epoch + 1}: loss={epoch_rows[-1]['loss']:.4f} "
-                    f"accuracy={epoch_rows[-1]['accuracy']:.4f} lr={lr:g}")
-            complete = step == (epoch + 1) * steps_per_epoch
-            if rank == 0 and complete:
-                _save_checkpoint(out, c, trainee, optimizer, scaler, epoch + 1, step,
-                                 step_rows, epoch_rows, identity)
-                _write_outputs(out, c, trainee, step_rows, epoch_rows)
-    finally:
-        bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    report = {}
-    if rank == 0:
-        report = _write_outputs(out, c, trainee, step_rows, epoch_rows, final=True,
-                                extra={"world_size": world, "device": str(device), "amp": amp,
-                                       "num_images": len(folder.paths),
-                                       "num_classes": folder.num_classes,
-                                       "excluded_images": excluded,
-                                       "steps_per_epoch": steps_per_epoch,
-                                       "wall_seconds": round(time.time() - started, 3)})
-        log(f"done: {step} steps, loss {step_rows[-1]['loss']:.4f}, training accuracy "
-            f"{step_rows[-1]['accuracy']:.4f} -> {out}")
+            history.end_epoch(sums, lr, time.perf_counter() - t0)
+            for hook in hooks:
+                hook(p, history)
+    return history
+
+
+def train_epoch(p: Plan, net: nn.Module, epoch: int, history: History, bar):
+    """The steps of one epoch (up to the step budget), each appended to `history`:
+    (float64 sums of loss, accuracy and steps; the last learning rate)."""
+    c = p.config
+    sampler = data_lib.GlobalBatchSampler(len(p.dataset), c.batch_size, rank=p.rank,
+                                          world=p.world, seed=c.seed, epoch=epoch)
+    loader = torch.utils.data.DataLoader(
+        p.dataset, batch_sampler=sampler, num_workers=c.workers,
+        pin_memory=p.device.type == "cuda", persistent_workers=False)
+    net.train()
+    torch.manual_seed(c.seed * 100_003 + epoch)  # dropout: the same after a resume
+    sums, lr = torch.zeros(3, dtype=torch.float64), None
+    for images, labels in loader:
+        if history.step >= p.total_steps:
+            break
+        lr = lr_at(c, history.step, p.steps_per_epoch)
+        loss, accuracy = train_step(p, net, images, labels, lr, history.step)
+        history.step += 1
+        history.step_rows.append({"step": history.step, "epoch": epoch + 1, "loss": loss,
+                                  "accuracy": accuracy, "lr": lr})
+        sums += torch.tensor([loss, accuracy, 1.0], dtype=torch.float64)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+    return sums, lr
+
+
+def train_step(p: Plan, net: nn.Module, images, labels, lr: float, step: int):
+    """One SGD step at `lr`: (loss, accuracy), each the mean over the processes."""
+    for group in p.optimizer.param_groups:
+        group["lr"] = lr
+    images = images.to(p.device, non_blocking=True)
+    labels = labels.to(p.device, non_blocking=True)
+    with torch.autocast(device_type=p.device.type, dtype=torch.float16, enabled=p.amp):
+        loss, accuracy = net(images, labels)
+    p.optimizer.zero_grad(set_to_none=True)
+    p.scaler.scale(loss).backward()
+    p.scaler.step(p.optimizer)
+    p.scaler.update()
+    figures = distributed.mean_over_processes(
+        torch.stack([loss.detach().float(), accuracy.float()]).cpu())
+    loss_value, acc_value = float(figures[0]), float(figures[1])
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"loss is {loss_value} at step {step}; lower --lr")
+    return loss_value, acc_value
+
+
+# Epoch-end hooks: hook(plan, history), called by run_loop after each epoch -------------------
+
+def epoch_end_hooks(p: Plan, log, extra=()) -> list:
+    """The hooks of this process, in order: only process 0 logs and writes."""
+    if p.rank != 0:
+        return []
+    return ([] if p.config.progress else [log_epoch(log)]) + [save_epoch, *extra]
+
+
+def log_epoch(log):
+    """A hook logging the epoch's figures (instead of the progress bar)."""
+    def hook(p: Plan, history: History) -> None:
+        row = history.epoch_rows[-1]
+        log(f"epoch {row['epoch']}: loss={row['loss']:.4f} accuracy={row['accuracy']:.4f} "
+            f"lr={row['lr']:g}")
+    return hook
+
+
+def save_epoch(p: Plan, history: History) -> None:
+    """A hook checkpointing a complete epoch (not one cut short by --max_steps), then
+    rewriting steps.csv, history.csv and curves.png."""
+    if history.step != history.epoch * p.steps_per_epoch:
+        return
+    _save_checkpoint(p, history)
+    _write_outputs(p.out, p.config, p.trainee, history.step_rows, history.epoch_rows)
+
+
+def run(c: TrainConfig, *, log=None, hooks=()) -> dict:
+    """Train (or resume) and write the outputs; returns the report (rank 0) or {}.
+    `hooks`: more epoch-end hooks `hook(plan, history)`, called on process 0 after the
+    epoch's checkpoint (e.g. a verification on held-out pairs, as arcface_torch's
+    CallBackVerification); the model is `plan.trainee.model`."""
+    started = time.time()
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    p = plan(c)
+    history = resume(p, log)
+    net = parallel(p)
+    if p.rank == 0:
+        p.out.mkdir(parents=True, exist_ok=True)
+        log(f"{len(p.folder.paths)} images of {p.folder.num_classes} identities; {c.arch} "
+            f"(width {c.width}, input {c.input_size}) + {c.head}; {p.world} process(es) on "
+            f"{p.device}{' with AMP' if p.amp else ''}; {p.steps_per_epoch} steps per epoch")
+    history = run_loop(p, net, history, epoch_end_hooks(p, log, hooks))
+    report = finish(p, history, started, log) if p.rank == 0 else {}
     if distributed.is_distributed():
         torch.distributed.barrier()
     return report
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def finish(p: Plan, history: History, started: float, log) -> dict:
+    """The final outputs (model.pt, report.json, CSVs, curves); returns the report."""
+    report = _write_outputs(p.out, p.config, p.trainee, history.step_rows, history.epoch_rows,
+                            final=True,
+                            extra={"world_size": p.world, "device": str(p.device), "amp": p.amp,
+                                   "num_images": len(p.folder.paths),
+                                   "num_classes": p.folder.num_classes,
+                                   "excluded_images": p.excluded,
+                                   "steps_per_epoch": p.steps_per_epoch,
+                                   "wall_seconds": round(time.time() - started, 3)})
+    last = history.step_rows[-1]
+    log(f"done: {history.step} steps, loss {last['loss']:.4f}, training accuracy "
+        f"{last['accuracy']:.4f} -> {p.out}")
+    return report
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -310,16 +404,17 @@ def _load_checkpoint(path: Path) -> dict:
     return blob
 
 
-def _save_checkpoint(out, c, trainee, optimizer, scaler, epoch, step, step_rows, epoch_rows,
-                     identity) -> None:
+def _save_checkpoint(p: Plan, history: History) -> None:
+    c, trainee = p.config, p.trainee
     blob = {"spec": model_spec(c), "model": _plain_state(trainee.model),
-            "trainee": trainee.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-            "step_rows": step_rows, "epoch_rows": epoch_rows, "identity": identity}
-    path = out / "checkpoints" / f"epoch_{epoch:03d}.pt"
-    kept = [p.name for p in _checkpoints(out)] + [path.name]
+            "trainee": trainee.state_dict(), "optimizer": p.optimizer.state_dict(),
+            "scaler": p.scaler.state_dict(), "epoch": history.epoch, "step": history.step,
+            "step_rows": history.step_rows, "epoch_rows": history.epoch_rows,
+            "identity": p.identity}
+    path = p.out / "checkpoints" / f"epoch_{history.epoch:03d}.pt"
+    kept = [q.name for q in _checkpoints(p.out)] + [path.name]
     _save_torch(path, blob, ledger_keep=kept[-max(c.keep_checkpoints, 1):])
-    for old in _checkpoints(out)[:-max(c.keep_checkpoints, 1)]:
+    for old in _checkpoints(p.out)[:-max(c.keep_checkpoints, 1)]:
         old.unlink()
 
 
