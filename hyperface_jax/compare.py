@@ -97,7 +97,12 @@ def validate(c: PackConfig, vs: list[Variant], options: dict, seeds: int) -> Non
                                  f"choose from {', '.join(OBJECTIVES)}")
             pack.build_optimizer(dataclasses.replace(c, optimizer=v.optimizer))
         else:
-            sample.check_method(v.method)  # names the renamed vec2face too
+            if v.method in samplers.RENAMED:
+                raise InputError(f"--samplers={v.method} was renamed "
+                                 f"{samplers.RENAMED[v.method]} (ours, not Vec2Face's method)")
+            if v.method not in samplers.METHODS:
+                raise InputError(f"unknown sampler {v.method!r} in --samplers; "
+                                 f"choose from {', '.join(samplers.METHODS)}")
             if v.method in samplers.NEEDS_GALLERY and not c.gallery:
                 raise InputError(f"--samplers={v.method} needs a --gallery")
             if v.method == "diffr" and not options["gallery_labels"]:

@@ -204,8 +204,9 @@ def test_sample_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path,
     ]
     (tmp_path / "a_file").write_text("")
     cases += [(["--method=random_margin", f"--out_dir={tmp_path}/a_file"], "not a folder"),
-              (["--method=random_margin", f"--out_dir={tmp_path}/a_file/x"], "cannot write"),
-              (["--method=random_margin", "--out_dir=/proc/no/such"], "cannot write")]
+              (["--method=random_margin", f"--out_dir={tmp_path}/a_file/x"], "not a folder"),
+              (["--method=random_margin", "--out_dir=/proc/no/such"],
+               "cannot be used as an output folder")]
     for i, (flags, words) in enumerate(cases):
         out = tmp_path / f"out{i}"
         code = sample.main(["sample", f"--out_dir={out}", "--num_identities=10", *flags])
