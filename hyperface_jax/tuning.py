@@ -99,10 +99,10 @@ def summarise_time_to_target(hits: list[dict]) -> dict:
     """Median over seeds, counting a seed that never reached the target as infinite
     (so the median is None when half or more never reached it)."""
     out = {"reached": sum(h["step"] is not None for h in hits), "of": len(hits)}
-    for key in ("step", "seconds"):
+    for key, name in (("step", "median_steps"), ("seconds", "median_seconds")):
         values = [math.inf if h[key] is None else h[key] for h in hits]
         median = float(np.median(values)) if values else math.inf
-        out[f"median_{key}s"] = median if math.isfinite(median) else None
+        out[name] = median if math.isfinite(median) else None
     return out
 
 
