@@ -20,6 +20,20 @@ mean and std over seeds), `compare.md` (the table, best worst-pair cosine first)
 `compare.png` (worst-pair and mean nearest-neighbour cosine against steps and against
 stepping seconds, one line per variant, the mean over seeds; with samplers, the
 distribution of each identity's nearest-neighbour cosine per method at equal N).
+
+Tuned comparison (docs/optimizers.md):
+
+    python -m hyperface_jax.compare --flagfile=... --optimizers=sgd,adam,lion \
+        --tune_trials=8 --seeds=2 --final_seeds=3 --out_dir=runs/tuned
+
+gives each optimizer --tune_trials settings from its search space (hyperface_jax/
+search_spaces.py, or --search_space=file.json), each run on --seeds seeds in
+`<out_dir>/tune/<optimizer>/trial<j>/seed<k>`; the trial with the lowest mean final
+max_cos is re-run on --final_seeds fresh seeds in `<out_dir>/final/<optimizer>/seed<k>`.
+compare.json holds every trial and `"tuned": {optimizer: {"best_flags", "figures",
+"interval", "time_to_target", ...}}`; compare.md the table; sensitivity.png the final
+figure against the learning rate; compare.png the tuned curves with the target.
+`--resume --out_dir=...` continues the sweep recorded there with its own flags.
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
 """
 
