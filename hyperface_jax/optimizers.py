@@ -86,6 +86,7 @@ _CORE = ("adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "ada
          "adamw", "adan", "amsgrad", "fromage", "lamb", "lars", "lion", "nadam", "nadamw",
          "novograd", "optimistic_adam_v2", "optimistic_gradient_descent", "radam",
          "rmsprop", "sgd", "sign_sgd", "signum", "yogi")
+_LR_FREE = "learning-rate free: --learning_rate multiplies the step it finds (1 as published)"
 _SCHEDULE_FREE = ("figures are those of the training iterate y (the solver evaluates its "
                   "parameters; the schedule-free average x is not extracted)")
 CATALOGUE: dict[str, Entry] = {
@@ -96,11 +97,11 @@ CATALOGUE: dict[str, Entry] = {
     "ademamix": _optax(optax.contrib.ademamix),
     "simplified_ademamix": _optax(optax.contrib.simplified_ademamix),
     "adopt": _optax(optax.contrib.adopt),
-    "cocob": _optax(optax.contrib.cocob, "learning-rate free: --learning_rate scales it (1)"),
+    "cocob": _optax(optax.contrib.cocob, _LR_FREE),
     "dadapt_adamw": _betas(optax.contrib.dadapt_adamw,
-                           "learning-rate free: --learning_rate scales it (1)"),
-    "prodigy": _betas(optax.contrib.prodigy, "learning-rate free: --learning_rate scales it (1)"),
-    "dog": Entry(_dog, ("eps",), "learning-rate free: --learning_rate scales it (1)"),
+                           _LR_FREE),
+    "prodigy": _betas(optax.contrib.prodigy, _LR_FREE),
+    "dog": Entry(_dog, ("eps",), _LR_FREE),
     "mechanic": Entry(_mechanic, ("weight_decay",), "learns the scale of Adam's step"),
     "madgrad": _optax(optax.contrib.madgrad),
     "muon": _optax(optax.contrib.muon,
