@@ -541,7 +541,7 @@ def _target(spec: str, tuned: dict) -> tuple[float | None, str]:
 
 
 def _setting(flags: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" for k, v in sorted(flags.items()))
+    return ", ".join(f"{k}={v:.6g}" for k, v in sorted(flags.items()))
 
 
 def _tuned_markdown(result: dict) -> str:
