@@ -180,3 +180,18 @@ def test_time_to_target_and_performance_profile_on_planted_cases():
     mean, interval = tuning.mean_and_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and interval == pytest.approx([2 - 4.302653 / math.sqrt(3),
                                                       2 + 4.302653 / math.sqrt(3)], rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", optimizers.names())
+def test_every_catalogue_optimizer_improves_a_small_packing(name):
+    # The learning rate: the geometric middle of the optimizer's search range.
+    low, high, _ = search_spaces.space_of(name)["learning_rate"]
+    rate = math.sqrt(low * high)
+    x0 = _random(2, 32, 6)
+    opt = optimizers.make_optimizer(name, optimizers.make_schedule("constant", rate, steps=60))
+    x = _run(opt, x0, 60)
+    before = metrics.to_python(metrics.packing_figures(x0, None))["mean_nn_cos"]
+    after = metrics.to_python(metrics.packing_figures(x, None))["mean_nn_cos"]
+    assert after < before, (before, after)
+    np.testing.assert_allclose(jnp.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
