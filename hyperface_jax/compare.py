@@ -351,6 +351,8 @@ def validate_tuning(c: PackConfig, vs: list[Variant], t: Tuning, objectives: lis
         if not isinstance(table, dict):
             raise InputError(f"--search_space {t.search_space}: not a JSON object")
     names = [v.optimizer for v in vs]
+    if len(set(names)) < len(names):
+        raise InputError(f"--optimizers names one optimizer twice: {','.join(names)}")
     for v in vs:
         space = search_spaces.space_of(v.optimizer, table)
         tuning.check_space(v.optimizer, space)
@@ -447,20 +449,17 @@ def tune(c: PackConfig, vs: list[Variant], t: Tuning, table: dict, *, seeds: int
                 ck = dataclasses.replace(config_of(c, v, seed, directory), **setting)
                 jobs.append((ck, directory))
     runs, _ = _run_jobs(jobs, t.workers, cache, log, "tuning")
-    trials, position = {}, 0
+    trials, best, position = {}, {}, 0
     for v in vs:
-        rows = []
+        rows, scores = [], []
         for j, setting in enumerate(plan[v.optimizer]):
             group = runs[position:position + seeds]
             position += seeds
-            score = tuning.validation_figure(group)
+            scores.append(tuning.validation_figure(group))
             rows.append({"trial": j, "flags": setting, "runs": group,
-                         "validation": score if math.isfinite(score) else None,
-                         "_score": score})
+                         "validation": scores[-1] if math.isfinite(scores[-1]) else None})
         trials[v.optimizer] = rows
-
-    best = {name: tuning.best_trial([{"validation": r["_score"]} for r in rows])
-            for name, rows in trials.items()}
+        best[v.optimizer] = tuning.best_trial(scores)
     jobs, owners = [], []
     for v in vs:
         if best[v.optimizer] is None:
@@ -482,7 +481,7 @@ def tune(c: PackConfig, vs: list[Variant], t: Tuning, table: dict, *, seeds: int
             tuned[name] = {"best_trial": None, "error": "every tuning trial failed"}
             continue
         ok = [final_runs[i] for i in mine if "figures" in final_runs[i]]
-        histories[name] = [final_histories[i] for i in mine if final_histories[i]]
+        histories[name] = [final_histories[i] for i in mine]  # None: the run failed
         figures, interval = {}, {}
         for key in FIGURES:
             values = [r["figures"].get(key) for r in ok]
@@ -492,15 +491,12 @@ def tune(c: PackConfig, vs: list[Variant], t: Tuning, table: dict, *, seeds: int
                        "figures": figures, "interval": interval,
                        "seeds": [final_runs[i]["seed"] for i in mine],
                        "runs": [final_runs[i] for i in mine]}
-    for rows in trials.values():
-        for r in rows:
-            del r["_score"]
 
     target, source = _target(t.target, tuned)
     if target is not None:
         for name, entry in tuned.items():
             if name in histories:
-                hits = [tuning.time_to_target(h, target) for h in histories[name]]
+                hits = [tuning.time_to_target(h or [], target) for h in histories[name]]
                 entry["time_to_target"] = tuning.summarise_time_to_target(hits)
     return {
         "tuning": {
@@ -619,6 +615,7 @@ def _plot_tuned(out: Path, result: dict, histories: dict) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, runs in histories.items():
+        runs = [h for h in runs if h]
         if runs:
             steps, seconds, values = _mean_curve(runs, "max_cos")
             axes[0].plot(steps, values, label=name)

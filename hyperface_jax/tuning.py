@@ -69,9 +69,8 @@ def validation_figure(runs: list[dict]) -> float:
     return float(np.mean(values))
 
 
-def best_trial(trials: list[dict]) -> int | None:
-    """Index of the trial with the lowest validation figure (None if every one failed)."""
-    scores = [t["validation"] for t in trials]
+def best_trial(scores: list[float]) -> int | None:
+    """Index of the lowest validation figure (the first of equals); None if all failed."""
     if not scores or not math.isfinite(min(scores)):
         return None
     return int(np.argmin(scores))

@@ -232,6 +232,7 @@ def test_tuning_and_resume_bad_input_exit_2(tmp_path, capsys):
         (["--tune_trials=2", "--optimizers=sgd", "--target=rmsprop"], "--target"),
         (["--tune_trials=2", "--final_seeds=0"], "--final_seeds"),
         (["--resume"], "no sweep was started"),
+        (["--tune_trials=2", "--optimizers=sgd,sgd"], "names one optimizer twice"),
     ]
     for i, (flags, words) in enumerate(cases):
         out = tmp_path / f"out{i}"
