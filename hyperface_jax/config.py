@@ -39,8 +39,10 @@ class PackConfig:
     packing_reduce: str = _f("mean", "Packing term over identities: 'mean' of nearest-neighbour "
                                      "cosines (the paper's loss) or 'max' (the literal worst "
                                      "pair).")
-    optimizer: str = _f("adam", "Any optax optimizer by name: adam, adamw, rmsprop, sgd, lamb, "
-                                "lion, adafactor, ...")
+    optimizer: str = _f("adam", "A name of hyperface_jax.optimizers.CATALOGUE (optax, "
+                                "optax.contrib, riemannian_adam; docs/optimizers.md) or your "
+                                "own module.path:factory returning an optax "
+                                "GradientTransformation.")
     learning_rate: float = _f(0.01, "Initial learning rate.")
     schedule: str = _f("staircase", "Learning-rate schedule: constant, staircase (lr x "
                                     "decay_rate every decay_every steps, the paper's), "

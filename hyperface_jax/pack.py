@@ -116,6 +116,18 @@ class Plan:
         return self.runners[0] if step < self.config.steps else self.runners[1]
 
 
+def check_sparse(c: PackConfig, optimizer, n: int, d: int) -> None:
+    """Sparse mini-batch updates need an optimizer state that is per-row or shared (not a
+    factored one): refused up front, from the state's shapes alone."""
+    if c.batch_size in (0, n) or c.minibatch_update != "sparse":
+        return
+    state = jax.eval_shape(optimizer.init, jax.ShapeDtypeStruct((n, d), jnp.float32))
+    try:
+        solver.check_sparse_compatible(state, (n, d))
+    except ValueError as e:
+        raise InputError(f"--optimizer={c.optimizer}: {e}") from None
+
+
 def make_placement(c: PackConfig):
     """`LOCAL`, or a `sharding.Sharded` placement over --devices (joining a multi-process
     run first when asked)."""
@@ -160,12 +172,7 @@ def plan(c: PackConfig, *, gallery=None, init=None) -> Plan:
     problem = build_problem(c, gallery=gallery, init=init)
     optimizer = build_optimizer(c)
     config = solver_config(c)
-    if not solver.is_full_batch(config, problem.n) and c.minibatch_update == "sparse":
-        try:
-            solver.check_sparse_compatible(optimizer.init(problem.init),
-                                           (problem.n, problem.d))
-        except ValueError as e:
-            raise InputError(f"--optimizer={c.optimizer}: {e}") from None
+    check_sparse(c, optimizer, problem.n, problem.d)
     placed_gallery = placement.put_gallery(problem.gallery)
     state = _initial_state(problem, optimizer, config, placement, placed_gallery)
 
