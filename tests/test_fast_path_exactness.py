@@ -229,7 +229,9 @@ def test_pack_cli_reports_the_neighbor_list_audit(tmp_path):
                    "--neighbor_list_size=8", "--neighbor_refresh_every=10")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["neighbor_list_audit"]["rebuilds_audited"] == 5
+    audit = report["neighbor_list_audit"]
+    assert audit["rebuilds_audited"] == 5 and audit["rebuild"] == "every"
+    assert audit["rebuilds_per_100_steps"] == pytest.approx(100 * 5 / 60)
     assert report["figures"]["max_cos"] < report["initial_figures"]["max_cos"]
 
 

@@ -90,6 +90,9 @@ FEATURES = {
                                 temperature_start=1.0, temperature_end=100.0),
     "neighbor_lists": dict(objective="logsumexp", temperature_start=1.0, temperature_end=100.0,
                            neighbor_list_size=6, gallery_list_size=3, neighbor_refresh_every=5),
+    "neighbor_lists_displacement": dict(
+        objective="logsumexp", temperature_start=1.0, temperature_end=100.0, restarts=2,
+        neighbor_list_size=6, gallery_list_size=3, neighbor_rebuild="displacement"),
     "restarts": dict(restarts=3, objective="logsumexp", temperature_start=1.0,
                      temperature_end=100.0),
     "polish": dict(polish_steps=10, polish_learning_rate=1e-3),
