@@ -4,12 +4,16 @@ The exact solver searches all n partners (and all m gallery rows) of every row a
 step: two (n x n) and (n x m) matrix products per step. Between two steps points move
 little, so, as in molecular dynamics, each row keeps a short list of its K nearest
 partners (and of its Kg nearest gallery rows), the loss looks only at those, and the
-lists are rebuilt by an exact blockwise top-K search every `refresh_every` steps.
+lists are rebuilt by an exact blockwise top-K search when `--neighbor_rebuild` says:
 
-This is an approximation, named as one (`--neighbor_list_size`, default off): between
-rebuilds a row's true nearest partner may leave its list. Every rebuild therefore audits
-the lists it replaces: the share of rows whose new nearest partner was missing from their
-old list (`audit`). Runs report it, so a user sees what the speed cost in exactness.
+- ``every``: every `refresh_every` steps, an approximation named as one: between
+  rebuilds a row's true nearest partner may leave its list;
+- ``displacement``: when the rows have moved far enough since the last rebuild that a
+  list may have lost what the loss needs (`may_be_stale`), so no step uses a stale list.
+
+Every rebuild audits the lists it replaces: the share of rows whose new nearest partner
+was missing from their old list (`audit`). Runs report it, so a user sees what the speed
+cost in exactness.
 
 Memory stays O(n K + tile x max(n, m)): `gathered_similarity` has a custom VJP that
 regathers partners tile by tile instead of keeping an (n, K, d) residual.
