@@ -246,3 +246,13 @@ def test_bad_speed_flags_exit_2(tmp_path, flags, message):
     assert r.returncode == 2
     assert message in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_an_unknown_rebuild_rule_is_refused_in_one_line():
+    from hyperface_jax import problem
+    from hyperface_jax.files import InputError
+
+    c = make_config(num_identities=30, dim=8, neighbor_list_size=4, neighbor_rebuild="often")
+    with pytest.raises(InputError, match="unknown --neighbor_rebuild 'often'; choose one of "
+                                         "displacement, every"):
+        problem.check_settings(c)
