@@ -168,15 +168,20 @@ def test_displacement_margins_are_the_gaps_to_the_best_unlisted_partner():
     top = -np.sort(-s, axis=1)
     sg = -np.sort(-np.asarray(x @ g.T), axis=1)
     search = solver.LOCAL.search(40, 12, 16, "highest")
-    for whole, first in ((False, 0), (True, 2)):
-        partners, margins = neighbor_lists.search_partners(
-            x, g, 3, 2, search, spare=True, gallery_spare=True, whole_list=whole)
+
+    @jax.jit
+    def both(x, g):
+        return [neighbor_lists.search_partners(x, g, 3, 2, search, spare=True,
+                                               gallery_spare=True, whole_list=whole)
+                for whole in (False, True)] + [
+            neighbor_lists.search_partners(x, g, 39, 12, search)]
+
+    *spared, (_, complete) = both(x, g)
+    for (partners, margins), first in zip(spared, (0, 2), strict=True):
         np.testing.assert_allclose(margins[:, 0], top[:, first] - top[:, 3], atol=1e-6)
         np.testing.assert_allclose(margins[:, 1], sg[:, 0] - sg[:, 2], atol=1e-6)
         assert partners.packing.shape == (40, 3) and partners.gallery.shape == (40, 2)
-    # Nothing left unlisted: an infinite margin, never a rebuild.
-    _, margins = neighbor_lists.search_partners(x, g, 39, 12, search)
-    assert np.all(np.isinf(margins))
+    assert np.all(np.isinf(complete))  # nothing left unlisted: never a rebuild
 
 
 def test_bfloat16_search_picks_a_near_maximum_and_reports_its_exact_cosine():
