@@ -77,14 +77,21 @@ class PackConfig:
                                           "or bfloat16 (bf16 inputs, exact float32 value "
                                           "of each chosen pair). Reported figures are "
                                           "always exact float32.")
-    neighbor_list_size: int = _f(0, "Approximation, off by default (0: exact search every "
-                                    "step). K > 0: each row's loss looks only at its K "
-                                    "nearest partners, found exactly every "
-                                    "--neighbor_refresh_every steps; report.json audits "
-                                    "how often a true nearest partner had left a list. "
-                                    "Full batch only.")
+    neighbor_list_size: int = _f(0, "Off by default (0: exact search every step). K > 0: "
+                                    "each row's loss looks only at its K nearest partners, "
+                                    "found by exact search when --neighbor_rebuild says; "
+                                    "report.json audits how often a true nearest partner "
+                                    "had left a list. Full batch only.")
     gallery_list_size: int = _f(4, "With neighbour lists: gallery rows kept per identity.")
-    neighbor_refresh_every: int = _f(20, "With neighbour lists: steps between exact rebuilds.")
+    neighbor_rebuild: str = _f("every", "With neighbour lists, when to rebuild them: "
+                                        "'displacement' when rows have moved far enough "
+                                        "that a list may have lost its nearest partner (the "
+                                        "hard max) or its top K (smooth objectives), a "
+                                        "conservative bound, so the loss equals the exact "
+                                        "one; 'every' --neighbor_refresh_every steps (an "
+                                        "approximation).")
+    neighbor_refresh_every: int = _f(20, "With --neighbor_rebuild=every: steps between exact "
+                                         "rebuilds.")
     b1: float | None = _f(None, "Optimizer hyper-parameter b1 (adam family, lion); optax "
                                 "default if unset.")
     b2: float | None = _f(None, "Optimizer hyper-parameter b2; optax default if unset.")
@@ -155,7 +162,7 @@ HELP_GROUPS = {
                   "nesterov", "decay"),
     "mode": ("steps", "batch_size", "minibatch_update", "project_gradient"),
     "speed": ("tile_size", "matmul_precision", "neighbor_list_size", "gallery_list_size",
-              "neighbor_refresh_every"),
+              "neighbor_rebuild", "neighbor_refresh_every"),
     "devices": ("devices", "coordinator_address", "num_processes", "process_id",
                 "distributed"),
     "run": ("out_dir", "checkpoint_every", "max_to_keep", "log_every", "progress"),

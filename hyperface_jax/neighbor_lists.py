@@ -4,12 +4,16 @@ The exact solver searches all n partners (and all m gallery rows) of every row a
 step: two (n x n) and (n x m) matrix products per step. Between two steps points move
 little, so, as in molecular dynamics, each row keeps a short list of its K nearest
 partners (and of its Kg nearest gallery rows), the loss looks only at those, and the
-lists are rebuilt by an exact blockwise top-K search every `refresh_every` steps.
+lists are rebuilt by an exact blockwise top-K search when `--neighbor_rebuild` says:
 
-This is an approximation, named as one (`--neighbor_list_size`, default off): between
-rebuilds a row's true nearest partner may leave its list. Every rebuild therefore audits
-the lists it replaces: the share of rows whose new nearest partner was missing from their
-old list (`audit`). Runs report it, so a user sees what the speed cost in exactness.
+- ``every``: every `refresh_every` steps, an approximation named as one: between
+  rebuilds a row's true nearest partner may leave its list;
+- ``displacement``: when the rows have moved far enough since the last rebuild that a
+  list may have lost what the loss needs (`may_be_stale`), so no step uses a stale list.
+
+Every rebuild audits the lists it replaces: the share of rows whose new nearest partner
+was missing from their old list (`audit`). Runs report it, so a user sees what the speed
+cost in exactness.
 
 Memory stays O(n K + tile x max(n, m)): `gathered_similarity` has a custom VJP that
 regathers partners tile by tile instead of keeping an (n, K, d) residual.
@@ -34,15 +38,27 @@ class NeighborLists:
     missed_max: jax.Array  # float32: the largest such share
     gallery_missed_sum: jax.Array
     gallery_missed_max: jax.Array
+    # --neighbor_rebuild=displacement: the rows at the last rebuild (n, d) and each row's
+    # margins (n, 2) [packing, gallery] (`search_partners`); None for a fixed schedule.
+    anchor: jax.Array | None = None
+    margins: jax.Array | None = None
+
+
+def top_k_similarities(x, y, k: int, *, exclude_self: bool = False,
+                       tile_size: int = neighbors.DEFAULT_TILE_SIZE, precision="highest"):
+    """`(values, indices)`, each (n, k): each row's k largest inner products with rows of
+    `y` and their row indices, best first."""
+    v, idx = neighbors.map_similarity_tiles(x, y, lambda s, xt: lax.top_k(s, k),
+                                            exclude_self=exclude_self, tile_size=tile_size,
+                                            precision=precision)
+    return v, idx.astype(jnp.int32)
 
 
 def top_k_neighbors(x, y, k: int, *, exclude_self: bool = False,
                     tile_size: int = neighbors.DEFAULT_TILE_SIZE, precision="highest"):
     """Indices (n, k) of each row's k largest inner products with rows of `y`, best first."""
-    idx = neighbors.map_similarity_tiles(x, y, lambda s, xt: lax.top_k(s, k)[1],
-                                         exclude_self=exclude_self, tile_size=tile_size,
-                                         precision=precision)
-    return idx.astype(jnp.int32)
+    return top_k_similarities(x, y, k, exclude_self=exclude_self, tile_size=tile_size,
+                              precision=precision)[1]
 
 
 def _gather_tiles(a, tile_size):
@@ -94,23 +110,79 @@ def _gathered_bwd(tile_size, residuals, g):
 gathered_similarity.defvjp(_gathered_fwd, _gathered_bwd)
 
 
-def search_partners(x, gallery, size: int, gallery_size: int, search):
+def _margin(values, size: int, spare: bool, whole_list: bool):
+    """Per row, how far the best (or, with `whole_list`, the last) listed similarity lies
+    above the best unlisted one (column `size` of `values`, searched as a spare); +inf
+    when nothing is left unlisted."""
+    if not spare:
+        return jnp.full(values.shape[:1], jnp.inf, jnp.float32)
+    return values[:, size - 1 if whole_list else 0] - values[:, size]
+
+
+def search_partners(x, gallery, size: int, gallery_size: int, search, *, spare: bool = False,
+                    gallery_spare: bool = False, whole_list: bool = False):
     """Fresh lists of the local rows by exact search (`search.top_k`): `objective.Partners`
-    of `size` partners among the rows of x and `gallery_size` gallery rows."""
+    of `size` partners among the rows of x and `gallery_size` gallery rows, and each row's
+    margins (rows, 2) (`_margin`: packing, gallery). `spare` / `gallery_spare` say that one
+    more partner than listed exists and is searched to measure the margin."""
     from hyperface_jax.objective import Partners
 
-    packing = search.top_k(x, x, size, exclude_self=True)
+    values, packing = search.top_k(x, x, size + spare, exclude_self=True)
+    margins = [_margin(values, size, spare, whole_list)]
     near_gallery = None
     if gallery is not None:
-        near_gallery = search.top_k(x, gallery, gallery_size, exclude_self=False)
-    return Partners(packing, near_gallery)
+        g_values, near_gallery = search.top_k(x, gallery, gallery_size + gallery_spare,
+                                              exclude_self=False)
+        margins.append(_margin(g_values, gallery_size, gallery_spare, False))
+        near_gallery = near_gallery[:, :gallery_size]
+    else:
+        margins.append(jnp.full_like(margins[0], jnp.inf))
+    return Partners(packing[:, :size], near_gallery), jnp.stack(margins, axis=1)
 
 
-def fresh(partners) -> NeighborLists:
-    """Lists with an empty audit."""
+# Rounding allowance of the displacement bound: the margins come from the search's matmuls.
+# At float32 ("highest") a cosine of unit rows is off by ~1e-7; lower precisions (bf16
+# passes on TPU/GPU, "bfloat16") by up to ~2^-8, so their allowance is 2^-7.
+ROUNDING = {"highest": 1e-6}
+LOW_PRECISION_ROUNDING = 2.0 ** -7
+
+
+def row_distances(a, b):
+    """|a_i - b_i| per row, as a column (rows, 1)."""
+    return jnp.sqrt(jnp.sum(jnp.square(a - b), axis=1, keepdims=True))
+
+
+def may_be_stale(x, anchor, margins, search, precision="highest"):
+    """Whether, by the displacement bound, some real row's list may no longer hold what it
+    promises (its nearest partner and nearest gallery row; with whole-list margins, its
+    whole top K): a scalar, the same on every device (`search.maximum`).
+
+    For unit rows, |<x_i, x_j> - <a_i, a_j>| <= |x_i - a_i| + |x_j - a_j| (a: the rows at
+    the rebuild). With d_i = |x_i - a_i| and D its maximum over all rows, a listed partner
+    k loses at most d_i + D and an unlisted j gains at most d_i + D, so j can overtake k
+    only if 2 (d_i + D) >= margin_i (packing: the gap at the rebuild between k and the best
+    unlisted partner). The gallery does not move: 2 d_i >= gallery margin_i. Checked before
+    every step, this makes every list the step uses complete.
+    """
+    valid = search.valid(x)
+    d = row_distances(x, anchor)[:, 0]
+    if valid is not None:
+        d = jnp.where(valid, d, 0.0)
+    slack = ROUNDING.get(precision, LOW_PRECISION_ROUNDING)
+    far = search.maximum(d)
+    stale = ((2.0 * (d + far) + slack >= margins[:, 0])
+             | (2.0 * d + slack >= margins[:, 1]))
+    if valid is not None:
+        stale = stale & valid
+    return search.maximum(stale.astype(jnp.float32)) > 0
+
+
+def fresh(partners, margins=None, anchor=None) -> NeighborLists:
+    """Lists with an empty audit; `margins` and `anchor` (the rows now) for lists rebuilt
+    by displacement."""
     zero = jnp.zeros((), jnp.float32)
     return NeighborLists(partners.packing, partners.gallery, jnp.zeros((), jnp.int32),
-                         zero, zero, zero, zero)
+                         zero, zero, zero, zero, anchor, margins)
 
 
 def _missed_share(old, new):
@@ -118,13 +190,14 @@ def _missed_share(old, new):
     return jnp.mean(jnp.logical_not(jnp.any(old == new[:, :1], axis=1)).astype(jnp.float32))
 
 
-def audited(lists: NeighborLists, partners, count: int) -> NeighborLists:
+def audited(lists: NeighborLists, partners, count: int, margins=None,
+            anchor=None) -> NeighborLists:
     """`partners` as the new lists, auditing the lists they replace over the first `count`
     (real, not padding) rows."""
     missed = _missed_share(lists.packing[:count], partners.packing[:count])
     g_missed = (jnp.zeros((), jnp.float32) if partners.gallery is None
                 else _missed_share(lists.gallery[:count], partners.gallery[:count]))
-    return fresh(partners).replace(
+    return fresh(partners, margins, anchor).replace(
         rebuilds=lists.rebuilds + 1,
         missed_sum=lists.missed_sum + missed,
         missed_max=jnp.maximum(lists.missed_max, missed),
@@ -132,13 +205,16 @@ def audited(lists: NeighborLists, partners, count: int) -> NeighborLists:
         gallery_missed_max=jnp.maximum(lists.gallery_missed_max, g_missed))
 
 
-def audit(lists: NeighborLists) -> dict[str, float | int]:
-    """The audit as plain numbers (for report.json)."""
+def audit(lists: NeighborLists, steps: int | None = None) -> dict[str, float | int]:
+    """The audit as plain numbers (for report.json); `steps`: the steps the lists served."""
     lists = jax.device_get(lists)
     rebuilds = int(lists.rebuilds)
     mean = (lambda s: float(s) / rebuilds if rebuilds else 0.0)
+    per_100 = {} if not steps else {"rebuilds_per_100_steps": 100.0 * rebuilds / steps}
     return {
+        "rebuild": "every" if lists.anchor is None else "displacement",
         "rebuilds_audited": rebuilds,
+        **per_100,
         "mean_share_rows_missed": mean(lists.missed_sum),
         "max_share_rows_missed": float(lists.missed_max),
         "gallery_mean_share_rows_missed": mean(lists.gallery_missed_sum),

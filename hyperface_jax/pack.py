@@ -77,7 +77,8 @@ def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig
         batch_size=c.batch_size, minibatch_update=c.minibatch_update,
         tile_size=tile_size_of(c), precision=c.matmul_precision,
         neighbor_list_size=0 if polish else c.neighbor_list_size,
-        gallery_list_size=c.gallery_list_size, neighbor_refresh_every=c.neighbor_refresh_every)
+        gallery_list_size=c.gallery_list_size, neighbor_refresh_every=c.neighbor_refresh_every,
+        neighbor_rebuild=c.neighbor_rebuild)
 
 
 def horizon_flags(c: PackConfig) -> tuple[str, ...]:
@@ -429,7 +430,7 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
     if state.lists is not None:
         lists = state.lists if p.problem.restarts == 1 else jax.tree.map(lambda a: a[best],
                                                                          state.lists)
-        audit = neighbor_lists.audit(lists)
+        audit = neighbor_lists.audit(lists, steps=min(step, c.steps))
     report = make_report(p, history, step=step, started=started, stepping=stepping,
                          steps_run=steps_run, resumed_from=resumed_from, last_terms=terms,
                          lists_audit=audit)

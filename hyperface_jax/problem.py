@@ -15,7 +15,7 @@ from hyperface_jax.config import PackConfig
 from hyperface_jax.files import InputError, load_embeddings, validated_rows
 from hyperface_jax.neighbors import MATMUL_PRECISIONS
 from hyperface_jax.objective import OBJECTIVES, PACKING_REDUCTIONS
-from hyperface_jax.solver import MINIBATCH_UPDATES
+from hyperface_jax.solver import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +89,9 @@ def check_settings(c: PackConfig) -> None:
                          f"choose one of {', '.join(MATMUL_PRECISIONS)}")
     if c.neighbor_list_size < 0:
         raise InputError(f"--neighbor_list_size must be >= 0, got {c.neighbor_list_size}")
+    if c.neighbor_rebuild not in NEIGHBOR_REBUILDS:
+        raise InputError(f"unknown --neighbor_rebuild {c.neighbor_rebuild!r}; "
+                         f"choose one of {', '.join(NEIGHBOR_REBUILDS)}")
     for name in ("gallery_list_size", "neighbor_refresh_every"):
         if c.neighbor_list_size and getattr(c, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")

@@ -7,7 +7,8 @@ as jax-md's energy functions are written against a `space`:
 
   nearest(x, y, exclude_self)   max_j <x_i, y_j> per row, differentiable in x and y
   smooth(x, temperature, kind)  (1/t) log sum_{j != i} exp(t h(<x_i, x_j>)) per row
-  top_k(x, y, k, exclude_self)  global indices of each row's k best partners, best first
+  top_k(x, y, k, exclude_self)  each row's k best similarities and their global indices,
+                                best first
   gathered(x, y, idx)           <x_i, y_{idx[i, k]}>, differentiable (neighbour lists)
   total(v), maximum(v)          sum and maximum of per-row values over every row
   valid(x)                      which local rows are real (None: all; padding otherwise)
@@ -45,10 +46,10 @@ class LocalSearch:
                                              self.precision)
 
     def top_k(self, x, y, k: int, *, exclude_self: bool):
-        from hyperface_jax.neighbor_lists import top_k_neighbors
+        from hyperface_jax.neighbor_lists import top_k_similarities
 
-        return top_k_neighbors(x, y, k, exclude_self=exclude_self, tile_size=self.tile_size,
-                               precision=self.precision)
+        return top_k_similarities(x, y, k, exclude_self=exclude_self, tile_size=self.tile_size,
+                                  precision=self.precision)
 
     def gathered(self, x, y, idx):
         from hyperface_jax.neighbor_lists import gathered_similarity

@@ -304,8 +304,9 @@ ring_smooth.defvjp(_ring_smooth_fwd, _ring_smooth_bwd)
 
 
 def ring_top_k(x, y, k, exclude_self, size, tile_size, precision, count=None):
-    """Global indices (rows, k) of each local row's k largest inner products with the real
-    rows of y on every device, best first (inside `shard_map`)."""
+    """`(values, indices)` (rows, k): each local row's k largest inner products with the
+    real rows of y on every device and their global indices, best first (inside
+    `shard_map`)."""
     me = lax.axis_index(AXIS)
     rows = y.shape[0]
     per_block = min(k, rows)
@@ -337,8 +338,8 @@ def ring_top_k(x, y, k, exclude_self, size, tile_size, precision, count=None):
         block = _shift(block, size)
         return block, merge(best, block_top(block, (me - step) % size, False))
 
-    _, (_, indices) = lax.fori_loop(1, size, visit, (y, first))
-    return indices
+    _, best = lax.fori_loop(1, size, visit, (y, first))
+    return best
 
 
 def _in_block(idx, owner, rows):

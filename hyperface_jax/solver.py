@@ -33,6 +33,9 @@ from hyperface_jax import neighbor_lists, neighbors, objective, sphere
 from hyperface_jax.placement import LOCAL
 
 MINIBATCH_UPDATES = ("sparse", "dense")
+# When neighbour lists are rebuilt: when the displacement bound says a list may have gone
+# stale (`neighbor_lists.may_be_stale`), or every `neighbor_refresh_every` steps.
+NEIGHBOR_REBUILDS = ("displacement", "every")
 
 
 @flax.struct.dataclass
@@ -60,10 +63,15 @@ class SolverConfig:
     neighbor_list_size: int = 0
     gallery_list_size: int = 4
     neighbor_refresh_every: int = 20
+    neighbor_rebuild: str = "every"
 
     @property
     def uses_lists(self) -> bool:
         return self.neighbor_list_size > 0
+
+    @property
+    def rebuilds_by_displacement(self) -> bool:
+        return self.uses_lists and self.neighbor_rebuild == "displacement"
 
 
 def step_of(state: SolverState) -> int:
@@ -109,16 +117,34 @@ def _is_row_leaf(leaf, shape) -> bool:
 
 def partner_search(config: SolverConfig, count: int, gallery_count: int | None,
                    placement=LOCAL):
-    """`find(x, gallery) -> objective.Partners`: fresh neighbour lists of every row by exact
-    search, on the placement's rows (`count` real rows, `gallery_count` gallery rows)."""
+    """`find(x, gallery) -> (objective.Partners, margins)`: fresh neighbour lists of every
+    row by exact search, on the placement's rows (`count` real rows, `gallery_count`
+    gallery rows), and each row's margins (`neighbor_lists.search_partners`: the smooth
+    objectives keep their whole top K, the hard maximum its nearest partner)."""
     k = min(config.neighbor_list_size, count - 1)
     kg = min(config.gallery_list_size, gallery_count or 1)
+    displacement = config.rebuilds_by_displacement
 
     def local(x, gallery):
         search = placement.search(count, gallery_count, config.tile_size, config.precision)
-        return neighbor_lists.search_partners(x, gallery, k, kg, search)
+        return neighbor_lists.search_partners(
+            x, gallery, k, kg, search, spare=displacement and k < count - 1,
+            gallery_spare=displacement and gallery_count is not None and kg < gallery_count,
+            whole_list=config.objective != "max")
 
     return placement.rowwise(local, in_rows=(True, True), out_rows=True)
+
+
+def stale_check(config: SolverConfig, count: int, gallery_count: int | None,
+                placement=LOCAL):
+    """`check(x, lists) -> bool scalar`: `neighbor_lists.may_be_stale` over every real row
+    of the placement."""
+    def local(x, anchor, margins):
+        search = placement.search(count, gallery_count, config.tile_size, config.precision)
+        return neighbor_lists.may_be_stale(x, anchor, margins, search, config.precision)
+
+    run = placement.rowwise(local, in_rows=(True, True, True), out_rows=False)
+    return lambda x, lists: run(x, lists.anchor, lists.margins)
 
 
 def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Array | int,
@@ -136,7 +162,9 @@ def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Arr
         if gallery is not None and gallery_count is None:
             gallery_count = gallery.shape[0]
         find = partner_search(config, count, gallery_count, placement)
-        lists = neighbor_lists.fresh(find(embeddings, gallery))
+        partners, margins = find(embeddings, gallery)
+        lists = (neighbor_lists.fresh(partners, margins, embeddings)
+                 if config.rebuilds_by_displacement else neighbor_lists.fresh(partners))
     return SolverState(
         embeddings=embeddings,
         opt_state=optimizer.init(embeddings),
@@ -161,6 +189,9 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     if config.uses_lists and not full:
         raise ValueError("neighbour lists work in full-batch mode only (a mini-batch step "
                          "already searches only its batch); set --neighbor_list_size=0")
+    if config.neighbor_rebuild not in NEIGHBOR_REBUILDS:
+        raise ValueError(f"unknown --neighbor_rebuild {config.neighbor_rebuild!r}; "
+                         f"choose one of {', '.join(NEIGHBOR_REBUILDS)}")
     objective.check_objective(config.objective)
     smooth = config.objective != "max"
 
@@ -192,15 +223,24 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
         return sphere.normalize_rows(optax.apply_updates(x, updates)), opt_state
 
     def refreshed(state, gallery):
-        """The neighbour lists for this step: rebuilt (and audited) every
-        `neighbor_refresh_every` steps."""
-        due = (state.step > 0) & (state.step % config.neighbor_refresh_every == 0)
+        """The neighbour lists for this step: rebuilt (and audited) when the displacement
+        bound says one may be stale, or every `neighbor_refresh_every` steps."""
         m = gallery_count if gallery_count is not None else (
             None if gallery is None else gallery.shape[0])
+        x = state.embeddings
+        if config.rebuilds_by_displacement:
+            due = stale_check(config, n, m, placement)(x, state.lists)
+        else:
+            due = (state.step > 0) & (state.step % config.neighbor_refresh_every == 0)
         find = partner_search(config, n, m, placement)
-        return lax.cond(
-            due, lambda: neighbor_lists.audited(state.lists, find(state.embeddings, gallery), n),
-            lambda: state.lists)
+
+        def rebuild():
+            partners, margins = find(x, gallery)
+            if not config.rebuilds_by_displacement:
+                return neighbor_lists.audited(state.lists, partners, n)
+            return neighbor_lists.audited(state.lists, partners, n, margins, x)
+
+        return lax.cond(due, rebuild, lambda: state.lists)
 
     def step(state: SolverState, gallery, order=None):
         """`order`: optionally, the current epoch's row permutation (mini-batch mode)."""

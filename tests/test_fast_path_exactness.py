@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import run_module
+from jax import lax
 
 from hyperface_jax import (
     dense_baseline,
@@ -126,6 +127,68 @@ def test_short_lists_are_audited_when_partners_leave_them():
     assert 0.0 < audit["mean_share_rows_missed"] <= audit["max_share_rows_missed"] <= 1.0
 
 
+def test_lists_rebuilt_by_displacement_are_complete_whenever_used():
+    # A problem where a fixed schedule lets nearest partners leave the lists: with the
+    # displacement bound, every list a step uses holds the exact nearest partner and
+    # nearest gallery row, and the trajectory is the exact solver's.
+    x, g = _problem(100, 30, 6, seed=3)
+    opt = _adam()
+    steps = 30
+    every = _run_exact(x, g, steps, opt, tile_size=64, neighbor_list_size=4,
+                       gallery_list_size=2, neighbor_refresh_every=10)
+    assert neighbor_lists.audit(every.lists)["max_share_rows_missed"] > 0.0
+
+    cfg = solver.SolverConfig(alpha=0.5, tile_size=64, neighbor_list_size=4,
+                              gallery_list_size=2, neighbor_rebuild="displacement")
+    step = solver.make_step(opt, cfg, 100)
+
+    def checked(state, _):
+        """One step, and whether the lists it used held every exact nearest row."""
+        rows = state.embeddings
+        state, _ = step(state, g)
+        s = jnp.where(jnp.eye(100, dtype=bool), -jnp.inf, rows @ rows.T)
+        held = (jnp.any(state.lists.packing == jnp.argmax(s, 1)[:, None], axis=1)
+                & jnp.any(state.lists.gallery == jnp.argmax(rows @ g.T, 1)[:, None], axis=1))
+        return state, jnp.all(held)
+
+    state, held = jax.jit(lambda s: lax.scan(checked, s, None, length=steps))(
+        solver.init_state(x, opt, 0, g, cfg))
+    assert np.all(held)
+    exact = _run_exact(x, g, steps, opt, tile_size=64).embeddings
+    np.testing.assert_allclose(state.embeddings, exact, atol=1e-5)
+    audit = neighbor_lists.audit(state.lists, steps)
+    assert audit["rebuild"] == "displacement"
+    assert 0 < audit["rebuilds_audited"] < steps  # rebuilt when needed, not every step
+    # The audit looks at the lists a rebuild replaces, at the step the bound replaced them
+    # (after the rows moved, before any use): what the bound caught, far below what the
+    # fixed schedule let through.
+    missed_every = neighbor_lists.audit(every.lists)["max_share_rows_missed"]
+    assert audit["max_share_rows_missed"] < 0.25 * missed_every
+
+
+def test_displacement_margins_are_the_gaps_to_the_best_unlisted_partner():
+    x, g = _problem(40, 12, 5, seed=2)
+    s = np.array(x @ x.T)
+    np.fill_diagonal(s, -np.inf)
+    top = -np.sort(-s, axis=1)
+    sg = -np.sort(-np.asarray(x @ g.T), axis=1)
+    search = solver.LOCAL.search(40, 12, 16, "highest")
+
+    @jax.jit
+    def both(x, g):
+        return [neighbor_lists.search_partners(x, g, 3, 2, search, spare=True,
+                                               gallery_spare=True, whole_list=whole)
+                for whole in (False, True)] + [
+            neighbor_lists.search_partners(x, g, 39, 12, search)]
+
+    *spared, (_, complete) = both(x, g)
+    for (partners, margins), first in zip(spared, (0, 2), strict=True):
+        np.testing.assert_allclose(margins[:, 0], top[:, first] - top[:, 3], atol=1e-6)
+        np.testing.assert_allclose(margins[:, 1], sg[:, 0] - sg[:, 2], atol=1e-6)
+        assert partners.packing.shape == (40, 3) and partners.gallery.shape == (40, 2)
+    assert np.all(np.isinf(complete))  # nothing left unlisted: never a rebuild
+
+
 def test_bfloat16_search_picks_a_near_maximum_and_reports_its_exact_cosine():
     x, y = _problem(500, 300, 64, seed=4)
     exact_vals, exact_idx = neighbors.nearest_neighbors(x, y, tile_size=128)
@@ -176,7 +239,9 @@ def test_pack_cli_reports_the_neighbor_list_audit(tmp_path):
                    "--neighbor_list_size=8", "--neighbor_refresh_every=10")
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["neighbor_list_audit"]["rebuilds_audited"] == 5
+    audit = report["neighbor_list_audit"]
+    assert audit["rebuilds_audited"] == 5 and audit["rebuild"] == "every"
+    assert audit["rebuilds_per_100_steps"] == pytest.approx(100 * 5 / 60)
     assert report["figures"]["max_cos"] < report["initial_figures"]["max_cos"]
 
 
@@ -191,3 +256,13 @@ def test_bad_speed_flags_exit_2(tmp_path, flags, message):
     assert r.returncode == 2
     assert message in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_an_unknown_rebuild_rule_is_refused_in_one_line():
+    from hyperface_jax import problem
+    from hyperface_jax.files import InputError
+
+    c = make_config(num_identities=30, dim=8, neighbor_list_size=4, neighbor_rebuild="often")
+    with pytest.raises(InputError, match="unknown --neighbor_rebuild 'often'; choose one of "
+                                         "displacement, every"):
+        problem.check_settings(c)
