@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from bridges import require_torch_extra
 from hyperface_jax import cli
 from hyperface_jax.files import InputError, atomic_write, save_json
 
@@ -222,6 +223,7 @@ def results_markdown(results: dict, ranking, far: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_torch_extra("bridges.evaluate")
     return cli.run_main(argv, make_flag_values(), run)
 
 

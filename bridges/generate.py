@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from bridges import require_torch_extra
 from hyperface_jax import cli
 from hyperface_jax.files import (
     InputError,
@@ -499,6 +500,7 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_torch_extra("bridges.generate")
     return cli.run_main(argv, make_flag_values(), run)
 
 

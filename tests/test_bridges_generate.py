@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bridges import arc2face, generate
-from tests import bridges_models
+from bridges import demo_models as bridges_models
 from tests.conftest import REPO, cli_env
 
 BETA = 0.005
@@ -33,16 +33,15 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    base = bridges_models.base_model(root / "sd15")
-    a2f = bridges_models.arc2face(root / "arc2face")
-    rec = bridges_models.recognizer(root / "recognizer.onnx")
+    demo = bridges_models.build(root / "demo")  # the models `bridges.demo_models` builds
+    base, a2f, rec = demo["base_model"], demo["arc2face"], Path(demo["recognizer"])
     # Brightness level tuned so that some of the tiny UNet's images hold a "face", some not.
     det = bridges_models.detector(root / "det.onnx", level=0.1)
     refs = np.random.default_rng(0).normal(size=(5, 512)).astype(np.float32)
     refs /= np.linalg.norm(refs, axis=1, keepdims=True)
     np.save(root / "refs.npy", refs)
     return {"base": base, "arc2face": a2f, "recognizer": rec, "detector": det,
-            "refs": root / "refs.npy", "root": root}
+            "refs": root / "refs.npy", "root": root, "demo": demo}
 
 
 @pytest.fixture(scope="module")
