@@ -203,7 +203,10 @@ def test_outputs_manifest_and_report(models, reference_run):
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [(r["identity"], r["k"]) for r in rows] == [(i, k) for i in range(5) for k in range(3)]
     refs = np.load(models["refs"])
+    import hashlib
+
     for r in rows:
+        assert r["sha256"] == hashlib.sha256((out / r["path"]).read_bytes()).hexdigest()
         es, ls = arc2face.image_seeds(0, r["identity"], r["k"])
         assert (r["embedding_seed"], r["latent_seed"]) == (es, ls)
         e = arc2face.perturbed_embedding(refs[r["identity"]], BETA, es)
@@ -261,6 +264,30 @@ def test_bits_do_not_depend_on_batch_size_or_identity_ranges(models, reference_r
     assert generate.main(_args(models, out, "--batch_size=4")) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["written_this_run"] == 0 and report["skipped_existing"] == 15
+
+
+def test_damaged_images_found_on_resume_are_redrawn(models, reference_run, tmp_path, capsys):
+    """A PNG whose bytes differ from the manifest's sha256 (another valid image copied over
+    it: only the checksum can tell) and a truncated PNG the manifest does not list yet
+    (written after it, as before a kill) are both drawn again, bitwise as in the
+    reference run."""
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(reference_run, out)
+    swapped, truncated = out / "000001" / "002.png", out / "000003" / "000.png"
+    shutil.copyfile(out / "000004" / "001.png", swapped)
+    assert generate.png_decodes(swapped)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (out / "manifest.jsonl").write_text("".join(
+        line for line in lines if '"path": "000003/000.png"' not in line))
+    assert generate.main(_args(models, out, "--batch_size=4")) == 0
+    assert "redrawing 2 damaged images" in capsys.readouterr().err
+    assert _pngs(out) == _pngs(reference_run)
+    assert (out / "manifest.jsonl").read_bytes() == (reference_run / "manifest.jsonl").read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert report["written_this_run"] == 2 and report["skipped_existing"] == 13
 
 
 def test_more_images_per_identity_keeps_the_earlier_ones(models, reference_run, tmp_path):
