@@ -46,16 +46,40 @@ def require_torch_extra(command: str) -> None:
         raise SystemExit(2)
 
 
-def default_threads() -> int:
-    """torch intra-op threads for the CLIs' `--threads=0`: the cores this process may use
-    (its CPU affinity, which SLURM/cgroups/taskset restrict) minus the load other
-    processes already put on the machine (1-minute load average), at least 1. torch's own
-    default takes every core whatever the load, and its spinning threads then fight the
-    other processes (benchmarks/threads.py)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+def free_cores() -> float:
+    """Cores this process may use (its CPU affinity, which SLURM, cgroups and taskset
+    restrict) minus their share of the machine's 1-minute load average (other processes
+    already running), divided among the processes of this launch on this node
+    (torchrun's and accelerate's LOCAL_WORLD_SIZE)."""
+    total = os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
     try:
         load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
+    except (OSError, AttributeError):  # not available on this platform
         load = 0.0
-    return max(1, min(cores, int(cores - load + 0.5)))
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0.0, mine - load * mine / total) / processes
+
+
+def default_threads() -> int:
+    """torch intra-op threads for `--threads=0`: the free cores, rounded, at least 1.
+    torch's own default takes every core whatever the load; on a busy machine its spinning
+    threads then fight the other processes (measured in benchmarks/threads.py)."""
+    return max(1, int(free_cores() + 0.5))
+
+
+def default_workers() -> int:
+    """DataLoader worker processes for `bridges.train --workers=-1`: the free cores beyond
+    the one the training step needs, at most 4 (benchmarks/threads.py)."""
+    return max(0, min(4, int(free_cores() + 0.5) - 1))
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads to `threads`; 0: torch's current count (its default,
+    every core, in a fresh process) lowered to default_threads(). Returns the count.
+    Results are bitwise reproducible at a fixed count: pass one to compare runs."""
+    import torch
+
+    n = threads if threads > 0 else min(torch.get_num_threads(), default_threads())
+    torch.set_num_threads(n)
+    return n

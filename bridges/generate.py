@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bridges import require_torch_extra
+from bridges import require_torch_extra, set_threads
 from hyperface_jax import cli
 from hyperface_jax.files import (
     InputError,
@@ -84,8 +84,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "Model dtype; auto: float16 on CUDA, float32 on CPU.", **d)
     flags.DEFINE_string("device", "", "torch device; empty: the process's accelerate device "
                         "(cuda:<local rank> when GPUs exist, else cpu).", **d)
-    flags.DEFINE_integer("threads", 0, "torch CPU threads (0: torch's default). Bits are "
-                         "reproducible at a fixed thread count.", lower_bound=0, **d)
+    flags.DEFINE_integer("threads", 0, "torch CPU threads; 0: picked from the machine "
+                         "(free cores: the cores this process may use minus the load "
+                         "average, shared among local processes). Bits are reproducible at "
+                         "a fixed thread count.", lower_bound=0, **d)
     flags.DEFINE_bool("align", False, "Detect the largest face of each image and store it "
                       "aligned to 112 x 112 (ArcFace 5-point template); needs --detector.", **d)
     flags.DEFINE_string("detector", "", "insightface SCRFD detection model (.onnx) for "
@@ -301,8 +303,7 @@ def run(fv, *, log=None) -> dict:
     G = math.ceil(K / m)
     out = Path(fv.out_dir)
 
-    if fv.threads:
-        torch.set_num_threads(fv.threads)
+    threads = set_threads(fv.threads)
     detector = faces.load_detector(fv.detector, threshold=fv.det_threshold) if fv.align else None
     recognizer = faces.load_recognizer(fv.recognizer) if fv.recognizer else None
     if recognizer is not None and int(recognizer.output_shape[-1]) != d:
@@ -345,7 +346,8 @@ def run(fv, *, log=None) -> dict:
     todo = sum(1 for i, g in pending for k in range(g * m, min((g + 1) * m, K))
                if not is_done(out, i, k))
     skipped = sum(min((g + 1) * m, K) - g * m for i, g in mine) - todo
-    log(f"process {proc.index}/{proc.count} on {device} ({dtype}): identities {start}:{end} "
+    log(f"process {proc.index}/{proc.count} on {device} ({dtype}, {threads} threads): "
+        f"identities {start}:{end} "
         f"of {n}, {K} images each, {todo} to generate, {skipped} already done, "
         f"micro batch {m}")
 

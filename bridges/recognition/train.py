@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from bridges import default_workers, set_threads
 from bridges.recognition import data as data_lib
 from bridges.recognition import distributed
 from bridges.recognition.config import RUN_LENGTH_FLAGS, TrainConfig
@@ -101,7 +102,8 @@ def validate(c: TrainConfig, world: int) -> None:
         (c.groups >= 2, f"--groups must be at least 2, got {c.groups}"),
         (c.device in ("auto", "cpu", "cuda"),
          f"--device must be auto, cpu or cuda, not {c.device}"),
-        (c.workers >= 0, "--workers must be >= 0"),
+        (c.workers >= -1, "--workers must be >= 0, or -1 (picked from the machine)"),
+        (c.threads >= 0, "--threads must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -162,6 +164,8 @@ def run(c: TrainConfig, *, log=None) -> dict:
     amp = bool(c.amp and use_cuda)
     out = Path(c.out_dir)
     identity = _identity(c, folder)
+    threads = set_threads(c.threads)
+    workers = c.workers if c.workers >= 0 else default_workers()
 
     resume = None
     existing = _checkpoints(out)
@@ -198,11 +202,11 @@ def run(c: TrainConfig, *, log=None) -> dict:
             trainee, device_ids=[local_rank] if use_cuda else None)
 
     dataset = data_lib.TrainSet(folder, c.input_size, data_lib.parse_augment(c.augment), c.seed)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # out_dir is created by the first file written (nothing if a bad image)
         log(f"{len(folder.paths)} images of {folder.num_classes} identities; {c.arch} "
             f"(width {c.width}, input {c.input_size}) + {c.head}; {world} process(es) on "
-            f"{device}{' with AMP' if amp else ''}; {steps_per_epoch} steps per epoch")
+            f"{device}{' with AMP' if amp else ''}, {threads} threads, {workers} loader "
+            f"workers; {steps_per_epoch} steps per epoch")
     total_steps = c.epochs * steps_per_epoch
     if c.max_steps:
         total_steps = min(total_steps, c.max_steps)
@@ -221,7 +225,7 @@ def run(c: TrainConfig, *, log=None) -> dict:
             sampler = data_lib.GlobalBatchSampler(len(dataset), c.batch_size, rank=rank,
                                                   world=world, seed=c.seed, epoch=epoch)
             loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=sampler, num_workers=c.workers,
+                dataset, batch_sampler=sampler, num_workers=workers,
                 pin_memory=use_cuda, persistent_workers=False)
             net.train()
             torch.manual_seed(c.seed * 100_003 + epoch)  # dropout: the same after a resume
@@ -274,6 +278,7 @@ def run(c: TrainConfig, *, log=None) -> dict:
     if rank == 0:
         report = _write_outputs(out, c, trainee, step_rows, epoch_rows, final=True,
                                 extra={"world_size": world, "device": str(device), "amp": amp,
+                                       "torch_threads": threads, "loader_workers": workers,
                                        "num_images": len(folder.paths),
                                        "num_classes": folder.num_classes,
                                        "steps_per_epoch": steps_per_epoch,
