@@ -7,7 +7,7 @@ Runs the real CLIs in fresh processes on the demo models (bridges.demo_models):
    bridges.default_threads): images per second from report.json (model loading excluded),
    and whether every count gives the same PNG bytes;
 2. `bridges.evaluate` with --threads=1 .. cores and 0: seconds per run (one small trained
-   model on a .bin of 400 pairs);
+   model on a .bin of --pairs pairs);
 3. `bridges.train` with --workers=0, 1, 2, 4 (and --threads=0): seconds per run.
 Variants run interleaved (ABC ABC ...) so load drift hits all alike; the median is
 reported with the 1-minute load average before and after each run. Ratios within one run
@@ -62,6 +62,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="")
+    p.add_argument("--pairs", type=int, default=100, help="pairs of the evaluate .bin")
+    p.add_argument("--parts", default="generate,evaluate,train")
     a = p.parse_args()
     import bridges  # this checkout's (sys.path above)
 
@@ -94,44 +96,48 @@ def main():
             return 1.0 / report["images_per_second"]  # seconds per image
 
         variants = {f"threads={t}": t for t in counts} | {"threads=0 (auto)": 0}
-        gen = _interleaved(variants, a.repeats, generate)
-        first = next(iter(outputs.values()))[0]
-        result["generate_seconds_per_image"] = gen
-        result["generate_same_pixels"] = {n: o[0] == first for n, o in outputs.items()}
-        result["generate_auto_threads"] = outputs["threads=0 (auto)"][1]
+        if "generate" in a.parts:
+            gen = _interleaved(variants, a.repeats, generate)
+            first = next(iter(outputs.values()))[0]
+            result["generate_seconds_per_image"] = gen
+            result["generate_same_pixels"] = {n: o[0] == first for n, o in outputs.items()}
+            result["generate_auto_threads"] = outputs["threads=0 (auto)"][1]
+            print(json.dumps({k: result[k] for k in result if k.startswith("generate")}),
+                  file=sys.stderr, flush=True)
 
         # 2. a small trained model for evaluate, and the train timings
         data = root / "data"
-        demo_models.photos(data, people=8, per_person=16, size=112)
+        demo_models.photos(data, people=8, per_person=8, size=112)
         model_dir = root / "model"
         _run("bridges.train", f"--data={data}", f"--out_dir={model_dir}", "--arch=ir18",
-             "--width=16", "--embedding_size=128", "--batch_size=32", "--max_steps=1",
+             "--width=8", "--embedding_size=64", "--batch_size=32", "--max_steps=1",
              "--epochs=1", "--workers=0", "--progress=false", "--threads=1")
-        pairs = [(np.asarray(p1), np.asarray(p2)) for p1, p2 in _photo_pairs(data, 400)]
+        pairs = [(np.asarray(p1), np.asarray(p2)) for p1, p2 in _photo_pairs(data, a.pairs)]
         from bridges import bins
 
-        bins.write(root / "bins" / "pairs.bin", pairs, [k % 2 == 0 for k in range(400)])
+        bins.write(root / "bins" / "pairs.bin", pairs, [k % 2 == 0 for k in range(a.pairs)])
 
-        def evaluate(name, threads, r):
-            seconds, _ = _run("bridges.evaluate", f"--model={model_dir}",
-                              f"--bins={root / 'bins'}", f"--out_dir={root / f'ev_{name}_{r}'}",
-                              f"--threads={threads}", "--progress=false")
-            return seconds
+        def evaluate(name, threads, r):  # seconds inside the run (imports excluded)
+            out = root / f"ev_{name}_{r}"
+            _run("bridges.evaluate", f"--model={model_dir}", f"--bins={root / 'bins'}",
+                 f"--out_dir={out}", f"--threads={threads}", "--progress=false")
+            return json.loads((out / "results.json").read_text())["wall_seconds"]
 
-        result["evaluate_seconds"] = _interleaved(
-            {f"threads={t}": t for t in counts} | {"threads=0 (auto)": 0}, a.repeats, evaluate)
+        if "evaluate" in a.parts:
+            result["evaluate_seconds"] = _interleaved(variants, a.repeats, evaluate)
+            print(json.dumps(result["evaluate_seconds"]), file=sys.stderr, flush=True)
 
-        def train(name, workers, r):
-            seconds, _ = _run("bridges.train", f"--data={data}",
-                              f"--out_dir={root / f'tr_{name}_{r}'}", "--arch=ir18",
-                              "--width=16", "--embedding_size=128", "--batch_size=32",
-                              "--epochs=1", f"--workers={workers}", "--progress=false",
-                              "--threads=0")
-            return seconds
+        def train(name, workers, r):  # seconds inside the run (imports excluded)
+            out = root / f"tr_{name}_{r}"
+            _run("bridges.train", f"--data={data}", f"--out_dir={out}", "--arch=ir18",
+                 "--width=8", "--embedding_size=64", "--batch_size=16", "--epochs=1",
+                 f"--workers={workers}", "--progress=false", "--threads=0")
+            return json.loads((out / "report.json").read_text())["wall_seconds"]
 
-        result["train_seconds"] = _interleaved(
-            {f"workers={w}": w for w in (0, 1, 2, 4)} | {"workers=-1 (auto)": -1},
-            a.repeats, train)
+        if "train" in a.parts:
+            result["train_seconds"] = _interleaved(
+                {f"workers={w}": w for w in (0, 1, 2, 4)} | {"workers=-1 (auto)": -1},
+                a.repeats, train)
     result["uptime_after"] = subprocess.run(["uptime"], capture_output=True,
                                             text=True).stdout.strip()
     text = json.dumps(result, indent=2)
