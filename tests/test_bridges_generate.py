@@ -190,6 +190,62 @@ def test_image_seeds_depend_on_seed_identity_and_k_only():
     assert len(distinct) == 8
 
 
+# ----------------------------------------------------------------------------- demo models
+
+DEMO_FILES = [
+    "weights/arc2face/arc2face/config.json",
+    "weights/arc2face/arc2face/diffusion_pytorch_model.safetensors",
+    "weights/arc2face/encoder/config.json", "weights/arc2face/encoder/pytorch_model.bin",
+    "weights/arc2face/arcface.onnx", "weights/sd15/model_index.json",
+    "weights/sd15/tokenizer/vocab.json", "weights/sd15/tokenizer/merges.txt",
+    "weights/sd15/tokenizer/special_tokens_map.json",
+    "weights/sd15/tokenizer/tokenizer_config.json", "weights/sd15/vae/config.json",
+    "weights/sd15/vae/diffusion_pytorch_model.safetensors",
+    "weights/sd15/scheduler/scheduler_config.json", "weights/buffalo_l/det_10g.onnx",
+    "bins/demo.bin"]
+
+
+def test_demo_models_are_the_published_layout_and_load(models, model):
+    """`model` is the demo's Arc2Face loaded by arc2face.load; the ONNX models load
+    through insightface's zoo as the classes the real ones route to."""
+    from bridges import bins, faces
+
+    root = Path(models["demo"]["photos"]).parent
+    layout = (REPO / "third_party" / "README.md").read_text()
+    for rel in DEMO_FILES:
+        assert (root / rel).is_file(), rel
+        if rel.startswith("weights/"):  # the same relative paths as the real weights
+            assert rel.split("/", 2)[2] in layout or rel.rsplit("/", 1)[-1] in layout, rel
+    assert model.image_size == 32 and model.width == bridges_models.WIDTH
+    assert type(faces.load_recognizer(models["demo"]["recognizer"])).__name__ == "ArcFaceONNX"
+    assert type(faces.load_detector(models["demo"]["detector"])).__name__ == "SCRFD"
+    encoded, issame = bins.read(root / "bins" / "demo.bin")
+    assert len(encoded) == 80 and issame.sum() == 20
+    assert len(list((root / "photos").glob("person_*/*.png"))) == 24
+
+
+def test_demo_models_cli_refuses_a_used_folder_and_leaves_nothing_on_failure(
+        tmp_path, capsys, monkeypatch):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    assert bridges_models.main(["demo_models", f"--out_dir={used}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists and is not an empty folder" in err[0]
+    assert [p.name for p in used.iterdir()] == ["notes.txt"]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bridges_models, "photos", fail)  # late: after the models are built
+    monkeypatch.setattr(bridges_models, "arc2face", lambda folder, **k: folder)
+    monkeypatch.setattr(bridges_models, "recognizer", lambda path, **k: path)
+    monkeypatch.setattr(bridges_models, "detector", lambda path, **k: path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        bridges_models.build(tmp_path / "demo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 def test_outputs_manifest_and_report(models, reference_run):
