@@ -64,6 +64,8 @@ def main():
     p.add_argument("--out", default="")
     p.add_argument("--pairs", type=int, default=100, help="pairs of the evaluate .bin")
     p.add_argument("--parts", default="generate,evaluate,train")
+    p.add_argument("--per_person", type=int, default=16, help="training images per person")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per train run")
     a = p.parse_args()
     import bridges  # this checkout's (sys.path above)
 
@@ -107,7 +109,7 @@ def main():
 
         # 2. a small trained model for evaluate, and the train timings
         data = root / "data"
-        demo_models.photos(data, people=8, per_person=8, size=112)
+        demo_models.photos(data, people=8, per_person=a.per_person, size=112)
         model_dir = root / "model"
         _run("bridges.train", f"--data={data}", f"--out_dir={model_dir}", "--arch=ir18",
              "--width=8", "--embedding_size=64", "--batch_size=32", "--max_steps=1",
@@ -130,14 +132,20 @@ def main():
         def train(name, workers, r):  # seconds inside the run (imports excluded)
             out = root / f"tr_{name}_{r}"
             _run("bridges.train", f"--data={data}", f"--out_dir={out}", "--arch=ir18",
-                 "--width=8", "--embedding_size=64", "--batch_size=16", "--epochs=1",
+                 "--width=8", "--embedding_size=64", "--batch_size=16", f"--epochs={a.epochs}",
                  f"--workers={workers}", "--progress=false", "--threads=0")
-            return json.loads((out / "report.json").read_text())["wall_seconds"]
+            report = json.loads((out / "report.json").read_text())
+            picked.setdefault(name, []).append((report["torch_threads"],
+                                                report["loader_workers"]))
+            return report["wall_seconds"]
+
+        picked = {}
 
         if "train" in a.parts:
             result["train_seconds"] = _interleaved(
                 {f"workers={w}": w for w in (0, 1, 2, 4)} | {"workers=-1 (auto)": -1},
                 a.repeats, train)
+            result["train_threads_and_workers_used"] = picked
     result["uptime_after"] = subprocess.run(["uptime"], capture_output=True,
                                             text=True).stdout.strip()
     text = json.dumps(result, indent=2)
