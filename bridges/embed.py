@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from bridges import require_torch_extra
 from hyperface_jax import cli
 from hyperface_jax.files import InputError, atomic_write, save_embeddings, save_json
 
@@ -162,6 +163,7 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_torch_extra("bridges.embed")
     return cli.run_main(argv, make_flag_values(), run, output="out", output_is_file=True)
 
 

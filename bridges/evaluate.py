@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bridges import ijb
+from bridges import ijb, require_torch_extra, set_threads
 from hyperface_jax import cli
 from hyperface_jax.files import InputError, atomic_write, save_json
 
@@ -25,11 +25,21 @@ FLAG_DEFS = [
     ("model", "", "A model written by bridges.train (model.pt, an epoch checkpoint, or its "
                   "run folder)."),
     ("models", "", "Several models, comma separated, to evaluate and rank (instead of --model)."),
+    ("names", "", "Names of the models (comma separated, in the order of --models/--model) "
+                  "for results.md, results.json and the ROC legend; empty: each run "
+                  "folder's name."),
     ("bins", "", "A folder of .bin verification sets, or comma-separated .bin files."),
     ("sets", "", "Only these sets (comma-separated names without .bin); empty: all found."),
     ("out_dir", "", "Folder for results.json, results.md and roc.png."),
 ]
-INT_DEFS = [("batch_size", 64, "Images per forward pass.")]
+INT_DEFS = [
+    ("batch_size", 64, "Images per forward pass."),
+    ("threads", 0, "torch CPU threads; 0: picked from the machine (the cores this process "
+                   "may use minus the load average)."),
+    ("max_images", 100_000, "Refuse a .bin set holding more images (a .bin is a pickle, "
+                            "whose shared references let a small file stand for any number "
+                            "of images; the largest published set, cfp_fp, has 14,000)."),
+]
 FLOAT_DEFS = [("far", 1e-3, "False accept rate at which the true accept rate is reported.")]
 BOOL_DEFS = [
     ("flip", True, "Add the mirrored image's features (the standard protocol)."),
@@ -78,8 +88,19 @@ def find_bins(spec: str, only: str = "") -> dict[str, Path]:
     return found
 
 
-def model_names(paths: list[str]) -> dict[str, str]:
-    """Short unique labels: the run folder's name for .../model.pt or a folder."""
+def model_names(paths: list[str], given: str = "") -> dict[str, str]:
+    """{name: path}: the names of --names, else short unique labels (the run folder's name
+    for .../model.pt or a folder)."""
+    if given:
+        labels = [n.strip() for n in given.split(",")]
+        if len(labels) != len(paths):
+            raise InputError(f"--names has {len(labels)} names for {len(paths)} models")
+        bad = [n for n in labels if not n or "|" in n]
+        if bad:
+            raise InputError(f"--names: empty name or '|' in {bad[0]!r}")
+        if len(set(labels)) != len(labels):
+            raise InputError(f"--names repeats a name: {given}")
+        return dict(zip(labels, paths, strict=True))
     names = {}
     for p in paths:
         path = Path(p)
@@ -145,11 +166,14 @@ def run(fv) -> dict:
         raise InputError(f"--far must be in (0, 1), got {fv.far}")
     if fv.batch_size < 1:
         raise InputError("--batch_size must be positive")
+    if fv.threads < 0:
+        raise InputError("--threads must be >= 0")
     paths = [fv.model] if fv.model else [p for p in fv.models.split(",") if p]
-    names = model_names(paths)
+    names = model_names(paths, fv.names)
     if fv.ijb:
         return ijb.run(fv, names)
     sets = find_bins(fv.bins, fv.sets)
+    threads = set_threads(fv.threads)
     device = torch.device("cuda" if fv.device == "cuda" or (
         fv.device == "auto" and torch.cuda.is_available()) else "cpu")
     models = {name: load_model(path, device) for name, path in names.items()}
@@ -157,7 +181,9 @@ def run(fv) -> dict:
         plain = [n for n, m in models.items() if m.groupface is None]
         if plain:
             raise InputError(f"--group_similarity needs GroupFace models; {plain[0]} is not one")
-    loaded = {name: bins_lib.read(path) for name, path in sets.items()}
+    if fv.max_images < 2:
+        raise InputError("--max_images must be at least 2")
+    loaded = {name: bins_lib.read(path, fv.max_images) for name, path in sets.items()}
 
     results, curves, table = {}, {}, {}
     decoded = {}
@@ -187,7 +213,7 @@ def run(fv) -> dict:
     ranking = verification.rank_models(table) if len(models) > 1 else None
     report = {"results": results, "ranking": ranking,
               "models": names, "sets": {k: str(v) for k, v in sets.items()},
-              "flags": {k: fv[k].value for k in fv},
+              "flags": {k: fv[k].value for k in fv}, "torch_threads": threads,
               "protocol": "10-fold, threshold by best accuracy on 9 folds, flip-sum embeddings"
                           if fv.flip else "10-fold, no flip",
               "wall_seconds": round(time.time() - started, 3)}
@@ -229,6 +255,7 @@ def results_markdown(results: dict, ranking, far: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_torch_extra("bridges.evaluate")
     return cli.run_main(argv, make_flag_values(), run)
 
 

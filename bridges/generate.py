@@ -10,8 +10,10 @@ Arc2Face(e_ik, z_ik). Writes `<out_dir>/<i:06d>/<k:03d>.png` (each to a temporar
 then renamed), `manifest.jsonl`, `report.json` (`report.START-END.json` for a part of the
 identities), `generation.json` (the settings that fix the pixels; a re-run with different
 ones is refused) and, with --recognizer, `identity_cos.png`. Re-running skips finished
-images. Image (i, k) depends only on (seed, i, k) and --micro_batch (see bridges.arc2face):
-not on --batch_size, the number of processes, --identities or resumption.
+images after checking them: an image whose bytes differ from the sha256 manifest.jsonl
+recorded, or (not yet in the manifest) does not decode completely, is drawn again.
+Image (i, k) depends only on (seed, i, k) and --micro_batch (see bridges.arc2face): not
+on --batch_size, the number of processes, --identities or resumption.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure,
 130 interrupted.
@@ -19,6 +21,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 fail
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from bridges import require_torch_extra, set_threads
 from hyperface_jax import cli, integrity, runs
 from hyperface_jax.files import (
     InputError,
@@ -80,8 +84,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "Model dtype; auto: float16 on CUDA, float32 on CPU.", **d)
     flags.DEFINE_string("device", "", "torch device; empty: the process's accelerate device "
                         "(cuda:<local rank> when GPUs exist, else cpu).", **d)
-    flags.DEFINE_integer("threads", 0, "torch CPU threads (0: torch's default). Bits are "
-                         "reproducible at a fixed thread count.", lower_bound=0, **d)
+    flags.DEFINE_integer("threads", 0, "torch CPU threads; 0: picked from the machine "
+                         "(free cores: the cores this process may use minus the load "
+                         "average, shared among local processes). Bits are reproducible at "
+                         "a fixed thread count.", lower_bound=0, **d)
     flags.DEFINE_bool("align", False, "Detect the largest face of each image and store it "
                       "aligned to 112 x 112 (ArcFace 5-point template); needs --detector.", **d)
     flags.DEFINE_string("detector", "", "insightface SCRFD detection model (.onnx) for "
@@ -123,11 +129,74 @@ def is_done(out: Path, i: int, k: int) -> bool:
     return image_path(out, i, k).exists() or no_face_path(out, i, k).exists()
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image atomically (temporary name in the folder, then rename)."""
+def write_png(path: Path, rgb: np.ndarray) -> str:
+    """Write an RGB uint8 image atomically (temporary name in the folder, then rename);
+    returns the sha256 of the file's bytes."""
+    import io
+
     from PIL import Image
 
-    atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def png_decodes(path: Path) -> bool:
+    """The file is a PNG that decodes completely (a truncated or garbled stream fails)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return im.format == "PNG"
+    except Exception:  # noqa: BLE001 - any failure means the file is damaged
+        return False
+
+
+def read_manifest_checksums(out: Path) -> dict[tuple[int, int], str]:
+    """{(identity, k): sha256} of manifest.jsonl; unreadable lines are skipped (their
+    images are then checked by decoding)."""
+    path = out / "manifest.jsonl"
+    if not path.is_file():
+        return {}
+    sums = {}
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        try:
+            r = json.loads(line)
+            key, digest = (int(r["identity"]), int(r["k"])), r["sha256"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
+            sums[key] = digest
+    return sums
+
+
+def remove_damaged_images(out: Path, tiles, K: int, m: int,
+                          checksums: dict[tuple[int, int], str]) -> list[Path]:
+    """Delete the damaged images of `tiles` so they are drawn again: an image the manifest
+    lists must have its recorded sha256; one it does not list yet (written after the last
+    manifest, e.g. before a kill), the _no_face and _unaligned copies must decode
+    completely. A damaged copy also removes the image it belongs to (both are redrawn)."""
+    removed = []
+    for i, g in tiles:
+        for k in range(g * m, min((g + 1) * m, K)):
+            image, no_face = image_path(out, i, k), no_face_path(out, i, k)
+            unaligned = out / UNALIGNED_DIR / f"{i:06d}" / f"{k:03d}.png"
+            damaged = False
+            if image.exists():
+                expected = checksums.get((i, k))
+                damaged = (integrity.sha256_file(image) != expected if expected
+                           else not png_decodes(image))
+            for extra in (no_face, unaligned):
+                damaged = damaged or (extra.exists() and not png_decodes(extra))
+            if damaged:
+                for p in (image, no_face, unaligned):
+                    if p.exists():
+                        p.unlink()
+                        removed.append(p)
+    return removed
 
 
 def remove_stale_temporaries(out: Path, identities: range) -> int:
@@ -217,8 +286,7 @@ def run(fv, *, log=None) -> dict:
     G = math.ceil(K / m)
     out = Path(fv.out_dir)
 
-    if fv.threads:
-        torch.set_num_threads(fv.threads)
+    threads = set_threads(fv.threads)
     detector = faces.load_detector(fv.detector, threshold=fv.det_threshold) if fv.align else None
     recognizer = faces.load_recognizer(fv.recognizer) if fv.recognizer else None
     if recognizer is not None and int(recognizer.output_shape[-1]) != d:
@@ -252,12 +320,17 @@ def run(fv, *, log=None) -> dict:
 
     mine = [(i, g) for i in range(start, end) for g in range(G)
             if tile_owner(i, g, G, proc.count) == proc.index]
+    damaged = remove_damaged_images(out, mine, K, m, read_manifest_checksums(out))
+    if damaged:
+        log(f"redrawing {len(damaged)} damaged images (checksum or decoding failed; first: "
+            f"{damaged[0]})")
     pending = [(i, g) for i, g in mine
                if any(not is_done(out, i, k) for k in range(g * m, min((g + 1) * m, K)))]
     todo = sum(1 for i, g in pending for k in range(g * m, min((g + 1) * m, K))
                if not is_done(out, i, k))
     skipped = sum(min((g + 1) * m, K) - g * m for i, g in mine) - todo
-    log(f"process {proc.index}/{proc.count} on {device} ({dtype}): identities {start}:{end} "
+    log(f"process {proc.index}/{proc.count} on {device} ({dtype}, {threads} threads): "
+        f"identities {start}:{end} "
         f"of {n}, {K} images each, {todo} to generate, {skipped} already done, "
         f"micro batch {m}")
 
@@ -265,6 +338,7 @@ def run(fv, *, log=None) -> dict:
     bar = tqdm(total=todo, unit="img", disable=not (fv.progress and proc.is_main),
                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
     written, no_face, generated_seconds = 0, 0, 0.0
+    checksums: list[tuple[int, int, str]] = []  # (i, k, sha256) of the images written
     t0 = time.perf_counter()
     handle_term = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if handle_term else None
@@ -277,9 +351,12 @@ def run(fv, *, log=None) -> dict:
                 for j, k in enumerate(range(g * m, (g + 1) * m)):
                     if k >= K or is_done(out, i, k):
                         continue
-                    face = _store(out, i, k, rgb[j], detector, keep_unaligned=fv.keep_unaligned)
+                    digest = _store(out, i, k, rgb[j], detector,
+                                    keep_unaligned=fv.keep_unaligned)
                     written += 1
-                    no_face += not face
+                    no_face += digest is None
+                    if digest is not None:
+                        checksums.append((i, k, digest))
                     bar.update(1)
     except KeyboardInterrupt:
         bar.close()
@@ -299,11 +376,13 @@ def run(fv, *, log=None) -> dict:
     counts = proc.gather([{"process": proc.index, "written": written, "no_face": no_face,
                            "skipped_existing": skipped, "seconds": round(generated_seconds, 3)}])
     identity_cos = proc.gather(identity_cos)
+    checksums = proc.gather(checksums)
     proc.barrier()
     if not proc.is_main:
         return {}
 
-    manifest = write_manifest(out, refs, fv.seed, fv.beta)
+    manifest = write_manifest(out, refs, fv.seed, fv.beta,
+                              written={(i, k): h for i, k, h in checksums})
     in_range = [r for r in manifest if start <= r["identity"] < end and r["k"] < K]
     cos_ref = np.array([r["cos_to_reference"] for r in in_range], np.float64)
     written_total = sum(c["written"] for c in counts)
@@ -346,12 +425,13 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _store(out: Path, i: int, k: int, rgb: np.ndarray, detector, *, keep_unaligned) -> bool:
-    """Write image (i, k); with a detector, its aligned face. False when no face was found
-    (the image then goes to _no_face/ so the run never silently drops it)."""
+def _store(out: Path, i: int, k: int, rgb: np.ndarray, detector, *,
+           keep_unaligned) -> str | None:
+    """Write image (i, k); with a detector, its aligned face. Returns the sha256 of the
+    dataset image, or None when no face was found (the image then goes to _no_face/ so
+    the run never silently drops it)."""
     if detector is None:
-        write_png(image_path(out, i, k), rgb)
-        return True
+        return write_png(image_path(out, i, k), rgb)
     from bridges import faces
 
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -360,9 +440,8 @@ def _store(out: Path, i: int, k: int, rgb: np.ndarray, detector, *, keep_unalign
         write_png(out / UNALIGNED_DIR / f"{i:06d}" / f"{k:03d}.png", rgb)
     if aligned is None:
         write_png(no_face_path(out, i, k), rgb)
-        return False
-    write_png(image_path(out, i, k), np.ascontiguousarray(aligned[:, :, ::-1]))
-    return True
+        return None
+    return write_png(image_path(out, i, k), np.ascontiguousarray(aligned[:, :, ::-1]))
 
 
 def _identity_check(recognizer, refs, out: Path, tiles, K: int, m: int) -> list[dict]:
@@ -392,11 +471,19 @@ def _identity_check(recognizer, refs, out: Path, tiles, K: int, m: int) -> list[
     return rows
 
 
-def write_manifest(out: Path, refs: np.ndarray, seed: int, beta: float) -> list[dict]:
+def write_manifest(out: Path, refs: np.ndarray, seed: int, beta: float, *,
+                   written: dict[tuple[int, int], str] | None = None) -> list[dict]:
     """Rewrite manifest.jsonl from the images on disk (every identity folder, sorted): the
-    same file whoever writes it, however the images were split or resumed."""
+    same file whoever writes it, however the images were split or resumed.
+
+    Each record carries the image's sha256, which the next run checks: the checksum taken
+    when this run wrote it (`written`), else the one the previous manifest recorded (its
+    owner verifies it on resume), else that of a file which decodes completely; an image
+    that does not decode is left out (its owner's next run redraws it)."""
     from bridges import arc2face
 
+    written = written or {}
+    previous = read_manifest_checksums(out)
     records = []
     folders = sorted(p for p in out.iterdir() if p.is_dir() and IDENTITY_DIR.match(p.name))
     for folder in folders:
@@ -406,10 +493,16 @@ def write_manifest(out: Path, refs: np.ndarray, seed: int, beta: float) -> list[
         ks = sorted(int(mt.group(1)) for p in folder.iterdir()
                     if (mt := IMAGE_NAME.match(p.name)))
         for k in ks:
+            digest = written.get((i, k)) or previous.get((i, k))
+            if digest is None:
+                path = image_path(out, i, k)
+                if not png_decodes(path):
+                    continue
+                digest = integrity.sha256_file(path)
             es, ls = arc2face.image_seeds(seed, i, k)
             e = arc2face.perturbed_embedding(refs[i], beta, es)
             records.append({"identity": i, "k": k, "path": f"{i:06d}/{k:03d}.png",
-                            "embedding_seed": es, "latent_seed": ls,
+                            "sha256": digest, "embedding_seed": es, "latent_seed": ls,
                             "cos_to_reference": round(float(e.astype(np.float64) @ refs[i]), 7)})
     text = "".join(json.dumps(r) + "\n" for r in records)
     atomic_write(out / "manifest.jsonl", lambda f: f.write(text.encode()))
@@ -481,6 +574,7 @@ def make_flag_values() -> flags.FlagValues:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_torch_extra("bridges.generate")
     return cli.run_main(argv, make_flag_values(), run)
 
 

@@ -10,6 +10,7 @@ import sys
 
 from absl import flags
 
+from bridges import require_torch_extra
 from bridges.recognition.config import config_from_flags, define_flags
 from hyperface_jax import cli
 
@@ -29,6 +30,8 @@ def input_error_line(e: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    require_torch_extra("bridges.train")
+
     def job(fv):
         from bridges.recognition.train import run
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bridges import arc2face, generate
-from tests import bridges_models
+from bridges import demo_models as bridges_models
 from tests.conftest import REPO, cli_env
 
 BETA = 0.005
@@ -33,16 +33,15 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    base = bridges_models.base_model(root / "sd15")
-    a2f = bridges_models.arc2face(root / "arc2face")
-    rec = bridges_models.recognizer(root / "recognizer.onnx")
+    demo = bridges_models.build(root / "demo")  # the models `bridges.demo_models` builds
+    base, a2f, rec = demo["base_model"], demo["arc2face"], Path(demo["recognizer"])
     # Brightness level tuned so that some of the tiny UNet's images hold a "face", some not.
     det = bridges_models.detector(root / "det.onnx", level=0.1)
     refs = np.random.default_rng(0).normal(size=(5, 512)).astype(np.float32)
     refs /= np.linalg.norm(refs, axis=1, keepdims=True)
     np.save(root / "refs.npy", refs)
     return {"base": base, "arc2face": a2f, "recognizer": rec, "detector": det,
-            "refs": root / "refs.npy", "root": root}
+            "refs": root / "refs.npy", "root": root, "demo": demo}
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +190,62 @@ def test_image_seeds_depend_on_seed_identity_and_k_only():
     assert len(distinct) == 8
 
 
+# ----------------------------------------------------------------------------- demo models
+
+DEMO_FILES = [
+    "weights/arc2face/arc2face/config.json",
+    "weights/arc2face/arc2face/diffusion_pytorch_model.safetensors",
+    "weights/arc2face/encoder/config.json", "weights/arc2face/encoder/pytorch_model.bin",
+    "weights/arc2face/arcface.onnx", "weights/sd15/model_index.json",
+    "weights/sd15/tokenizer/vocab.json", "weights/sd15/tokenizer/merges.txt",
+    "weights/sd15/tokenizer/special_tokens_map.json",
+    "weights/sd15/tokenizer/tokenizer_config.json", "weights/sd15/vae/config.json",
+    "weights/sd15/vae/diffusion_pytorch_model.safetensors",
+    "weights/sd15/scheduler/scheduler_config.json", "weights/buffalo_l/det_10g.onnx",
+    "bins/demo.bin"]
+
+
+def test_demo_models_are_the_published_layout_and_load(models, model):
+    """`model` is the demo's Arc2Face loaded by arc2face.load; the ONNX models load
+    through insightface's zoo as the classes the real ones route to."""
+    from bridges import bins, faces
+
+    root = Path(models["demo"]["photos"]).parent
+    layout = (REPO / "third_party" / "README.md").read_text()
+    for rel in DEMO_FILES:
+        assert (root / rel).is_file(), rel
+        if rel.startswith("weights/"):  # the same relative paths as the real weights
+            assert rel.split("/", 2)[2] in layout or rel.rsplit("/", 1)[-1] in layout, rel
+    assert model.image_size == 32 and model.width == bridges_models.WIDTH
+    assert type(faces.load_recognizer(models["demo"]["recognizer"])).__name__ == "ArcFaceONNX"
+    assert type(faces.load_detector(models["demo"]["detector"])).__name__ == "SCRFD"
+    encoded, issame = bins.read(root / "bins" / "demo.bin")
+    assert len(encoded) == 80 and issame.sum() == 20
+    assert len(list((root / "photos").glob("person_*/*.png"))) == 24
+
+
+def test_demo_models_cli_refuses_a_used_folder_and_leaves_nothing_on_failure(
+        tmp_path, capsys, monkeypatch):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    assert bridges_models.main(["demo_models", f"--out_dir={used}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists and is not an empty folder" in err[0]
+    assert [p.name for p in used.iterdir()] == ["notes.txt"]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bridges_models, "photos", fail)  # late: after the models are built
+    monkeypatch.setattr(bridges_models, "arc2face", lambda folder, **k: folder)
+    monkeypatch.setattr(bridges_models, "recognizer", lambda path, **k: path)
+    monkeypatch.setattr(bridges_models, "detector", lambda path, **k: path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        bridges_models.build(tmp_path / "demo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 def test_outputs_manifest_and_report(models, reference_run):
@@ -204,7 +259,10 @@ def test_outputs_manifest_and_report(models, reference_run):
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [(r["identity"], r["k"]) for r in rows] == [(i, k) for i in range(5) for k in range(3)]
     refs = np.load(models["refs"])
+    import hashlib
+
     for r in rows:
+        assert r["sha256"] == hashlib.sha256((out / r["path"]).read_bytes()).hexdigest()
         es, ls = arc2face.image_seeds(0, r["identity"], r["k"])
         assert (r["embedding_seed"], r["latent_seed"]) == (es, ls)
         e = arc2face.perturbed_embedding(refs[r["identity"]], BETA, es)
@@ -262,6 +320,30 @@ def test_bits_do_not_depend_on_batch_size_or_identity_ranges(models, reference_r
     assert generate.main(_args(models, out, "--batch_size=4")) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["written_this_run"] == 0 and report["skipped_existing"] == 15
+
+
+def test_damaged_images_found_on_resume_are_redrawn(models, reference_run, tmp_path, capsys):
+    """A PNG whose bytes differ from the manifest's sha256 (another valid image copied over
+    it: only the checksum can tell) and a truncated PNG the manifest does not list yet
+    (written after it, as before a kill) are both drawn again, bitwise as in the
+    reference run."""
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(reference_run, out)
+    swapped, truncated = out / "000001" / "002.png", out / "000003" / "000.png"
+    shutil.copyfile(out / "000004" / "001.png", swapped)
+    assert generate.png_decodes(swapped)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (out / "manifest.jsonl").write_text("".join(
+        line for line in lines if '"path": "000003/000.png"' not in line))
+    assert generate.main(_args(models, out, "--batch_size=4")) == 0
+    assert "redrawing 2 damaged images" in capsys.readouterr().err
+    assert _pngs(out) == _pngs(reference_run)
+    assert (out / "manifest.jsonl").read_bytes() == (reference_run / "manifest.jsonl").read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert report["written_this_run"] == 2 and report["skipped_existing"] == 13
 
 
 def test_more_images_per_identity_keeps_the_earlier_ones(models, reference_run, tmp_path):

@@ -10,7 +10,8 @@ against it and a mismatch is an error. Small files without a published checksum 
 tokenizer, Arc2Face's encoder) are checked against `third_party/weights.lock.json` when it
 lists them, and recorded there on their first fetch (trust on first use): commit that file
 so later machines verify against it. Exit codes: 0 all verified, 1 a checksum or download
-failed, 2 bad flags.
+failed (one line each; offline: one line naming the first file that could not be
+fetched, and no folder or file left behind), 2 bad flags.
 """
 
 from __future__ import annotations
@@ -83,28 +84,90 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_hf(repo: str, filename: str, target: Path) -> None:
+def _reachable(url: str, timeout: float = 10.0) -> None:
+    """FetchError unless the host of `url` resolves and accepts a connection: offline,
+    this fails at once instead of after the download libraries' retries."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            pass
+    except OSError as e:
+        raise FetchError(f"cannot reach {host} ({_one_line(e)}): fetching the weights needs "
+                         "internet access; nothing was written") from None
+
+
+def _download_hf(repo: str, filename: str, target: Path, created: list[Path]) -> None:
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # no retry warnings: a failure is reported in one line
 
     cached = hf_hub_download(repo_id=repo, filename=filename)
+    _make_parents(target, created)
     _copy_atomic(Path(cached), target)
 
 
-def _download_zip_member(url: str, member: str, target: Path, cache: dict) -> None:
+def _download_zip_member(url: str, member: str, target: Path, cache: dict,
+                         created: list[Path]) -> None:
     if url not in cache:
         fd, tmp = tempfile.mkstemp(suffix=".zip")
         os.close(fd)
+        cache[url] = tmp  # removed at the end, whatever happens
         print(f"downloading {url}", file=sys.stderr)
         urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URL above
-        cache[url] = tmp
     with zipfile.ZipFile(cache[url]) as z:
         names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] == member]
         if not names:
             raise RuntimeError(f"{member} not in {url}")
+        _make_parents(target, created)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         with os.fdopen(fd, "wb") as out, z.open(names[0]) as src:
             shutil.copyfileobj(src, out)
         os.replace(tmp, target)
+
+
+class FetchError(RuntimeError):
+    """A file could not be fetched; the message is one line."""
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _make_parents(target: Path, created: list[Path]) -> None:
+    """mkdir -p target.parent, remembering the folders this run created."""
+    missing = [d for d in [target.parent, *target.parent.parents] if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir()
+        created.append(d)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders this run created that stayed empty (deepest first)."""
+    for d in sorted(created, key=lambda d: len(d.parts), reverse=True):
+        try:
+            d.rmdir()
+        except OSError:  # not empty: it holds fetched files
+            pass
+
+
+def _fetch(source, target: Path, zips: dict, created: list[Path]) -> None:
+    try:
+        if source[0] == "hf":
+            _download_hf(source[1], source[2], target, created)
+        else:
+            _download_zip_member(source[1], source[2], target, zips, created)
+    except (KeyboardInterrupt, FetchError):
+        raise
+    except Exception as e:  # noqa: BLE001 - offline, HTTP errors, bad zips: one line
+        where = f"{source[1]}/{source[2]}" if source[0] == "hf" else source[1]
+        raise FetchError(f"cannot fetch {target} from {where} ({_one_line(e)}); this "
+                         "needs internet access to huggingface.co and github.com") from None
 
 
 def _copy_atomic(src: Path, target: Path) -> None:
@@ -128,18 +191,21 @@ def main(argv) -> int:
     lock_path = Path(FLAGS.lock)
     lock = json.loads(lock_path.read_text()) if lock_path.exists() else {}
     zips: dict = {}
+    created: list[Path] = []
     failures = []
     try:
+        if not FLAGS.verify_only:
+            hosts = {"https://huggingface.co" if source[0] == "hf" else source[1]
+                     for group in groups for source, rel, _ in FILES[group]
+                     if not (dest / group / rel).exists()}
+            for url in sorted(hosts):
+                _reachable(url)
         for group in groups:
             for source, rel, published in FILES[group]:
                 target = dest / group / rel
                 key = f"{group}/{rel}"
                 if not FLAGS.verify_only and not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if source[0] == "hf":
-                        _download_hf(source[1], source[2], target)
-                    else:
-                        _download_zip_member(source[1], source[2], target, zips)
+                    _fetch(source, target, zips, created)
                 if not target.exists():
                     failures.append(f"{key}: missing")
                     continue
@@ -152,9 +218,13 @@ def main(argv) -> int:
                     failures.append(f"{key}: sha256 {digest} != expected {expected}")
                 else:
                     print(f"ok {key}", file=sys.stderr)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         for tmp in zips.values():
             Path(tmp).unlink(missing_ok=True)
+        _remove_empty(created)
     text = json.dumps(dict(sorted(lock.items())), indent=2) + "\n"
     if lock and (not lock_path.exists() or lock_path.read_text() != text):
         lock_path.write_text(text)

@@ -45,8 +45,11 @@ class TrainConfig:
     warmup_epochs: float = _f(0.0, "Linear warm-up from 0 over this many epochs (per step).")
     augment: str = _f("flip", "Comma-separated augmentations: flip, crop, color, lowres, "
                               "erase; 'none' for none.")
-    workers: int = _f(4, "Image-loading worker processes per training process (0: in the "
-                         "main process).")
+    workers: int = _f(-1, "Image-loading worker processes per training process (0: in the "
+                          "main process; -1: picked from the machine, the free cores beyond "
+                          "the training step's, at most 4).")
+    threads: int = _f(0, "torch CPU threads per training process (0: picked from the "
+                         "machine, the free cores).")
     amp: bool = _f(True, "Mixed precision (float16 autocast + grad scaling) on GPUs.")
     sync_bn: bool = _f(True, "Batch norm over the global batch under torchrun (results do "
                              "not depend on the number of processes).")
@@ -62,7 +65,7 @@ class TrainConfig:
 
 
 # Flags that may change between a run and its resumption.
-RUN_LENGTH_FLAGS = ("out_dir", "epochs", "workers", "progress", "max_steps",
+RUN_LENGTH_FLAGS = ("out_dir", "epochs", "workers", "threads", "progress", "max_steps",
                     "keep_checkpoints", "device", "data", "amp", "exclude")
 
 

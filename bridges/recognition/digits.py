@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from bridges import require_torch_extra
 
 SIZE = 16
 MODEL = ["--arch=ir18", "--width=8", f"--input_size={SIZE}", "--embedding_size=64",
@@ -27,7 +28,9 @@ RUNS = [("adaface", 8, 6), ("arcface", 4, 3), ("cosface", 4, 3), ("groupface", 4
 FULL = (8, 6)
 
 
-def _image(pixels: np.ndarray, size: int) -> Image.Image:
+def _image(pixels: np.ndarray, size: int):
+    from PIL import Image
+
     gray = (pixels * (255.0 / 16.0)).round().astype(np.uint8)
     return Image.fromarray(gray).resize((size, size), Image.BILINEAR).convert("RGB")
 
@@ -83,6 +86,7 @@ def train_and_verify(data, bin_dir, out, head_flags, epochs: int, lr_step: int) 
 
 
 def main(argv=None) -> int:
+    require_torch_extra("bridges.recognition.digits")
     from absl import flags
 
     from hyperface_jax import cli

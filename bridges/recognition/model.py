@@ -12,11 +12,14 @@ import torch
 from torch import nn
 
 from bridges.recognition.groupface import GroupFace
-from bridges.recognition.iresnet import build_backbone
+from bridges.recognition.heads import HEADS
+from bridges.recognition.iresnet import ARCHS, build_backbone
 from hyperface_jax.files import InputError
 
 SPEC_KEYS = ("arch", "width", "embedding_size", "input_size", "dropout", "head", "groups",
              "group_aggregation")
+# Largest input side a stored spec may ask for (the published models use 112).
+MAX_INPUT_SIZE = 1024
 
 
 class FaceModel(nn.Module):
@@ -54,10 +57,48 @@ def load_model(path, device="cpu") -> FaceModel:
         raise InputError(f"model file {path} is not a bridges.train checkpoint ({first})") from None
     if not isinstance(blob, dict) or "spec" not in blob or "model" not in blob:
         raise InputError(f"model file {path} is not a bridges.train checkpoint (no spec/model)")
-    model = FaceModel(blob["spec"])
+    check_spec(blob["spec"], path)
+    try:
+        model = FaceModel(blob["spec"])
+    except Exception as e:  # noqa: BLE001 - any spec the model cannot be built from
+        raise InputError(f"model file {path}: cannot build the model its spec describes "
+                         f"({type(e).__name__}: {e})") from None
     try:
         model.load_state_dict(blob["model"])
     except RuntimeError as e:
         raise InputError(f"model file {path}: weights do not fit the stored spec "
                          f"({str(e).splitlines()[0]})") from None
     return model.to(device).eval()
+
+
+def check_spec(spec, path) -> None:
+    """InputError naming the file and the first problem of a stored model spec."""
+    if not isinstance(spec, dict):
+        raise InputError(f"model file {path}: spec is a {type(spec).__name__}, not a dict")
+    missing = [k for k in SPEC_KEYS if k not in spec]
+    if missing:
+        raise InputError(f"model file {path}: spec lacks {', '.join(missing)}")
+
+    def integer(key, low, high=None):
+        v = spec[key]
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low and (
+            high is None or v <= high)
+
+    checks = [
+        (spec["arch"] in ARCHS, f"unknown architecture {spec['arch']!r} (known: "
+                                f"{', '.join(ARCHS)})"),
+        (spec["head"] in HEADS, f"unknown head {spec['head']!r} (known: {', '.join(HEADS)})"),
+        (integer("width", 1, 4096) and integer("embedding_size", 2, 65536),
+         "width and embedding_size must be integers in [1, 4096] and [2, 65536]"),
+        (integer("input_size", 16, MAX_INPUT_SIZE) and spec["input_size"] % 16 == 0,
+         f"input_size must be a multiple of 16 up to {MAX_INPUT_SIZE}, got "
+         f"{spec['input_size']!r}"),
+        (isinstance(spec["dropout"], int | float) and 0 <= spec["dropout"] < 1,
+         f"dropout must be in [0, 1), got {spec['dropout']!r}"),
+        (spec["head"] != "groupface" or (integer("groups", 2, 4096)
+                                         and spec["group_aggregation"] in ("soft", "hard")),
+         "a GroupFace spec needs groups in [2, 4096] and group_aggregation soft or hard"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise InputError(f"model file {path}: {problem}")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from bridges import default_workers, set_threads
 from bridges.recognition import data as data_lib
 from bridges.recognition import distributed
 from bridges.recognition.config import RUN_LENGTH_FLAGS, TrainConfig
@@ -101,7 +102,8 @@ def validate(c: TrainConfig, world: int) -> None:
         (c.groups >= 2, f"--groups must be at least 2, got {c.groups}"),
         (c.device in ("auto", "cpu", "cuda"),
          f"--device must be auto, cpu or cuda, not {c.device}"),
-        (c.workers >= 0, "--workers must be >= 0"),
+        (c.workers >= -1, "--workers must be >= 0, or -1 (picked from the machine)"),
+        (c.threads >= 0, "--threads must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -164,6 +166,8 @@ class Plan:
     world: int
     device: torch.device
     amp: bool
+    threads: int  # torch intra-op threads (--threads, 0: picked from the machine)
+    workers: int  # DataLoader workers (--workers, -1: picked from the machine)
     folder: data_lib.ImageFolder
     excluded: list  # the --exclude entries left out
     identity: dict  # what a resumed run must share with the run that wrote the checkpoint
@@ -203,7 +207,9 @@ def plan(c: TrainConfig) -> Plan:
     if c.max_steps:
         total_steps = min(total_steps, c.max_steps)
     dataset = data_lib.TrainSet(folder, c.input_size, data_lib.parse_augment(c.augment), c.seed)
-    return Plan(c, rank, local_rank, world, device, amp, folder, excluded,
+    threads = set_threads(c.threads)
+    workers = c.workers if c.workers >= 0 else default_workers()
+    return Plan(c, rank, local_rank, world, device, amp, threads, workers, folder, excluded,
                 _identity(c, folder), trainee, make_optimizer(c, trainee),
                 torch.amp.GradScaler("cuda", enabled=amp), dataset, steps_per_epoch,
                 total_steps)
@@ -286,7 +292,7 @@ def train_epoch(p: Plan, net: nn.Module, epoch: int, history: History, bar):
     sampler = data_lib.GlobalBatchSampler(len(p.dataset), c.batch_size, rank=p.rank,
                                           world=p.world, seed=c.seed, epoch=epoch)
     loader = torch.utils.data.DataLoader(
-        p.dataset, batch_sampler=sampler, num_workers=c.workers,
+        p.dataset, batch_sampler=sampler, num_workers=p.workers,
         pin_memory=p.device.type == "cuda", persistent_workers=False)
     net.train()
     torch.manual_seed(c.seed * 100_003 + epoch)  # dropout: the same after a resume
@@ -366,7 +372,8 @@ def run(c: TrainConfig, *, log=None, hooks=()) -> dict:
         p.out.mkdir(parents=True, exist_ok=True)
         log(f"{len(p.folder.paths)} images of {p.folder.num_classes} identities; {c.arch} "
             f"(width {c.width}, input {c.input_size}) + {c.head}; {p.world} process(es) on "
-            f"{p.device}{' with AMP' if p.amp else ''}; {p.steps_per_epoch} steps per epoch")
+            f"{p.device}{' with AMP' if p.amp else ''}, {p.threads} threads, {p.workers} "
+            f"loader workers; {p.steps_per_epoch} steps per epoch")
     history = run_loop(p, net, history, epoch_end_hooks(p, log, hooks))
     report = finish(p, history, started, log) if p.rank == 0 else {}
     if distributed.is_distributed():
@@ -379,6 +386,7 @@ def finish(p: Plan, history: History, started: float, log) -> dict:
     report = _write_outputs(p.out, p.config, p.trainee, history.step_rows, history.epoch_rows,
                             final=True,
                             extra={"world_size": p.world, "device": str(p.device), "amp": p.amp,
+                                   "torch_threads": p.threads, "loader_workers": p.workers,
                                    "num_images": len(p.folder.paths),
                                    "num_classes": p.folder.num_classes,
                                    "excluded_images": p.excluded,
