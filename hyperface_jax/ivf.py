@@ -136,7 +136,7 @@ def default_num_cells(n: int) -> int:
 
 
 def approximate_top_k(x: jax.Array, k: int, *, key: jax.Array, num_cells: int = 0,
-                      nprobe: int = 8, iterations: int = 10, capacity_factor: float = 2.0,
+                      nprobe: int = 8, iterations: int = 10, capacity_factor: float = 1.5,
                       tile_size: int = neighbors.DEFAULT_TILE_SIZE):
     """Host driver: k-means, lists, search; rebuilds the lists with the largest cell's size
     as capacity when a cell overflowed. Returns (values, indices, info)."""

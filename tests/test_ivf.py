@@ -40,7 +40,8 @@ def test_overflowing_cells_are_flagged_and_the_driver_rebuilds_them():
     centroids = ivf.spherical_kmeans(x, jax.random.key(0), num_cells=10)
     lists = ivf.build_lists(x, centroids, capacity=5)  # the driver's first capacity below
     assert bool(lists.overflow) and int(lists.counts.sum()) == 500
-    assert int(np.sum(np.asarray(lists.members) < 500)) == 50  # 5 slots kept per cell
+    kept = int(np.minimum(np.asarray(lists.counts), 5).sum())  # 5 slots kept per cell
+    assert int(np.sum(np.asarray(lists.members) < 500)) == kept < 500
     exact = top_k_neighbors(x, x, 4, exclude_self=True)
     _, indices, info = ivf.approximate_top_k(x, 4, key=jax.random.key(0), num_cells=10,
                                              nprobe=10, capacity_factor=0.1)
