@@ -3,7 +3,8 @@ and the Levenshtein bound, and approximate neighbour lists against exact search 
 
     nice -n 15 python benchmarks/frontier.py pack --sizes=2048        # runs configs/codes_2k.flags
     nice -n 15 python benchmarks/frontier.py report --sizes=2048      # table + plot from the runs
-    nice -n 15 python benchmarks/frontier.py ivf --n=20000 --dim=512  # recall and speed
+    nice -n 15 python benchmarks/frontier.py codes --sizes 2048 10000 50000 100000
+    nice -n 15 python benchmarks/frontier.py ivf --n=10000 --dim=512  # recall and speed
 
 `pack` runs the CLI (`python -m hyperface_jax.pack --flagfile=configs/codes_*.flags`) into
 --out/n<size>/ (a finished run is not redone; an interrupted one resumes) and records the
@@ -75,6 +76,26 @@ def code_figures(n: int, exact_max: int, sample_size: int) -> dict:
                                    sample_size=sample_size)
     return {"name": name, "proven_max_cos": proven, "max_cos": e["max_cos_lower_bound"],
             "mean_nn_cos": e["mean_nn_cos"], "estimated": True, "estimate": e}
+
+
+def list_codes(a) -> None:
+    """The algebraic code of each size: proven worst pair, measured (exactly up to
+    --exact_max rows, else from a sample), and the Levenshtein bound."""
+    print("| n | code | proven worst pair | measured worst pair | mean NN cos | how | "
+          "Levenshtein bound | seconds |\n" + "|---" * 8 + "|")
+    for n in a.sizes:
+        t = time.perf_counter()
+        c = code_figures(n, a.exact_max, a.sample_size)
+        how = "exact (blockwise)"
+        if c["estimated"]:
+            e = c["estimate"]
+            lo, hi = e["mean_nn_cos_interval"]
+            how = (f"sample of {e['sample_size']} rows: worst pair >= measured, mean NN in "
+                   f"[{lo:.4f}, {hi:.4f}] ({e['confidence']:.0%})")
+        print(f"| {n:,} | {c['name']} | {c['proven_max_cos']:.4f} | {c['max_cos']:.4f} | "
+              f"{c['mean_nn_cos']:.4f} | {how} | {bounds.bound_max_cos(n, DIM):.4f} | "
+              f"{time.perf_counter() - t:.0f} |", flush=True)
+    print(f"\nload average at the end: {os.getloadavg()}")
 
 
 def curve_checks(history: list[dict]) -> dict:
@@ -230,7 +251,7 @@ def _drop_self(indices: np.ndarray, k: int) -> np.ndarray:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("pack", "report"):
+    for name in ("pack", "report", "codes"):
         q = sub.add_parser(name)
         q.add_argument("--sizes", type=int, nargs="+", default=[2048])
         q.add_argument("--out", default="runs/frontier")
@@ -250,7 +271,7 @@ def main():
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    {"pack": run_pack, "report": report, "ivf": bench_ivf}[a.command](a)
+    {"pack": run_pack, "report": report, "codes": list_codes, "ivf": bench_ivf}[a.command](a)
 
 
 if __name__ == "__main__":
