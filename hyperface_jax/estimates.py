@@ -1,0 +1,114 @@
+"""Packing figures estimated from a random sample of rows, for sizes where the exact
+all-pairs search is out of reach (1M x 512 is ~1e15 flops).
+
+A simple random sample of s rows (without replacement) is searched exactly against all n
+rows: every sampled row gets its true nearest-neighbour cosine nn_i. Memory is
+O(s x tile_size) (columns are visited tile by tile), work O(s n d).
+
+What the sample says, and how sure it is (`estimate_figures`):
+
+- Mean nearest-neighbour cosine: the sample mean of nn_i, with a Student-t interval
+  including the finite-population correction sqrt((n - s) / (n - 1)). The n values nn_i
+  are fixed numbers and only the sample is random, so this is the textbook interval of
+  simple random sampling (it needs s large enough for the central limit theorem; s >= 100
+  is the usual rule).
+- Worst pair: the sample maximum is an exact *lower bound* of the true worst pair max_i nn_i,
+  never an estimate that could be too high. No upper bound on the *value* can come from a
+  sample without assumptions on the configuration (one pair of rows could sit anywhere),
+  and a bootstrap of a maximum is known to be inconsistent, so none is given. What the
+  sample does bound, exactly, is:
+    * the chance that the lower bound *is* the worst pair: the worst pair's two rows both
+      have nn = max, and the bound is exact as soon as either was sampled, which happens
+      with probability 1 - (n-s)(n-s-1) / (n(n-1)) (about 2s/n);
+    * how many rows can lie above it: with confidence c, fewer than a fraction
+      1 - (1 - c)^(1/s) of the rows have nn above the sample maximum (the sample max is the
+      top order statistic of s draws; sampling without replacement only tightens this).
+"""
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from scipy import stats
+
+from hyperface_jax import neighbors
+
+DEFAULT_CONFIDENCE = 0.99
+
+
+@partial(jax.jit, static_argnames=("tile_size",))
+def sample_nearest(x: jax.Array, rows: jax.Array, *,
+                   tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> tuple[jax.Array, jax.Array]:
+    """Exact nearest-neighbour cosine and partner of x[rows] among all rows of x (itself
+    excluded), visiting x in column tiles: the only buffer is (len(rows), tile_size)."""
+    n, d = x.shape
+    t = max(1, min(int(tile_size), n))
+    num_tiles = -(-n // t)
+    tiles = jnp.pad(x, ((0, num_tiles * t - n), (0, 0))).reshape(num_tiles, t, d)
+    queries = x[rows]
+
+    def visit(carry, args):
+        best, partner = carry
+        tile_index, xt = args
+        columns = tile_index * t + jnp.arange(t)
+        s = neighbors.similarity(queries, xt, lax.Precision.HIGHEST)
+        invalid = (columns[None, :] >= n) | (columns[None, :] == rows[:, None])
+        s = jnp.where(invalid, -jnp.inf, s)
+        j = jnp.argmax(s, axis=1)
+        value = jnp.take_along_axis(s, j[:, None], axis=1)[:, 0]
+        better = value > best
+        return (jnp.where(better, value, best), jnp.where(better, columns[j], partner)), None
+
+    start = (jnp.full(rows.shape, -jnp.inf, x.dtype), jnp.zeros(rows.shape, jnp.int32))
+    (best, partner), _ = lax.scan(visit, start, (jnp.arange(num_tiles), tiles))
+    return best, partner.astype(jnp.int32)
+
+
+def draw_sample(key: jax.Array, n: int, sample_size: int) -> jax.Array:
+    """`sample_size` distinct row indices, uniformly at random."""
+    if not 2 <= sample_size <= n:
+        raise ValueError(f"need 2 <= sample size <= n = {n}, got {sample_size}")
+    return jax.random.choice(key, n, (sample_size,), replace=False).astype(jnp.int32)
+
+
+def estimate_figures(x: jax.Array, key: jax.Array, *, sample_size: int,
+                     confidence: float = DEFAULT_CONFIDENCE,
+                     tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> dict:
+    """Worst pair and mean nearest-neighbour cosine of `x` from `sample_size` random rows,
+    with the statements explained in the module docstring. Plain JSON-ready values."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n = x.shape[0]
+    rows = draw_sample(key, n, sample_size)
+    nn, partner = jax.device_get(sample_nearest(x, rows, tile_size=tile_size))
+    rows = np.asarray(rows)
+    return summarize(np.asarray(nn, np.float64), n, confidence=confidence,
+                     worst_pair=(int(rows[np.argmax(nn)]), int(partner[np.argmax(nn)])))
+
+
+def summarize(nn: np.ndarray, n: int, *, confidence: float = DEFAULT_CONFIDENCE,
+              worst_pair: tuple[int, int] | None = None) -> dict:
+    """The estimates from the exact nearest-neighbour cosines `nn` of s rows sampled
+    without replacement from n."""
+    s = len(nn)
+    mean = float(np.mean(nn))
+    finite_population = math.sqrt((n - s) / (n - 1)) if n > 1 else 0.0
+    half_width = (float(stats.t.ppf(0.5 + confidence / 2, s - 1))
+                  * float(np.std(nn, ddof=1)) / math.sqrt(s) * finite_population)
+    return {
+        "estimated": True,
+        "method": (f"exact search of {s} random rows (without replacement) against all {n} "
+                   "rows"),
+        "sample_size": s,
+        "n": n,
+        "confidence": confidence,
+        "mean_nn_cos": mean,
+        "mean_nn_cos_interval": [mean - half_width, mean + half_width],
+        "max_cos_lower_bound": float(np.max(nn)),
+        "max_cos_worst_pair_in_sample": list(worst_pair) if worst_pair else None,
+        "probability_lower_bound_is_exact_at_least": 1.0 - (n - s) * (n - s - 1) / (n * (n - 1)),
+        "fraction_of_rows_above_lower_bound_at_most": 1.0 - (1.0 - confidence) ** (1.0 / s),
+    }

@@ -1,0 +1,76 @@
+import math
+
+import numpy as np
+import pytest
+
+from hyperface_jax import codes, metrics
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_kerdock_bases_orthonormal_and_every_cross_inner_product_is_2_to_minus_m_half(m):
+    bases = codes.kerdock_bases(m).astype(np.float64)
+    d = 1 << m
+    assert bases.shape == (d // 2 + 1, d, d)
+    points = bases.reshape(-1, d)
+    gram = points @ points.T
+    for b in range(bases.shape[0]):
+        block = slice(b * d, (b + 1) * d)
+        np.testing.assert_allclose(gram[block, block], np.eye(d), atol=1e-6)
+        gram[block, block] = 2.0 ** (-m / 2)
+    np.testing.assert_allclose(np.abs(gram), 2.0 ** (-m / 2), atol=1e-6)
+
+
+def test_all_8128_pairs_of_kerdock_forms_at_m8_are_bent():
+    # |Walsh transform| of Q_u + Q_v flat at 2^(m/2) = 16 <=> bases u, v of R^256 unbiased.
+    signs = 1.0 - 2.0 * codes.kerdock_forms(8).astype(np.float32)
+    assert signs.shape == (128, 256)
+    u, v = np.triu_indices(128, 1)
+    walsh = (signs[u] * signs[v]) @ codes.sylvester_hadamard(256).astype(np.float32)
+    np.testing.assert_array_equal(np.abs(walsh), 16.0)
+
+
+def test_sylvester_hadamard_is_orthogonal():
+    h = codes.sylvester_hadamard(64).astype(np.float64)
+    np.testing.assert_array_equal(h @ h.T, 64 * np.eye(64))
+
+
+@pytest.mark.parametrize("d", [8, 32])
+def test_hadamard_code_worst_pair_by_the_blockwise_search(d):
+    x = codes.hadamard_code(d)
+    assert x.shape == (4 * d, d)
+    figures = metrics.to_python(metrics.packing_figures(x, tile_size=37))
+    assert figures["max_cos"] == pytest.approx(1 / math.sqrt(d), abs=1e-6)
+
+
+@pytest.mark.parametrize("d", [8, 32])
+def test_kerdock_code_size_and_worst_pair_by_the_blockwise_search(d):
+    x = codes.kerdock_code(d)
+    assert x.shape == (codes.kerdock_code_size(d), d)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
+    assert len(np.unique(x, axis=0)) == len(x)
+    figures = metrics.to_python(metrics.packing_figures(x, tile_size=1000))
+    assert figures["max_cos"] == pytest.approx(math.sqrt(2 / d), abs=1e-6)
+
+
+def test_kerdock_code_in_512d_has_132096_points():
+    assert codes.kerdock_code_size(512) == 132_096
+
+
+@pytest.mark.parametrize("n, name, worst", [
+    (64, "cross-polytope", 0.0), (100, "hadamard", 1 / math.sqrt(32)),
+    (128, "hadamard", 1 / math.sqrt(32)), (129, "kerdock", 0.25), (500, "kerdock", 0.25)])
+def test_algebraic_code_prefixes_keep_the_proven_worst_pair(n, name, worst):
+    x, got_name, proven = codes.algebraic_code(n, 32)
+    assert (x.shape, got_name) == ((n, 32), name)
+    assert proven == pytest.approx(worst)
+    figures = metrics.to_python(metrics.packing_figures(x))
+    assert figures["max_cos"] == pytest.approx(worst, abs=1e-6)
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="power-of-two"):
+        codes.hadamard_code(48)
+    with pytest.raises(ValueError, match="even m"):
+        codes.kerdock_bases(3)
+    with pytest.raises(ValueError, match="no algebraic code"):
+        codes.algebraic_code(codes.kerdock_code_size(32) + 1, 32)
