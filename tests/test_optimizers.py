@@ -54,6 +54,8 @@ def _random(seed, n, d):
 
 
 def _run(opt, x0, steps):
+    """`steps` full-batch steps with the tangent projection chained first, as pack does."""
+    opt = optimizers.on_sphere(opt)
     cfg = solver.SolverConfig(alpha=0.0)
     state, _ = solver.make_runner(opt, cfg, x0.shape[0])(solver.init_state(x0, opt, 0), None,
                                                          steps)
