@@ -104,6 +104,12 @@ class PackConfig:
     checkpoint_every: int = _f(500, "Steps between orbax checkpoints.")
     max_to_keep: int = _f(3, "Checkpoints kept on disk.")
     log_every: int = _f(50, "Steps between exact figures (logged, plotted, in report.json).")
+    figure_sample: int = _f(0, "0: figures from an exact search of every row (O(n^2 d)). "
+                               "s > 0: figures estimated from s random rows searched exactly "
+                               "against all rows (O(s n d); for n in the millions), labelled "
+                               "as estimates in report.json: max_cos is then a lower bound of "
+                               "the worst pair, mean_nn_cos has a confidence interval. The "
+                               "same rows at every log step.")
     progress: bool = _f(True, "Show a progress bar.")
     # Placement (docs/sharding.md): where the run executes, not what it computes.
     devices: str = _f("all", "Devices to shard the references over: 'all' or a count. One "
@@ -165,5 +171,6 @@ HELP_GROUPS = {
               "neighbor_rebuild", "neighbor_refresh_every"),
     "devices": ("devices", "coordinator_address", "num_processes", "process_id",
                 "distributed"),
-    "run": ("out_dir", "checkpoint_every", "max_to_keep", "log_every", "progress"),
+    "run": ("out_dir", "checkpoint_every", "max_to_keep", "log_every", "figure_sample",
+            "progress"),
 }

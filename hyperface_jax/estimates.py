@@ -39,23 +39,30 @@ from hyperface_jax import neighbors
 DEFAULT_CONFIDENCE = 0.99
 
 
-@partial(jax.jit, static_argnames=("tile_size",))
+@partial(jax.jit, static_argnames=("tile_size", "count", "exclude_self"))
 def sample_nearest(x: jax.Array, rows: jax.Array, *,
-                   tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> tuple[jax.Array, jax.Array]:
-    """Exact nearest-neighbour cosine and partner of x[rows] among all rows of x (itself
-    excluded), visiting x in column tiles: the only buffer is (len(rows), tile_size)."""
-    n, d = x.shape
+                   tile_size: int = neighbors.DEFAULT_TILE_SIZE, count: int | None = None,
+                   queries: jax.Array | None = None,
+                   exclude_self: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Exact nearest-neighbour cosine and partner of x[rows] among the first `count` rows
+    of x (default all; the rest is padding), itself excluded, visiting x in column tiles:
+    the only buffer is (len(rows), tile_size). With `queries` (and exclude_self=False),
+    those rows are searched against x instead (e.g. sampled rows against a gallery)."""
+    d = x.shape[1]
+    n = x.shape[0] if count is None else count
     t = max(1, min(int(tile_size), n))
     num_tiles = -(-n // t)
-    tiles = jnp.pad(x, ((0, num_tiles * t - n), (0, 0))).reshape(num_tiles, t, d)
-    queries = x[rows]
+    tiles = jnp.pad(x[:n], ((0, num_tiles * t - n), (0, 0))).reshape(num_tiles, t, d)
+    queries = x[rows] if queries is None else queries
 
     def visit(carry, args):
         best, partner = carry
         tile_index, xt = args
         columns = tile_index * t + jnp.arange(t)
         s = neighbors.similarity(queries, xt, lax.Precision.HIGHEST)
-        invalid = (columns[None, :] >= n) | (columns[None, :] == rows[:, None])
+        invalid = columns[None, :] >= n
+        if exclude_self:
+            invalid = invalid | (columns[None, :] == rows[:, None])
         s = jnp.where(invalid, -jnp.inf, s)
         j = jnp.argmax(s, axis=1)
         value = jnp.take_along_axis(s, j[:, None], axis=1)[:, 0]

@@ -29,6 +29,8 @@ from hyperface_jax import (
     bounds,
     checkpoint,
     cli,
+    estimates,
+    metrics,
     neighbor_lists,
     neighbors,
     optimizers,
@@ -151,9 +153,16 @@ def _initial_state(problem: Problem, optimizer, config, placement, gallery):
 
 
 def _figures_fn(c: PackConfig, problem: Problem, placement):
-    """`figures(state, gallery) -> (dict of floats, index of the best restart)`: exact."""
-    one = jax.jit(partial(placement.figures, count=problem.n, gallery_count=problem.m,
-                          alpha=c.alpha, reduce=c.packing_reduce, tile_size=tile_size_of(c)))
+    """`figures(state, gallery) -> (dict of floats, index of the best restart)`: exact over
+    every row, or (--figure_sample) from the same random rows at every call."""
+    if c.figure_sample:
+        one = jax.jit(partial(_sampled_figures, rows=_figure_rows(c, problem), n=problem.n,
+                              m=problem.m, alpha=c.alpha, reduce=c.packing_reduce,
+                              tile_size=tile_size_of(c)))
+    else:
+        one = jax.jit(partial(placement.figures, count=problem.n, gallery_count=problem.m,
+                              alpha=c.alpha, reduce=c.packing_reduce,
+                              tile_size=tile_size_of(c)))
     if problem.restarts == 1:
         return lambda state, g: ({k: float(v) for k, v in jax.device_get(
             one(state.embeddings, g)).items()}, 0)
@@ -164,6 +173,43 @@ def _figures_fn(c: PackConfig, problem: Problem, placement):
         best = int(np.argmin(values["max_cos"]))
         return {k: float(v[best]) for k, v in values.items()}, best
     return figures
+
+
+def _figure_rows(c: PackConfig, problem: Problem):
+    """The rows --figure_sample searches: drawn once from the seed, the same at every step."""
+    if c.figure_sample > problem.n:
+        raise InputError(f"--figure_sample={c.figure_sample} exceeds n={problem.n} rows")
+    key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 1)
+    return estimates.draw_sample(key, problem.n, c.figure_sample)
+
+
+def _sampled_nearest(x, gallery, rows, n, m, tile_size):
+    """Each sampled row's exact nearest-neighbour cosine among the n real rows, and to the
+    m real gallery rows (None without a gallery)."""
+    nn, _ = estimates.sample_nearest(x, rows, tile_size=tile_size, count=n)
+    if gallery is None:
+        return nn, None
+    near, _ = estimates.sample_nearest(gallery, rows, tile_size=tile_size, count=m,
+                                       queries=x[rows], exclude_self=False)
+    return nn, near
+
+
+def _sampled_figures(x, gallery, *, rows, n, m, alpha, reduce, tile_size):
+    nn, near = _sampled_nearest(x, gallery, rows, n, m, tile_size)
+    return metrics.figures_from_nearest(nn, near, alpha=alpha, reduce=reduce)
+
+
+def figure_estimates(p: "Plan", state, best: int) -> dict | None:
+    """With --figure_sample: what the sample says about the final rows and how sure it is
+    (`estimates.summarize`: the worst pair's lower bound, the mean's interval)."""
+    c = p.config
+    if not c.figure_sample:
+        return None
+    x = state.embeddings if p.problem.restarts == 1 else state.embeddings[best]
+    rows = _figure_rows(c, p.problem)
+    nn, _ = jax.device_get(estimates.sample_nearest(x, rows, tile_size=tile_size_of(c),
+                                                    count=p.problem.n))
+    return estimates.summarize(np.asarray(nn, np.float64), p.problem.n)
 
 
 def plan(c: PackConfig, *, gallery=None, init=None) -> Plan:
@@ -318,7 +364,7 @@ def record(p: Plan, state, step: int, seconds: float, history: History) -> dict:
 
 
 def make_report(p: Plan, history: History, *, step, started, stepping, steps_run,
-                resumed_from, last_terms, lists_audit) -> dict:
+                resumed_from, last_terms, lists_audit, estimated=None) -> dict:
     c, problem = p.config, p.problem
     final = _figures_only(history.entries[-1])
     bound = bounds.bound_max_cos(problem.n, problem.d)
@@ -339,6 +385,10 @@ def make_report(p: Plan, history: History, *, step, started, stepping, steps_run
                              "figures.loss is the paper's mean-of-max loss, exact"}
     return {
         "figures": final,
+        # --figure_sample: figures (and history) are sample statistics; max_cos is a lower
+        # bound of the worst pair (gap_to_bound too); the statements are under "estimates".
+        "figures_are_estimates": estimated is not None,
+        "estimates": estimated,
         "initial_figures": _figures_only(history.entries[0]),
         "optimised_loss": optimised,
         "bound_max_cos": bound,
@@ -433,7 +483,7 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
         audit = neighbor_lists.audit(lists, steps=min(step, c.steps))
     report = make_report(p, history, step=step, started=started, stepping=stepping,
                          steps_run=steps_run, resumed_from=resumed_from, last_terms=terms,
-                         lists_audit=audit)
+                         lists_audit=audit, estimated=figure_estimates(p, state, best))
     embeddings = final_embeddings(p, state, best)
     check_outputs(embeddings, report)
     if out is not None and writer:

@@ -95,6 +95,9 @@ def check_settings(c: PackConfig) -> None:
     for name in ("gallery_list_size", "neighbor_refresh_every"):
         if c.neighbor_list_size and getattr(c, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
+    if c.figure_sample < 0 or c.figure_sample == 1:
+        raise InputError(f"--figure_sample must be 0 (exact figures) or >= 2 rows, got "
+                         f"{c.figure_sample}")
     if c.tile_size < 0:
         raise InputError(f"--tile_size must be >= 0 (0: by backend), got {c.tile_size}")
     for name in ("log_every", "checkpoint_every", "max_to_keep"):
@@ -143,6 +146,8 @@ def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
         n = init.shape[0]
     if n < 2:
         raise InputError(f"need at least 2 identities, got {n}")
+    if c.figure_sample > n:
+        raise InputError(f"--figure_sample={c.figure_sample} exceeds the n={n} identities")
     if c.batch_size == 1 or c.batch_size > n:
         raise InputError(f"--batch_size={c.batch_size} must be 0 (full batch) or in [2, n={n}]")
     if c.neighbor_list_size and c.batch_size not in (0, n):

@@ -140,3 +140,30 @@ def test_sigterm_stops_at_a_chunk_boundary_with_history_and_checkpoint_aligned(t
     assert steps == list(range(0, saved + 1, 5)), (steps, saved)
     assert f"interrupted: saved a checkpoint at step {saved}" in err
     assert "Traceback" not in err
+
+
+def test_sampled_figures_bound_the_exact_ones_which_the_figures_command_gives(tmp_path, capsys):
+    from hyperface_jax import figures
+
+    out = tmp_path / "o"
+    flags = ["--num_identities=300", "--dim=16", "--alpha=0", "--steps=20", "--log_every=10",
+             "--progress=false"]
+    assert pack.main(["pack", f"--out_dir={out}", *flags, "--figure_sample=100"]) == 0
+    report = _strict_json(out / "report.json")
+    est = report["estimates"]
+    assert report["figures_are_estimates"] and est["sample_size"] == 100 and est["n"] == 300
+    assert report["figures"]["max_cos"] == est["max_cos_lower_bound"]
+    assert figures.main(["figures", f"--embeddings={out}/embeddings.npy", "--alpha=0",
+                         f"--out={tmp_path}/f.json"]) == 0
+    exact = _strict_json(tmp_path / "f.json")["figures"]
+    x = np.load(out / "embeddings.npy").astype(np.float64)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    assert abs(exact["max_cos"] - s.max()) < 1e-6
+    assert abs(exact["mean_nn_cos"] - s.max(axis=1).mean()) < 1e-6
+    assert est["max_cos_lower_bound"] <= exact["max_cos"] + 1e-6
+    low, high = est["mean_nn_cos_interval"]
+    assert low <= exact["mean_nn_cos"] <= high
+    capsys.readouterr()
+    assert pack.main(["pack", f"--out_dir={tmp_path}/bad", *flags, "--figure_sample=1"]) == 2
+    assert "--figure_sample must be 0" in capsys.readouterr().err
