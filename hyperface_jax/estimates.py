@@ -48,21 +48,22 @@ def sample_nearest(x: jax.Array, rows: jax.Array, *,
     of x (default all; the rest is padding), itself excluded, visiting x in column tiles:
     the only buffer is (len(rows), tile_size). With `queries` (and exclude_self=False),
     those rows are searched against x instead (e.g. sampled rows against a gallery)."""
-    d = x.shape[1]
     n = x.shape[0] if count is None else count
     t = max(1, min(int(tile_size), n))
     num_tiles = -(-n // t)
-    tiles = jnp.pad(x[:n], ((0, num_tiles * t - n), (0, 0))).reshape(num_tiles, t, d)
     queries = x[rows] if queries is None else queries
 
-    def visit(carry, args):
+    def visit(carry, tile_index):
+        # Tiles are slices of x, the last one shifted back to end at row n: no padded copy
+        # of x (2 GB at 1M x 512); a column seen twice does not change a maximum.
         best, partner = carry
-        tile_index, xt = args
-        columns = tile_index * t + jnp.arange(t)
+        start = jnp.minimum(tile_index * t, n - t)
+        xt = lax.dynamic_slice_in_dim(x, start, t)
+        columns = start + jnp.arange(t)
         s = neighbors.similarity(queries, xt, lax.Precision.HIGHEST)
-        invalid = columns[None, :] >= n
+        invalid = jnp.zeros(s.shape, bool)
         if exclude_self:
-            invalid = invalid | (columns[None, :] == rows[:, None])
+            invalid = columns[None, :] == rows[:, None]
         s = jnp.where(invalid, -jnp.inf, s)
         j = jnp.argmax(s, axis=1)
         value = jnp.take_along_axis(s, j[:, None], axis=1)[:, 0]
@@ -70,7 +71,7 @@ def sample_nearest(x: jax.Array, rows: jax.Array, *,
         return (jnp.where(better, value, best), jnp.where(better, columns[j], partner)), None
 
     start = (jnp.full(rows.shape, -jnp.inf, x.dtype), jnp.zeros(rows.shape, jnp.int32))
-    (best, partner), _ = lax.scan(visit, start, (jnp.arange(num_tiles), tiles))
+    (best, partner), _ = lax.scan(visit, start, jnp.arange(num_tiles))
     return best, partner.astype(jnp.int32)
 
 

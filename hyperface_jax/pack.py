@@ -235,7 +235,7 @@ def plan(c: PackConfig, *, gallery=None, init=None) -> Plan:
     runners = (compiled(optimizer, config),
                compiled(build_optimizer(c, polish=True), solver_config(c, polish=True))
                if c.polish_steps else None)
-    return Plan(c, problem, placement, state, placed_gallery, runners,
+    return Plan(c, problem.shapes_only(), placement, state, placed_gallery, runners,
                 _figures_fn(c, problem, placement), run_identity(c, problem),
                 time.perf_counter() - t)
 
@@ -454,6 +454,7 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
                                                          total_steps=p.total_steps,
                                                          writer=writer, log=log,
                                                          max_to_keep=c.max_to_keep)
+    p.state = None  # the step-0 state: donated below, or superseded by a checkpoint
     step = solver.step_of(state)
     history = History(out / "history.jsonl" if out else None, step, writer)
     sharding.barrier("history read")
@@ -462,8 +463,9 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
     _log_start(p, step, history.entries[-1], log)
 
     def save(state):
-        if manager is not None:
-            checkpoint.save(manager, state)
+        if manager is not None:  # written before the run goes on: the host copy of the
+            checkpoint.save(manager, state)  # state is freed at once (peak memory at 1M)
+            manager.wait_until_finished()
     try:
         state, terms, stepping, steps_run = run_loop(
             p, state, step, history, save=save, log=log, progress=c.progress and writer)

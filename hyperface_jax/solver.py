@@ -100,19 +100,22 @@ def batch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int,
 
 
 def check_sparse_compatible(opt_state, shape) -> None:
-    """Row-sparse updates need every optimizer-state leaf to be per-row (shape of the
-    embeddings) or shared (no axis of length n); factored states (adafactor) are neither."""
+    """Row-sparse updates need every optimizer-state leaf to be per-row (a 2-D array with
+    one row per embedding: (n, d), or (n, 1) for a per-row statistic such as Riemannian
+    Adam's second moment) or shared (no axis of length n); factored states (adafactor's
+    (n,) and (d,) factors) are neither."""
     n = shape[0]
     for leaf in jax.tree.leaves(opt_state):
         s = tuple(jnp.shape(leaf))
-        if s != tuple(shape) and n in s:
+        if not _is_row_leaf(leaf, shape) and n in s:
             raise ValueError(
                 f"this optimizer keeps a state of shape {s} that is neither per-row nor shared; "
                 "use --minibatch_update=dense with it")
 
 
 def _is_row_leaf(leaf, shape) -> bool:
-    return tuple(jnp.shape(leaf)) == tuple(shape)
+    s = tuple(jnp.shape(leaf))
+    return len(s) == len(shape) and s[0] == shape[0]
 
 
 def partner_search(config: SolverConfig, count: int, gallery_count: int | None,
