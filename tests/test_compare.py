@@ -96,12 +96,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 def test_every_variant_is_validated_before_any_runs(tmp_path, capsys):
-    # Riemannian Adam's per-row second moment (n, 1) cannot run sparse mini-batches:
-    # refused before adam runs.
+    # Adafactor's factored second moment ((n,) and (d,) factors at d >= 128) cannot run
+    # sparse mini-batches: refused before adam runs.
     out = tmp_path / "cmp"
-    code = _compare(out, "--optimizers=adam,riemannian_adam", "--batch_size=8")
+    code = _compare(out, "--optimizers=adam,adafactor", "--batch_size=10", "--dim=128",
+                    "--num_identities=130")
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "riemannian_adam" in err[0] and "dense" in err[0]
+    assert code == 2 and len(err) == 1 and "adafactor" in err[0] and "dense" in err[0]
     assert not out.exists()
 
 

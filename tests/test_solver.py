@@ -184,3 +184,22 @@ def test_runner_draws_each_epoch_once_and_matches_step_by_step_batches(monkeypat
     # Chunk starts (steps 0, 7, 16: epochs 0, 1, 3) and epoch starts (steps 0, 5, 10,
     # 15, 20): 8 draws for 23 steps.
     assert sorted(draws) == [0, 0, 1, 1, 2, 3, 3, 4]
+
+
+def test_a_per_row_second_moment_takes_the_sparse_update():
+    # Riemannian Adam keeps one second moment per row, shape (n, 1): per-row state, so
+    # sparse mini-batches move only the batch's rows and their statistics.
+    n, d, b = 40, 8, 10
+    opt = optimizers.on_sphere(optimizers.make_optimizer(
+        "riemannian_adam", optax.constant_schedule(0.05)))
+    x0 = _random(0, n, d)
+    solver.check_sparse_compatible(opt.init(x0), x0.shape)
+    cfg = solver.SolverConfig(alpha=0.0, batch_size=b, minibatch_update="sparse")
+    state = solver.init_state(x0, opt, 3)
+    new, _ = jax.jit(solver.make_step(opt, cfg, n))(state, None)
+    rows = np.asarray(solver.batch_indices(state.key, state.step, n, b))
+    outside = np.setdiff1d(np.arange(n), rows)
+    np.testing.assert_array_equal(new.embeddings[outside], x0[outside])
+    per_row = [a for a in jax.tree.leaves(new.opt_state) if a.shape == (n, 1)]
+    assert per_row and np.all(np.asarray(per_row[0])[outside] == 0)
+    assert np.all(np.asarray(per_row[0])[rows] > 0)
