@@ -25,9 +25,7 @@ import hashlib
 import json
 import math
 import re
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -340,32 +338,27 @@ def run(fv, *, log=None) -> dict:
     written, no_face, generated_seconds = 0, 0, 0.0
     checksums: list[tuple[int, int, str]] = []  # (i, k, sha256) of the images written
     t0 = time.perf_counter()
-    handle_term = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if handle_term else None
     try:
-        for s in range(0, len(pending), tiles_per_step):
-            for i, g in pending[s:s + tiles_per_step]:
-                rgb, _, _ = arc2face.tile_images(
-                    model, refs, i, g, micro_batch=m, seed=fv.seed, beta=fv.beta,
-                    steps=fv.steps, guidance=fv.guidance)
-                for j, k in enumerate(range(g * m, (g + 1) * m)):
-                    if k >= K or is_done(out, i, k):
-                        continue
-                    digest = _store(out, i, k, rgb[j], detector,
-                                    keep_unaligned=fv.keep_unaligned)
-                    written += 1
-                    no_face += digest is None
-                    if digest is not None:
-                        checksums.append((i, k, digest))
-                    bar.update(1)
+        with cli.sigterm_as_interrupt():  # SLURM's time limit or `kill` ends it like Ctrl-C
+            for s in range(0, len(pending), tiles_per_step):
+                for i, g in pending[s:s + tiles_per_step]:
+                    rgb, _, _ = arc2face.tile_images(
+                        model, refs, i, g, micro_batch=m, seed=fv.seed, beta=fv.beta,
+                        steps=fv.steps, guidance=fv.guidance)
+                    for j, k in enumerate(range(g * m, (g + 1) * m)):
+                        if k >= K or is_done(out, i, k):
+                            continue
+                        digest = _store(out, i, k, rgb[j], detector,
+                                        keep_unaligned=fv.keep_unaligned)
+                        written += 1
+                        no_face += digest is None
+                        if digest is not None:
+                            checksums.append((i, k, digest))
+                        bar.update(1)
     except KeyboardInterrupt:
         bar.close()
         log(f"interrupted after {written} images; re-run the same command to continue")
         raise
-    finally:
-        if handle_term:
-            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None
-                          else signal.SIG_DFL)
     bar.close()
     generated_seconds = time.perf_counter() - t0
 
@@ -419,10 +412,6 @@ def run(fv, *, log=None) -> dict:
     return report
 
 
-def _raise_interrupt(signum, frame):
-    """SIGTERM (SLURM's time limit, `kill`) ends the run like Ctrl-C: the image being
-    written is finished or not renamed, the next run continues."""
-    raise KeyboardInterrupt
 
 
 def _store(out: Path, i: int, k: int, rgb: np.ndarray, detector, *,
