@@ -58,7 +58,7 @@ class Local:
     def put_gallery(self, gallery):
         return None if gallery is None else jnp.asarray(gallery, jnp.float32)
 
-    def jit(self, fn, template=None, *, donate: bool = False, replicated_out=None):
+    def jit(self, fn, template=None, *, donate: bool = False):
         return jax.jit(fn, donate_argnums=(0,) if donate else ())
 
     def to_host(self, array) -> np.ndarray:

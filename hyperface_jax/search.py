@@ -94,10 +94,3 @@ def reduce_rows(values, reduce: str, temperature=None, *, search=LocalSearch(),
 def mean_rows(values, *, search=LocalSearch(), valid=None, count=None):
     """Mean of per-row values over the real rows."""
     return reduce_rows(values, "mean", search=search, valid=valid, count=count)
-
-
-def check_reduction(name: str) -> None:
-    if name not in PACKING_REDUCTIONS:
-        raise ValueError(f"unknown packing reduction {name!r}; "
-                         f"choose one of {PACKING_REDUCTIONS}")
-

@@ -523,7 +523,7 @@ class Sharded:
         return _put(pad_rows(gallery, self.padded(gallery.shape[0])),
                     NamedSharding(self.mesh, P(AXIS)))
 
-    def jit(self, fn, template=None, *, donate: bool = False, replicated_out=None):
+    def jit(self, fn, template=None, *, donate: bool = False):
         donate_argnums = (0,) if donate else ()
         if template is None:
             return jax.jit(fn, donate_argnums=donate_argnums)

@@ -198,10 +198,15 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     objective.check_objective(config.objective)
     smooth = config.objective != "max"
 
+    def real_gallery_rows(gallery):
+        """The gallery's real (unpadded) rows: `gallery_count`, or all its rows."""
+        if gallery_count is not None or gallery is None:
+            return gallery_count
+        return gallery.shape[0]
+
     def gradient(x, gallery, step, partners, count):
         """Loss terms over `count` real rows of x, and the gradient of every row of x."""
-        m = gallery_count if gallery_count is not None else (
-            None if gallery is None else gallery.shape[0])
+        m = real_gallery_rows(gallery)
         temperature = objective.annealed_temperature(
             step, start=config.temperature_start, end=config.temperature_end,
             anneal_steps=config.anneal_steps) if smooth else jnp.float32(0)
@@ -228,8 +233,7 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     def refreshed(state, gallery):
         """The neighbour lists for this step: rebuilt (and audited) when the displacement
         bound says one may be stale, or every `neighbor_refresh_every` steps."""
-        m = gallery_count if gallery_count is not None else (
-            None if gallery is None else gallery.shape[0])
+        m = real_gallery_rows(gallery)
         x = state.embeddings
         if config.rebuilds_by_displacement:
             due = stale_check(config, n, m, placement)(x, state.lists)
