@@ -81,7 +81,9 @@ class PackConfig:
                                     "each row's loss looks only at its K nearest partners, "
                                     "found by exact search when --neighbor_rebuild says; "
                                     "report.json audits how often a true nearest partner "
-                                    "had left a list. Full batch only.")
+                                    "had left a list. With --batch_size: a listed "
+                                    "mini-batch, each batch row looks at its K nearest "
+                                    "rows of the whole set (not at the other batch rows).")
     gallery_list_size: int = _f(4, "With neighbour lists: gallery rows kept per identity.")
     neighbor_rebuild: str = _f("every", "With neighbour lists, when to rebuild them: "
                                         "'displacement' when rows have moved far enough "

@@ -174,7 +174,8 @@ nearest_similarity.defvjp(_cross_fwd, _cross_bwd)
 #   "riesz":     h(c) = -log |x_i - x_j| = -log(2 - 2c) / 2, so exp(t h) = |x_i - x_j|^-t is
 #                the Riesz t-energy of the pair, summed in the log domain (no overflow).
 # The backward pass needs the softmax weights of every pair, i.e. two matrix products per
-# tile; tiles are recomputed in the backward pass so memory stays O(tile_size * n).
+# tile; tiles are recomputed in the backward pass so memory stays O(tile_size * n). When
+# one tile holds all rows (n <= tile_size) its cosines are kept instead (see _smooth_fwd).
 
 SMOOTH_KINDS = ("logsumexp", "riesz")
 _MIN_SQUARED_DISTANCE = 1e-12
@@ -220,13 +221,25 @@ def smooth_nearest_self(x, temperature, kind="logsumexp", tile_size=DEFAULT_TILE
 
 
 def _smooth_fwd(x, temperature, kind, tile_size, precision):
+    if _tiles(x, tile_size)[0].shape[0] == 1:
+        # One tile holds every pair: keep its cosines for the backward pass, which then
+        # needs one product, (W + W^T) X, instead of a recomputed tile and two products
+        # (2 products a step instead of 4; memory n^2 floats, which the tile already is).
+        c, z, _ = _smooth_tile(x, x, 0, x.shape[0], temperature, kind, precision)
+        values = jax.nn.logsumexp(z, axis=1) / temperature
+        return values, (x, temperature, values, c)
     values = smooth_nearest_self(x, temperature, kind, tile_size, precision)
-    return values, (x, temperature, values)
+    return values, (x, temperature, values, None)
 
 
 def _smooth_bwd(kind, tile_size, precision, residuals, g):
-    x, temperature, values = residuals
+    x, temperature, values, c = residuals
     n = x.shape[0]
+    if c is not None:
+        self_pair = jnp.eye(n, dtype=bool)
+        z = jnp.where(self_pair, -jnp.inf, temperature * pair_energy(c, kind))
+        w = jnp.exp(z - temperature * values[:, None]) * _pair_energy_slope(c, kind) * g[:, None]
+        return _dot(w + w.T, x, precision), jnp.zeros_like(temperature)
     tiles, t = _tiles(x, tile_size)
     g_tiles = jnp.pad(g, (0, tiles.shape[0] * t - n)).reshape(-1, t)
     v_tiles = jnp.pad(values, (0, tiles.shape[0] * t - n)).reshape(-1, t)

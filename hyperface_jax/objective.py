@@ -58,13 +58,13 @@ def check_objective(name: str) -> None:
         raise ValueError(f"unknown --objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
-def _packing_rows(x, search, objective, temperature, lists):
+def _packing_rows(x, search, objective, temperature, lists, listed_rows):
     """Each local row's (hard or smooth) maximum over its partners."""
     if lists is None:
         if objective == "max":
             return search.nearest(x, x, exclude_self=True)
         return search.smooth(x, temperature, objective)
-    c = search.gathered(x, x, lists.packing)
+    c = search.gathered(x, x if listed_rows is None else listed_rows, lists.packing)
     if objective == "max":
         return jnp.max(c, axis=1)
     return jax.nn.logsumexp(temperature * neighbors.pair_energy(c, objective), axis=1) / temperature
@@ -89,13 +89,16 @@ def hyperface_loss(
     precision="highest",
     search=None,
     lists: Partners | None = None,
+    listed_rows: jax.Array | None = None,
     count: int | None = None,
 ) -> tuple[jax.Array, LossTerms]:
     """`L = P + alpha * R` and its terms; differentiable in `x` (and in `gallery`).
 
     `search` (default: `LocalSearch(tile_size, precision)`) finds the partners; `lists`
     restricts them to neighbour lists (exact whenever the lists hold the true nearest
-    rows); `count` is the number of real rows over all devices (default: the rows of x).
+    rows); `listed_rows` are the rows `lists.packing` indexes (default: x itself; a listed
+    mini-batch passes the whole set, so its rows see their nearest rows of all of it);
+    `count` is the number of real rows over all devices (default: the rows of x).
     """
     check_objective(objective)
     search = search or LocalSearch(tile_size, precision)
@@ -103,7 +106,7 @@ def hyperface_loss(
     count = x.shape[0] if count is None else count
     if objective != "max":
         temperature = jnp.asarray(temperature, x.dtype)
-    rows = _packing_rows(x, search, objective, temperature, lists)
+    rows = _packing_rows(x, search, objective, temperature, lists, listed_rows)
     packing = reduce_rows(rows, reduce, None if objective == "max" else temperature,
                           search=search, valid=valid, count=count)
     if gallery is None:

@@ -156,9 +156,6 @@ def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
         raise InputError(f"--figure_sample={c.figure_sample} exceeds the n={n} identities")
     if c.batch_size == 1 or c.batch_size > n:
         raise InputError(f"--batch_size={c.batch_size} must be 0 (full batch) or in [2, n={n}]")
-    if c.neighbor_list_size and c.batch_size not in (0, n):
-        raise InputError("--neighbor_list_size works in full-batch mode only (--batch_size=0 "
-                         "or n); a mini-batch step already searches only its batch")
 
     def start(r: int) -> np.ndarray:
         key = init_key if r == 0 else jax.random.fold_in(init_key, r)

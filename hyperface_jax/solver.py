@@ -189,9 +189,6 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
             f"unknown --minibatch_update {config.minibatch_update!r}; "
             f"choose one of {', '.join(MINIBATCH_UPDATES)}")
     full = is_full_batch(config, n)
-    if config.uses_lists and not full:
-        raise ValueError("neighbour lists work in full-batch mode only (a mini-batch step "
-                         "already searches only its batch); set --neighbor_list_size=0")
     if config.neighbor_rebuild not in NEIGHBOR_REBUILDS:
         raise ValueError(f"unknown --neighbor_rebuild {config.neighbor_rebuild!r}; "
                          f"choose one of {', '.join(NEIGHBOR_REBUILDS)}")
@@ -204,27 +201,32 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
             return gallery_count
         return gallery.shape[0]
 
-    def gradient(x, gallery, step, partners, count):
-        """Loss terms over `count` real rows of x, and the gradient of every row of x."""
+    def gradient(x, gallery, step, partners, count, listed_rows=None):
+        """Loss terms over `count` real rows of x, and the gradient of every row of x.
+        `listed_rows`: the rows the lists index when they are not x (a listed mini-batch:
+        the whole set, held fixed: only the batch rows get a gradient)."""
         m = real_gallery_rows(gallery)
         temperature = objective.annealed_temperature(
             step, start=config.temperature_start, end=config.temperature_end,
             anneal_steps=config.anneal_steps) if smooth else jnp.float32(0)
 
-        def local(x, gallery, partners, temperature):
+        def local(x, gallery, partners, temperature, listed_rows):
             search = placement.search(count, m, config.tile_size, config.precision)
+            if listed_rows is not None:
+                listed_rows = lax.stop_gradient(listed_rows)
 
             def loss(x):
                 return objective.hyperface_loss(
                     x, gallery, config.alpha, objective=config.objective,
                     reduce=config.reduce, temperature=temperature if smooth else None,
-                    search=search, lists=partners, count=count)
+                    search=search, lists=partners, listed_rows=listed_rows, count=count)
 
             (_, terms), g = jax.value_and_grad(loss, has_aux=True)(x)
             return terms, g
 
-        return placement.rowwise(local, in_rows=(True, True, True, False),
-                                 out_rows=(False, True))(x, gallery, partners, temperature)
+        return placement.rowwise(local, in_rows=(True, True, True, False, True),
+                                 out_rows=(False, True))(x, gallery, partners, temperature,
+                                                         listed_rows)
 
     def apply(x, g, opt_state):
         updates, opt_state = optimizer.update(g, opt_state, x)
@@ -263,7 +265,17 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
         else:
             rows = batch_indices(state.key, state.step, n, config.batch_size, order)
             xb = placement.take_rows(x, rows)
-            terms, g_rows = gradient(xb, gallery, state.step, None, config.batch_size)
+            partners = listed_rows = None
+            if config.uses_lists:
+                # A listed mini-batch: the batch rows' partners are their listed nearest
+                # rows of the whole set (not the other batch rows), at their current place.
+                lists = refreshed(state, gallery)
+                partners = objective.Partners(
+                    placement.take_rows(lists.packing, rows),
+                    None if lists.gallery is None else placement.take_rows(lists.gallery, rows))
+                listed_rows = x
+            terms, g_rows = gradient(xb, gallery, state.step, partners, config.batch_size,
+                                     listed_rows)
             if config.minibatch_update == "dense":
                 g = placement.put_rows(jnp.zeros_like(x), rows, g_rows)
                 x, opt_state = apply(x, g, state.opt_state)
