@@ -5,6 +5,7 @@ and the Levenshtein bound, and approximate neighbour lists against exact search 
     nice -n 15 python benchmarks/frontier.py report --sizes=2048      # table + plot from the runs
     nice -n 15 python benchmarks/frontier.py codes --sizes 2048 10000 50000 100000
     nice -n 15 python benchmarks/frontier.py ivf --n=10000 --dim=512  # recall and speed
+    nice -n 15 python benchmarks/frontier.py batches --runs A B         # runs side by side
 
 `pack` runs the CLI (`python -m hyperface_jax.pack --flagfile=configs/codes_*.flags`) into
 --out/n<size>/ (a finished run is not redone; an interrupted one resumes) and records the
@@ -173,6 +174,69 @@ def report(a) -> None:
     print(table)
 
 
+def final_figures(run: Path, report: dict) -> dict:
+    """A run's last figures: exact from `python -m hyperface_jax.figures` (figures.json
+    in the run's folder) when present, else report.json's (estimated if it says so)."""
+    exact = run / "figures.json"
+    if exact.exists():
+        f = json.loads(exact.read_text())["figures"]
+        return {"max_cos": f["max_cos"], "mean_nn_cos": f["mean_nn_cos"], "how": "exact"}
+    f = report["figures"]
+    how = "estimated (worst pair: a lower bound)" if report["figures_are_estimates"] else "exact"
+    return {"max_cos": f["max_cos"], "mean_nn_cos": f["mean_nn_cos"], "how": how}
+
+
+def report_batches(a) -> None:
+    """Runs of the same problem side by side (e.g. Algorithm 2's mini-batches against listed
+    mini-batches at equal wall-clock): a table and worst pair / mean NN against seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = ["| run | batch | lists (K, rebuilt every) | steps | seconds | rebuilds | worst pair "
+             "| mean NN cos | final figures | load (before / after) |", "|" + "---|" * 10]
+    rows = []
+    for i, run in enumerate(Path(r) for r in a.runs):
+        r = json.loads((run / "report.json").read_text())
+        c, history = r["flags"], r["history"]
+        load = json.loads((run / "load.json").read_text()) if (run / "load.json").exists() else {}
+        audit = r.get("neighbor_list_audit") or {}
+        final = final_figures(run, r)
+        lists = (f"{c['neighbor_list_size']}, {c['neighbor_refresh_every']} steps"
+                 if c["neighbor_list_size"] else "none")
+        rows.append({"run": str(run), "config": c, "steps": r["steps"],
+                     "seconds": r["stepping_seconds_total"], "final": final,
+                     "rebuilds": audit.get("rebuilds_audited"), "load": load})
+        lines.append(
+            f"| `{run.name}` | {c['batch_size'] or 'full'} | {lists} | {r['steps']} | "
+            f"{r['stepping_seconds_total']:.0f} | {audit.get('rebuilds_audited', '-')} | "
+            f"{final['max_cos']:.4f} | {final['mean_nn_cos']:.4f} | {final['how']} | "
+            + (f"{load['loadavg_before'][0]:.1f} / {load['loadavg_after'][0]:.1f}"
+               if load else "-") + " |")
+        s = [h["seconds"] for h in history]
+        ax.plot(s, [h["max_cos"] for h in history], color=f"C{i}", label=f"{run.name}: worst pair")
+        ax.plot(s, [h["mean_nn_cos"] for h in history], "--", color=f"C{i}",
+                label=f"{run.name}: mean NN cosine")
+    n = r["n"]
+    bound = bounds.bound_max_cos(n, DIM)
+    ax.axhline(0.0625, color="C3", lw=1, label="Kerdock code, worst pair 0.0625")
+    ax.axhline(bound, color="k", ls=":", lw=1, label=f"Levenshtein bound {bound:.4f}")
+    ax.set_xlabel("seconds (wall-clock stepping, shared 2-core CPU)")
+    ax.set_ylabel("cosine (lower is better)")
+    ax.set_title(f"n = {n:,} in {DIM}-D: mini-batches with and without lists")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "batches.png", dpi=110)
+    table = "\n".join(lines)
+    (out / "batches.md").write_text(table + "\n")
+    (out / "batches.json").write_text(json.dumps(rows, indent=1))
+    print(table)
+
+
 def _seconds(s) -> str:
     return "-" if s is None else f"{s:.0f}"
 
@@ -261,6 +325,9 @@ def main():
             q.add_argument("--exact_max", type=int, default=20_000,
                            help="largest code measured exactly; larger ones are estimated")
             q.add_argument("--sample_size", type=int, default=2000)
+    q = sub.add_parser("batches")
+    q.add_argument("--runs", nargs="+", required=True, help="pack run folders")
+    q.add_argument("--out", default="runs/frontier_batches")
     q = sub.add_parser("ivf")
     q.add_argument("--n", type=int, default=20_000)
     q.add_argument("--dim", type=int, default=512)
@@ -271,7 +338,8 @@ def main():
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    {"pack": run_pack, "report": report, "codes": list_codes, "ivf": bench_ivf}[a.command](a)
+    {"pack": run_pack, "report": report, "codes": list_codes, "ivf": bench_ivf,
+     "batches": report_batches}[a.command](a)
 
 
 if __name__ == "__main__":

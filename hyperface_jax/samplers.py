@@ -34,6 +34,7 @@ import dataclasses
 
 import numpy as np
 
+from hyperface_jax import files
 from hyperface_jax.files import InputError
 
 METHODS = ("random_margin", "diffr", "perturbed_gallery", "hyperface")
@@ -115,8 +116,8 @@ CHOICES = {
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """Rows scaled to unit norm (float32), overflow-safe: `files.unit_rows`."""
+    return files.unit_rows(x)[0]
 
 
 def max_similarity(x: np.ndarray, y: np.ndarray, block: int = BLOCK) -> np.ndarray:
