@@ -21,6 +21,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 fail
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import flags
@@ -41,6 +43,9 @@ from hyperface_jax.files import (
     save_figure,
     save_json,
 )
+
+if TYPE_CHECKING:  # torch is imported where it is used (the CLI explains a missing extra)
+    import torch
 
 NO_FACE_DIR = "_no_face"
 UNALIGNED_DIR = "_unaligned"
@@ -269,21 +274,50 @@ def validate(fv) -> dict:
     return {"references": refs, "start": start, "end": end}
 
 
-def run(fv, *, log=None) -> dict:
+@dataclasses.dataclass
+class Plan:
+    """A generation job ready to draw: its validated inputs, where this process runs and
+    the loaded models. Built before anything is written."""
+    fv: flags.FlagValues
+    refs: np.ndarray  # (n, d) unit rows
+    start: int  # identities start:end (half-open) of this run
+    end: int
+    proc: _Process
+    device: torch.device
+    dtype: torch.dtype
+    threads: int
+    model: object  # bridges.arc2face.Arc2Face
+    detector: object | None  # with --align
+    recognizer: object | None  # with --recognizer
+    identity: dict  # generation.json: what fixes the pixels
+
+    @property
+    def out(self) -> Path:
+        return Path(self.fv.out_dir)
+
+    @property
+    def K(self) -> int:  # images per identity
+        return self.fv.images_per_identity
+
+    @property
+    def m(self) -> int:  # images per denoiser tile
+        return self.fv.micro_batch
+
+    def samples(self, g: int) -> range:
+        """The sample indices k of tile g (the last tile may be cut short by K)."""
+        return range(g * self.m, min((g + 1) * self.m, self.K))
+
+
+def plan(fv) -> Plan:
+    """Validate the flags, load the detector, recogniser and Arc2Face, and refuse an
+    --out_dir whose images were made with other settings. Writes nothing."""
     import torch
-    from tqdm import tqdm
 
     from bridges import arc2face, faces
 
-    started = time.time()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
     inputs = validate(fv)
-    refs, start, end = inputs["references"], inputs["start"], inputs["end"]
+    refs = inputs["references"]
     n, d = refs.shape
-    K, m = fv.images_per_identity, fv.micro_batch
-    G = math.ceil(K / m)
-    out = Path(fv.out_dir)
-
     threads = set_threads(fv.threads)
     detector = faces.load_detector(fv.detector, threshold=fv.det_threshold) if fv.align else None
     recognizer = faces.load_recognizer(fv.recognizer) if fv.recognizer else None
@@ -305,113 +339,198 @@ def run(fv, *, log=None) -> dict:
     identity.update(references_sha256=integrity.sha256_file(fv.references), n=n, d=d,
                     dtype=str(dtype).removeprefix("torch."), image_size=model.image_size,
                     device_type=device.type)
-    check_same_generation(out, identity)
+    check_same_generation(Path(fv.out_dir), identity)
+    return Plan(fv, refs, inputs["start"], inputs["end"], proc, device, dtype, threads,
+                model, detector, recognizer, identity)
 
-    # Inputs are valid: from here on, files are written.
-    if proc.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(out / "generation.json", identity)
-        removed = remove_stale_temporaries(out, range(start, end))
+
+def prepare_out_dir(p: Plan, log) -> None:
+    """The main process creates --out_dir, records generation.json and deletes the
+    temporary files a killed run left in this run's identities; the others wait."""
+    if p.proc.is_main:
+        p.out.mkdir(parents=True, exist_ok=True)
+        save_json(p.out / "generation.json", p.identity)
+        removed = remove_stale_temporaries(p.out, range(p.start, p.end))
         if removed:
             log(f"removed {removed} temporary files left by an interrupted run")
-    proc.barrier()
+    p.proc.barrier()
 
-    mine = [(i, g) for i in range(start, end) for g in range(G)
-            if tile_owner(i, g, G, proc.count) == proc.index]
-    damaged = remove_damaged_images(out, mine, K, m, read_manifest_checksums(out))
+
+@dataclasses.dataclass
+class Work:
+    """This process's share: its tiles, those with an image still to draw, and counts."""
+    mine: list[tuple[int, int]]  # (identity, tile) this process owns
+    pending: list[tuple[int, int]]  # the tiles of `mine` with an image missing
+    todo: int  # images to draw
+    skipped: int  # images of `mine` already done
+
+
+def resume(p: Plan, log) -> Work:
+    """Delete the damaged images of this process's tiles (checked against the sha256 of
+    manifest.jsonl, or by decoding) and list what is left to draw."""
+    G = math.ceil(p.K / p.m)
+    mine = [(i, g) for i in range(p.start, p.end) for g in range(G)
+            if tile_owner(i, g, G, p.proc.count) == p.proc.index]
+    damaged = remove_damaged_images(p.out, mine, p.K, p.m, read_manifest_checksums(p.out))
     if damaged:
         log(f"redrawing {len(damaged)} damaged images (checksum or decoding failed; first: "
             f"{damaged[0]})")
-    pending = [(i, g) for i, g in mine
-               if any(not is_done(out, i, k) for k in range(g * m, min((g + 1) * m, K)))]
-    todo = sum(1 for i, g in pending for k in range(g * m, min((g + 1) * m, K))
-               if not is_done(out, i, k))
-    skipped = sum(min((g + 1) * m, K) - g * m for i, g in mine) - todo
-    log(f"process {proc.index}/{proc.count} on {device} ({dtype}, {threads} threads): "
-        f"identities {start}:{end} "
-        f"of {n}, {K} images each, {todo} to generate, {skipped} already done, "
-        f"micro batch {m}")
+    missing = {(i, g): sum(not is_done(p.out, i, k) for k in p.samples(g)) for i, g in mine}
+    todo = sum(missing.values())
+    return Work(mine, [tile for tile in mine if missing[tile]], todo,
+                sum(len(p.samples(g)) for _, g in mine) - todo)
 
-    tiles_per_step = max(1, math.ceil(fv.batch_size / m))
-    bar = tqdm(total=todo, unit="img", disable=not (fv.progress and proc.is_main),
+
+def log_start(p: Plan, work: Work, log) -> None:
+    log(f"process {p.proc.index}/{p.proc.count} on {p.device} ({p.dtype}, {p.threads} "
+        f"threads): identities {p.start}:{p.end} of {p.refs.shape[0]}, {p.K} images each, "
+        f"{work.todo} to generate, {work.skipped} already done, micro batch {p.m}")
+
+
+@dataclasses.dataclass
+class Drawn:
+    """What this process's drawing loop wrote."""
+    written: int = 0  # images stored (with a face or in _no_face/)
+    no_face: int = 0
+    seconds: float = 0.0
+    checksums: list = dataclasses.field(default_factory=list)  # (i, k, sha256) written
+
+
+def run_loop(p: Plan, work: Work, log) -> Drawn:
+    """Draw the pending tiles and store each of their images not on disk yet. Ctrl-C or
+    SIGTERM (SLURM's time limit, `kill`) stops it with every stored image kept; the
+    KeyboardInterrupt goes on to the CLI (exit 130)."""
+    from tqdm import tqdm
+
+    fv = p.fv
+    bar = tqdm(total=work.todo, unit="img", disable=not (fv.progress and p.proc.is_main),
                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
-    written, no_face, generated_seconds = 0, 0, 0.0
-    checksums: list[tuple[int, int, str]] = []  # (i, k, sha256) of the images written
+    drawn = Drawn()
     t0 = time.perf_counter()
     try:
-        with cli.sigterm_as_interrupt():  # SLURM's time limit or `kill` ends it like Ctrl-C
-            for s in range(0, len(pending), tiles_per_step):
-                for i, g in pending[s:s + tiles_per_step]:
-                    rgb, _, _ = arc2face.tile_images(
-                        model, refs, i, g, micro_batch=m, seed=fv.seed, beta=fv.beta,
-                        steps=fv.steps, guidance=fv.guidance)
-                    for j, k in enumerate(range(g * m, (g + 1) * m)):
-                        if k >= K or is_done(out, i, k):
-                            continue
-                        digest = _store(out, i, k, rgb[j], detector,
-                                        keep_unaligned=fv.keep_unaligned)
-                        written += 1
-                        no_face += digest is None
-                        if digest is not None:
-                            checksums.append((i, k, digest))
-                        bar.update(1)
+        with cli.sigterm_as_interrupt():
+            for i, g in work.pending:
+                before = drawn.written
+                draw_tile(p, i, g, drawn)
+                bar.update(drawn.written - before)
     except KeyboardInterrupt:
         bar.close()
-        log(f"interrupted after {written} images; re-run the same command to continue")
+        log(f"interrupted after {drawn.written} images; re-run the same command to continue")
         raise
     bar.close()
-    generated_seconds = time.perf_counter() - t0
+    drawn.seconds = time.perf_counter() - t0
+    return drawn
 
-    # Identity check over every image of this process's tiles (new and earlier ones).
+
+def draw_tile(p: Plan, i: int, g: int, drawn: Drawn) -> None:
+    """Draw tile (i, g) and store its images that are not done yet, counting into `drawn`."""
+    from bridges import arc2face
+
+    fv = p.fv
+    rgb, _, _ = arc2face.tile_images(p.model, p.refs, i, g, micro_batch=p.m, seed=fv.seed,
+                                     beta=fv.beta, steps=fv.steps, guidance=fv.guidance)
+    for j, k in enumerate(p.samples(g)):
+        if is_done(p.out, i, k):
+            continue
+        digest = _store(p.out, i, k, rgb[j], p.detector, keep_unaligned=fv.keep_unaligned)
+        drawn.written += 1
+        drawn.no_face += digest is None
+        if digest is not None:
+            drawn.checksums.append((i, k, digest))
+
+
+@dataclasses.dataclass
+class Gathered:
+    """Every process's results, on every process."""
+    counts: list[dict]  # per process: written, no_face, skipped_existing, seconds
+    identity_cos: list[dict]  # {identity, k, cos} of every image checked (--recognizer)
+    checksums: dict[tuple[int, int], str]  # sha256 of the images written by this run
+
+
+def gather(p: Plan, work: Work, drawn: Drawn) -> Gathered:
+    """Run the identity check over every image of this process's tiles (new and earlier
+    ones) and collect all processes' results; every process calls it."""
     identity_cos = []
-    if recognizer is not None:
-        identity_cos = _identity_check(recognizer, refs, out, mine, K, m)
-    counts = proc.gather([{"process": proc.index, "written": written, "no_face": no_face,
-                           "skipped_existing": skipped, "seconds": round(generated_seconds, 3)}])
-    identity_cos = proc.gather(identity_cos)
-    checksums = proc.gather(checksums)
-    proc.barrier()
-    if not proc.is_main:
-        return {}
+    if p.recognizer is not None:
+        identity_cos = _identity_check(p.recognizer, p.refs, p.out, work.mine, p.K, p.m)
+    counts = p.proc.gather([{"process": p.proc.index, "written": drawn.written,
+                             "no_face": drawn.no_face, "skipped_existing": work.skipped,
+                             "seconds": round(drawn.seconds, 3)}])
+    identity_cos = p.proc.gather(identity_cos)
+    checksums = p.proc.gather(drawn.checksums)
+    p.proc.barrier()
+    return Gathered(counts, identity_cos, {(i, k): h for i, k, h in checksums})
 
-    manifest = write_manifest(out, refs, fv.seed, fv.beta,
-                              written={(i, k): h for i, k, h in checksums})
-    in_range = [r for r in manifest if start <= r["identity"] < end and r["k"] < K]
+
+def run(fv, *, log=None) -> dict:
+    """Draw (or resume) this process's share of the images; the main process then writes
+    manifest.jsonl and the report. Returns the report (main process) or {}."""
+    started = time.time()
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    p = plan(fv)
+    prepare_out_dir(p, log)  # inputs are valid: from here on, files are written
+    work = resume(p, log)
+    log_start(p, work, log)
+    drawn = run_loop(p, work, log)
+    results = gather(p, work, drawn)
+    if not p.proc.is_main:
+        return {}
+    return finish(p, results, started, log)
+
+
+def finish(p: Plan, results: Gathered, started: float, log) -> dict:
+    """Rewrite manifest.jsonl, write the report (and histogram); returns the report."""
+    manifest = write_manifest(p.out, p.refs, p.fv.seed, p.fv.beta,
+                              written=results.checksums)
+    report = make_report(p, results, manifest, started)
+    write_outputs(p, report, results.identity_cos)
+    log(f"done: {report['written_this_run']} images written, {report['images_in_range']} of "
+        f"{report['expected_images']} in identities {p.start}:{p.end} -> {p.out}")
+    return report
+
+
+def make_report(p: Plan, results: Gathered, manifest: list[dict], started: float) -> dict:
+    """report.json: counts and speed of every process, the Eq. 3 cosines of the run's
+    identities (from the manifest), the identity check, settings and versions."""
+    import torch
+
+    fv, counts = p.fv, results.counts
+    n, d = p.refs.shape
+    in_range = [r for r in manifest if p.start <= r["identity"] < p.end and r["k"] < p.K]
     cos_ref = np.array([r["cos_to_reference"] for r in in_range], np.float64)
     written_total = sum(c["written"] for c in counts)
     seconds = max(c["seconds"] for c in counts)
-    report = {
-        "identities": [start, end],
+    return {
+        "identities": [p.start, p.end],
         "n": n, "d": d,
-        "images_per_identity": K,
+        "images_per_identity": p.K,
         "images_in_range": len(in_range),
-        "expected_images": (end - start) * K,
-        "no_face": _no_face_list(out, start, end, K),
+        "expected_images": (p.end - p.start) * p.K,
+        "no_face": _no_face_list(p.out, p.start, p.end, p.K),
         "written_this_run": written_total,
         "skipped_existing": sum(c["skipped_existing"] for c in counts),
-        "processes": proc.count,
+        "processes": p.proc.count,
         "per_process": counts,
         "images_per_second": round(written_total / seconds, 4) if seconds and written_total
         else None,
         "wall_seconds": round(time.time() - started, 3),
         "eq3_cos_to_reference": _summary(cos_ref),
-        "identity_check": _identity_summary(identity_cos, fv.recognizer),
-        "generation": identity,
+        "identity_check": _identity_summary(results.identity_cos, fv.recognizer),
+        "generation": p.identity,
         "flags": {name: fv[name].value for name in sorted(fv)},
-        "device": str(device),
+        "device": str(p.device),
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
     }
-    name = "report.json" if (start, end) == (0, n) else f"report.{start}-{end}.json"
-    save_json(out / name, report)
+
+
+def write_outputs(p: Plan, report: dict, identity_cos: list[dict]) -> None:
+    """report.json and identity_cos.png, suffixed .START-END for a part of the identities."""
+    whole = (p.start, p.end) == (0, p.refs.shape[0])
+    part = "" if whole else f".{p.start}-{p.end}"
+    save_json(p.out / f"report{part}.json", report)
     if identity_cos:
-        _histogram(identity_cos, out / ("identity_cos.png" if (start, end) == (0, n)
-                                        else f"identity_cos.{start}-{end}.png"))
-    log(f"done: {written_total} images written, {len(in_range)} of {(end - start) * K} in "
-        f"identities {start}:{end} -> {out}")
-    return report
-
-
+        _histogram(identity_cos, p.out / f"identity_cos{part}.png")
 
 
 def _store(out: Path, i: int, k: int, rgb: np.ndarray, detector, *,

@@ -384,6 +384,36 @@ def test_kill_and_resume_is_bitwise_identical(models, reference_run, tmp_path):
     assert report["written_this_run"] == 15 - len(first)
 
 
+def test_sigterm_mid_draw_exits_130_and_the_resume_is_bitwise_identical(
+        models, reference_run, tmp_path, monkeypatch, capsys):
+    """SIGTERM while the second tile is drawn: exit 130 with the first tile's images kept
+    and logged; the re-run draws only the rest, bitwise as the reference run."""
+    import os
+
+    out, calls = tmp_path / "term", []
+    tile_images = arc2face.tile_images
+
+    def terminated_on_the_second_tile(*args, **kwargs):
+        calls.append(args[2:4])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return tile_images(*args, **kwargs)
+
+    monkeypatch.setattr(arc2face, "tile_images", terminated_on_the_second_tile)
+    assert generate.main(_args(models, out, "--identities=0:2")) == 130
+    assert calls == [(0, 0), (0, 1)]  # stopped before the second tile was drawn
+    assert "interrupted after 2 images" in capsys.readouterr().err
+    assert sorted(_pngs(out)) == ["000000/000.png", "000000/001.png"]
+    monkeypatch.setattr(arc2face, "tile_images", tile_images)
+    assert generate.main(_args(models, out, "--identities=0:2")) == 0
+    reference = _pngs(reference_run)
+    assert _pngs(out) == {name: reference[name] for name in reference if name < "000002"}
+    lines = (reference_run / "manifest.jsonl").read_text().splitlines(keepends=True)
+    assert (out / "manifest.jsonl").read_text() == "".join(lines[:6])
+    report = json.loads((out / "report.0-2.json").read_text())
+    assert report["skipped_existing"] == 2 and report["written_this_run"] == 4
+
+
 def _free_port() -> int:
     import socket
 
