@@ -76,8 +76,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                          lower_bound=0, **d)
     flags.DEFINE_string("identities", "", "START:END (half-open) range of identities to "
                         "generate, e.g. for SLURM job arrays; empty: all.", **d)
-    flags.DEFINE_integer("batch_size", 8, "Images per step (whole tiles of --micro_batch): "
-                         "write and progress granularity. Does not change any pixel.",
+    flags.DEFINE_integer("batch_size", 8, "No effect (each tile of --micro_batch images is "
+                         "written as soon as it is drawn); kept so existing flagfiles "
+                         "still parse.",
                          lower_bound=1, **d)
     flags.DEFINE_integer("micro_batch", 8, "Images the denoiser computes together: always "
                          "the tile (i, k // micro_batch). Part of the result's identity; "
