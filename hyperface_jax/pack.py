@@ -39,7 +39,8 @@ from hyperface_jax import (
     solver,
 )
 from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import InputError, RunFailed, atomic_write, save_embeddings, save_json
+from hyperface_jax.files import (InputError, RunFailed, atomic_write, save_embeddings, save_json,
+                                 unit_row_error)
 from hyperface_jax.placement import LOCAL
 from hyperface_jax.problem import Problem, build_problem
 
@@ -424,8 +425,8 @@ def final_embeddings(p: Plan, state, best: int) -> np.ndarray:
 
 def check_outputs(embeddings: np.ndarray, report: dict) -> None:
     """What pack promises: finite unit rows and finite figures (else exit 1)."""
-    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
-    if not np.isfinite(embeddings).all() or np.abs(norms - 1).max() > NORM_TOLERANCE:
+    finite, off, _ = unit_row_error(embeddings)
+    if not finite or off > NORM_TOLERANCE:
         raise RunFailed("the final embeddings are not finite unit rows; nothing was written")
     bad = [k for k, v in report["figures"].items() if not math.isfinite(v)]
     if bad:
@@ -487,6 +488,7 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
                          steps_run=steps_run, resumed_from=resumed_from, last_terms=terms,
                          lists_audit=audit, estimated=figure_estimates(p, state, best))
     embeddings = final_embeddings(p, state, best)
+    del state  # the device state (2-3 x n x d floats) is not needed for the writing below
     check_outputs(embeddings, report)
     if out is not None and writer:
         write_outputs(out, p, report, embeddings)

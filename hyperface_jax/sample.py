@@ -24,7 +24,8 @@ from absl import flags
 
 from hyperface_jax import bounds, cli, metrics, pack, problem, samplers
 from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import InputError, load_embeddings, load_labels, save_embeddings, save_json
+from hyperface_jax.files import (InputError, load_embeddings, load_labels, save_embeddings,
+                                 save_json, unit_row_error)
 
 OURS = samplers.NOT_IN_PAPER
 SAMPLER_FLAGS = {  # name: (define, default, help)
@@ -141,12 +142,12 @@ def check_rows(x: np.ndarray, n: int, d: int) -> None:
     """The promise of embeddings.npy: (n, d) finite unit rows. A breach is our bug: exit 1."""
     if x.shape != (n, d):
         raise RuntimeError(f"sampler returned shape {x.shape}, expected {(n, d)}")
-    if not np.isfinite(x).all():
+    finite, off, row = unit_row_error(x)
+    if not finite:
         raise RuntimeError("sampler returned non-finite rows; nothing written")
-    off = np.abs(np.linalg.norm(x.astype(np.float64), axis=1) - 1)
-    if off.max() > 1e-5:
-        raise RuntimeError(f"sampler returned a non-unit row {int(off.argmax())} "
-                           f"(norm off by {off.max():.3g}); nothing written")
+    if off > 1e-5:
+        raise RuntimeError(f"sampler returned a non-unit row {row} "
+                           f"(norm off by {off:.3g}); nothing written")
 
 
 def _finite_figures(figures: dict) -> None:

@@ -179,3 +179,15 @@ def test_a_full_disk_inside_a_library_is_one_line_too(tmp_path, capsys):
     assert cli.run_main(["prog", f"--out_dir={tmp_path}"], fv, job) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left on device" in err and "MB free" in err
+
+
+def test_unit_row_check_is_chunked_and_names_the_worst_row():
+    x = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert files.unit_row_error(x, chunk_rows=64)[:2] == (True, pytest.approx(0.0, abs=1e-6))
+    x[777] *= 1.01  # in the 13th chunk of 64
+    finite, off, row = files.unit_row_error(x, chunk_rows=64)
+    assert finite and row == 777 and off == pytest.approx(0.01, rel=1e-3)
+    x[5, 3] = np.nan
+    finite, off, row = files.unit_row_error(x, chunk_rows=64)
+    assert not finite and off == np.inf and row == 5
