@@ -134,17 +134,21 @@ def report(a) -> None:
         code = code_figures(n, a.exact_max, a.sample_size)
         bound = bounds.bound_max_cos(n, DIM)
         checks = curve_checks(history)
+        final = final_figures(out, r)
+        # A sampled history's worst pair is a lower bound: it cannot show the code beaten.
+        to_code = (None if r["figures_are_estimates"]
+                   else seconds_to_reach(history, code["max_cos"]))
         row = {"n": n, "config": config_for(n), "steps": r["steps"],
-               "seconds": r["stepping_seconds_total"], "max_cos": r["figures"]["max_cos"],
-               "mean_nn_cos": r["figures"]["mean_nn_cos"], "code": code, "bound": bound,
-               "seconds_to_code": seconds_to_reach(history, code["max_cos"]),
-               **checks, "load": load}
+               "seconds": r["stepping_seconds_total"], "max_cos": final["max_cos"],
+               "mean_nn_cos": final["mean_nn_cos"], "figures": final["how"], "code": code,
+               "bound": bound, "seconds_to_code": to_code, **checks, "load": load}
         rows.append(row)
         s = [h["seconds"] for h in history]
-        ax.plot(s, [h["max_cos"] for h in history], label="worst pair (ours)")
+        ax.plot(s, [h["max_cos"] for h in history], label="worst pair (ours)" + (
+            ", sampled: a lower bound" if r["figures_are_estimates"] else ""))
         ax.plot(s, [h["mean_nn_cos"] for h in history], "--", label="mean NN cosine (ours)")
         ax.axhline(code["max_cos"], color="C3", lw=1,
-                   label=f"{code['name']} code, worst pair {code['max_cos']:.4f}")
+                   label=f"{code['name'].capitalize()} code, worst pair {code['max_cos']:.4f}")
         ax.axhline(bound, color="k", ls=":", lw=1, label=f"Levenshtein bound {bound:.4f}")
         ax.set_ylim(0, min(0.25, 2.5 * max(code["max_cos"], row["max_cos"])))
         ax.set_xlabel("seconds (wall-clock stepping, shared 2-core CPU)")
@@ -161,7 +165,8 @@ def report(a) -> None:
         load = row["load"]
         lines.append(
             f"| {row['n']:,} | `{row['config']}` | {row['steps']} | {row['seconds']:.0f} | "
-            f"{row['max_cos']:.4f} | {row['mean_nn_cos']:.4f} | {c['name']} "
+            f"{row['max_cos']:.4f}{'' if row['figures'] == 'exact' else ' (est.)'} | "
+            f"{row['mean_nn_cos']:.4f} | {c['name'].capitalize()} "
             f"{c['max_cos']:.4f} / {c['mean_nn_cos']:.4f}{' (est.)' if c['estimated'] else ''}"
             f" | {row['bound']:.4f} | "
             f"{_seconds(row['seconds_to_code'])} | "
@@ -195,30 +200,39 @@ def report_batches(a) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    runs = [Path(r) for r in a.runs]
+    reports = [json.loads((run / "report.json").read_text()) for run in runs]
+    # Equal wall-clock: every run's history at the shortest run's last second.
+    equal = min(r["stepping_seconds_total"] for r in reports)
     lines = ["| run | batch | lists (K, rebuilt every) | steps | seconds | rebuilds | worst pair "
-             "| mean NN cos | final figures | load (before / after) |", "|" + "---|" * 10]
+             "| mean NN cos | final figures | history at " f"{equal:.0f} s (worst / mean NN) "
+             "| load (before / after) |", "|" + "---|" * 11]
     rows = []
-    for i, run in enumerate(Path(r) for r in a.runs):
-        r = json.loads((run / "report.json").read_text())
+    for i, (run, r) in enumerate(zip(runs, reports)):
+        label = f"{run.parent.name}/{run.name}"
+        at = [h for h in r["history"] if h["seconds"] <= equal + 1.0][-1]
         c, history = r["flags"], r["history"]
         load = json.loads((run / "load.json").read_text()) if (run / "load.json").exists() else {}
         audit = r.get("neighbor_list_audit") or {}
         final = final_figures(run, r)
         lists = (f"{c['neighbor_list_size']}, {c['neighbor_refresh_every']} steps"
                  if c["neighbor_list_size"] else "none")
-        rows.append({"run": str(run), "config": c, "steps": r["steps"],
+        rows.append({"run": str(run), "label": label, "config": c, "steps": r["steps"],
+                     "at_equal_seconds": at,
                      "seconds": r["stepping_seconds_total"], "final": final,
                      "rebuilds": audit.get("rebuilds_audited"), "load": load})
         lines.append(
-            f"| `{run.name}` | {c['batch_size'] or 'full'} | {lists} | {r['steps']} | "
+            f"| `{label}` | {c['batch_size'] or 'full'} | {lists} | {r['steps']} | "
             f"{r['stepping_seconds_total']:.0f} | {audit.get('rebuilds_audited', '-')} | "
             f"{final['max_cos']:.4f} | {final['mean_nn_cos']:.4f} | {final['how']} | "
+            f"{at['max_cos']:.4f} / {at['mean_nn_cos']:.4f} (step {at['step']}) | "
             + (f"{load['loadavg_before'][0]:.1f} / {load['loadavg_after'][0]:.1f}"
                if load else "-") + " |")
         s = [h["seconds"] for h in history]
-        ax.plot(s, [h["max_cos"] for h in history], color=f"C{i}", label=f"{run.name}: worst pair")
+        ax.plot(s, [h["max_cos"] for h in history], color=f"C{i}", label=f"{label}: worst pair" + (
+            " (sampled: lower bound)" if r["figures_are_estimates"] else ""))
         ax.plot(s, [h["mean_nn_cos"] for h in history], "--", color=f"C{i}",
-                label=f"{run.name}: mean NN cosine")
+                label=f"{label}: mean NN cosine")
     n = r["n"]
     bound = bounds.bound_max_cos(n, DIM)
     ax.axhline(0.0625, color="C3", lw=1, label="Kerdock code, worst pair 0.0625")
