@@ -18,6 +18,11 @@ What the step does to rows outside the batch is `minibatch_update`:
   advances). Measured to pack better than "dense" (README, benchmarks/minibatch_update.py).
 - ``"dense"``: the batch gradient is scattered into a zero gradient for all rows and the
   optimizer updates every row, so momentum keeps moving rows outside the batch.
+
+With neighbour lists a mini-batch step is a *listed* one: each batch row's partners are
+its K nearest rows of the whole set (lists rebuilt over all rows, as in full batch), not
+the other batch rows; the whole set is held fixed in the step, so only batch rows get a
+gradient. With complete lists it equals the exact search of the batch against all rows.
 """
 
 import dataclasses
