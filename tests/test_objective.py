@@ -90,7 +90,7 @@ def _dense_smooth(x, temperature, kind):
 
 
 # One tile (n <= tile: cosines kept, one backward product) and several tiles (recomputed).
-@pytest.mark.parametrize("n,d,tile", [(40, 8, 64), (40, 8, 40), (41, 8, 9), (130, 16, 32)])
+@pytest.mark.parametrize("n,d,tile", [(40, 8, 40), (41, 8, 9)])
 @pytest.mark.parametrize("kind", neighbors.SMOOTH_KINDS)
 def test_smooth_maximum_and_gradient_equal_dense_autodiff(n, d, tile, kind):
     x = _points(n + d, n, d)
