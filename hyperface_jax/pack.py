@@ -39,8 +39,14 @@ from hyperface_jax import (
     solver,
 )
 from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import (InputError, RunFailed, atomic_write, save_embeddings, save_json,
-                                 unit_row_error)
+from hyperface_jax.files import (
+    InputError,
+    RunFailed,
+    atomic_write,
+    save_embeddings,
+    save_json,
+    unit_row_error,
+)
 from hyperface_jax.placement import LOCAL
 from hyperface_jax.problem import Problem, build_problem
 

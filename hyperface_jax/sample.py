@@ -24,8 +24,14 @@ from absl import flags
 
 from hyperface_jax import bounds, cli, metrics, pack, problem, samplers
 from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import (InputError, load_embeddings, load_labels, save_embeddings,
-                                 save_json, unit_row_error)
+from hyperface_jax.files import (
+    InputError,
+    load_embeddings,
+    load_labels,
+    save_embeddings,
+    save_json,
+    unit_row_error,
+)
 
 OURS = samplers.NOT_IN_PAPER
 SAMPLER_FLAGS = {  # name: (define, default, help)
