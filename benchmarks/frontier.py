@@ -130,7 +130,7 @@ def report(a) -> None:
         out = Path(a.out) / f"n{n}"
         r = json.loads((out / "report.json").read_text())
         history = r["history"]
-        load = json.loads((out / "load.json").read_text()) if (out / "load.json").exists() else {}
+        load = read_load(out)
         code = code_figures(n, a.exact_max, a.sample_size)
         bound = bounds.bound_max_cos(n, DIM)
         checks = curve_checks(history)
@@ -171,12 +171,24 @@ def report(a) -> None:
             f" | {row['bound']:.4f} | "
             f"{_seconds(row['seconds_to_code'])} | "
             f"{row['largest_rise_after']:.4f} | "
-            + (f"{load['loadavg_before'][0]:.1f} / {load['loadavg_after'][0]:.1f}"
-               if load else "-") + " |")
+            + load_cell(load) + " |")
     table = "\n".join(lines)
     (Path(a.out) / "frontier.md").write_text(table + "\n")
     (Path(a.out) / "frontier.json").write_text(json.dumps(rows, indent=1))
     print(table)
+
+
+def read_load(run: Path) -> dict:
+    """The load.json `pack` wrote beside a run ({} if the run was made otherwise)."""
+    path = run / "load.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_cell(load: dict) -> str:
+    """1-minute load average before / after, for a table cell."""
+    if not load:
+        return "-"
+    return f"{load['loadavg_before'][0]:.1f} / {load['loadavg_after'][0]:.1f}"
 
 
 def final_figures(run: Path, report: dict) -> dict:
@@ -212,7 +224,7 @@ def report_batches(a) -> None:
         label = f"{run.parent.name}/{run.name}"
         at = [h for h in r["history"] if h["seconds"] <= equal + 1.0][-1]
         c, history = r["flags"], r["history"]
-        load = json.loads((run / "load.json").read_text()) if (run / "load.json").exists() else {}
+        load = read_load(run)
         audit = r.get("neighbor_list_audit") or {}
         final = final_figures(run, r)
         lists = (f"{c['neighbor_list_size']}, {c['neighbor_refresh_every']} steps"
@@ -226,8 +238,7 @@ def report_batches(a) -> None:
             f"{r['stepping_seconds_total']:.0f} | {audit.get('rebuilds_audited', '-')} | "
             f"{final['max_cos']:.4f} | {final['mean_nn_cos']:.4f} | {final['how']} | "
             f"{at['max_cos']:.4f} / {at['mean_nn_cos']:.4f} (step {at['step']}) | "
-            + (f"{load['loadavg_before'][0]:.1f} / {load['loadavg_after'][0]:.1f}"
-               if load else "-") + " |")
+            + load_cell(load) + " |")
         s = [h["seconds"] for h in history]
         ax.plot(s, [h["max_cos"] for h in history], color=f"C{i}", label=f"{label}: worst pair" + (
             " (sampled: lower bound)" if r["figures_are_estimates"] else ""))

@@ -61,10 +61,8 @@ def sample_nearest(x: jax.Array, rows: jax.Array, *,
         xt = lax.dynamic_slice_in_dim(x, start, t)
         columns = start + jnp.arange(t)
         s = neighbors.similarity(queries, xt, lax.Precision.HIGHEST)
-        invalid = jnp.zeros(s.shape, bool)
         if exclude_self:
-            invalid = columns[None, :] == rows[:, None]
-        s = jnp.where(invalid, -jnp.inf, s)
+            s = jnp.where(columns[None, :] == rows[:, None], -jnp.inf, s)
         j = jnp.argmax(s, axis=1)
         value = jnp.take_along_axis(s, j[:, None], axis=1)[:, 0]
         better = value > best

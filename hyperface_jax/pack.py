@@ -183,9 +183,8 @@ def _figures_fn(c: PackConfig, problem: Problem, placement):
 
 
 def _figure_rows(c: PackConfig, problem: Problem):
-    """The rows --figure_sample searches: drawn once from the seed, the same at every step."""
-    if c.figure_sample > problem.n:
-        raise InputError(f"--figure_sample={c.figure_sample} exceeds n={problem.n} rows")
+    """The rows --figure_sample searches: drawn once from the seed, the same at every step
+    (build_problem has checked that there are that many rows)."""
     key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 1)
     return estimates.draw_sample(key, problem.n, c.figure_sample)
 
