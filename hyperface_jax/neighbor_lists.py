@@ -207,12 +207,15 @@ def audited(lists: NeighborLists, partners, count: int, margins=None,
 
 def audit(lists: NeighborLists, steps: int | None = None) -> dict[str, float | int]:
     """The audit as plain numbers (for report.json); `steps`: the steps the lists served."""
-    lists = jax.device_get(lists)
+    rule = "every" if lists.anchor is None else "displacement"
+    # Only the replicated counters are fetched: the lists themselves are split by rows, and
+    # on several processes no process can fetch all of them.
+    lists = jax.device_get(lists.replace(packing=None, gallery=None, anchor=None, margins=None))
     rebuilds = int(lists.rebuilds)
     mean = (lambda s: float(s) / rebuilds if rebuilds else 0.0)
     per_100 = {} if not steps else {"rebuilds_per_100_steps": 100.0 * rebuilds / steps}
     return {
-        "rebuild": "every" if lists.anchor is None else "displacement",
+        "rebuild": rule,
         "rebuilds_audited": rebuilds,
         **per_100,
         "mean_share_rows_missed": mean(lists.missed_sum),

@@ -150,13 +150,16 @@ def _initial_state(problem: Problem, optimizer, config, placement, gallery):
     """The step-0 state, built where its rows live (no device holds another's rows)."""
     batched = problem.restarts > 1
 
-    def init(x):
+    # The gallery is an argument, not a closed-over constant: on several processes it spans
+    # devices this process cannot address, and jit refuses to embed such an array.
+    def init(x, gallery):
         return solver.init_state(x, optimizer, problem.batch_key, gallery, config,
                                  placement=placement, count=problem.n, gallery_count=problem.m)
-    init = jax.vmap(init) if batched else init
+    init = jax.vmap(init, in_axes=(0, None)) if batched else init
     x = placement.put(problem.inits if batched else problem.init, problem.n, batched)
-    layout = placement.shardings(jax.eval_shape(init, x), placement.padded(problem.n), batched)
-    return jax.jit(init, out_shardings=layout)(x)
+    layout = placement.shardings(jax.eval_shape(init, x, gallery), placement.padded(problem.n),
+                                 batched)
+    return jax.jit(init, out_shardings=layout)(x, gallery)
 
 
 def _figures_fn(c: PackConfig, problem: Problem, placement):
