@@ -245,6 +245,12 @@ class _Process:
         if self.count > 1:
             self.state.wait_for_everyone()
 
+    def close(self):
+        """Destroy the process group: a gloo group left to interpreter shutdown can abort
+        the process (SIGABRT, "terminate called without an active exception")."""
+        if self.count > 1:
+            self.state.destroy_process_group()
+
     def gather(self, items: list) -> list:
         if self.count == 1:
             return items
@@ -469,14 +475,15 @@ def run(fv, *, log=None) -> dict:
     started = time.time()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     p = plan(fv)
-    prepare_out_dir(p, log)  # inputs are valid: from here on, files are written
-    work = resume(p, log)
-    log_start(p, work, log)
-    drawn = run_loop(p, work, log)
-    results = gather(p, work, drawn)
-    if not p.proc.is_main:
-        return {}
-    return finish(p, results, started, log)
+    try:
+        prepare_out_dir(p, log)  # inputs are valid: from here on, files are written
+        work = resume(p, log)
+        log_start(p, work, log)
+        drawn = run_loop(p, work, log)
+        results = gather(p, work, drawn)
+        return finish(p, results, started, log) if p.proc.is_main else {}
+    finally:
+        p.proc.close()
 
 
 def finish(p: Plan, results: Gathered, started: float, log) -> dict:

@@ -37,6 +37,14 @@ def init_from_env() -> tuple[int, int, int]:
     return dist.get_rank(), local_rank, dist.get_world_size()
 
 
+def leave() -> None:
+    """Destroy the process group, if any. Every process must before it exits: a gloo
+    group left to interpreter shutdown can abort the process ("terminate called without
+    an active exception", SIGABRT), which fails the whole torchrun job."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     """Concatenation of `x` from every process in rank order (no gradient); equal sizes."""
     if not is_distributed():

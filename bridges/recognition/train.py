@@ -365,6 +365,15 @@ def run(c: TrainConfig, *, log=None, hooks=()) -> dict:
     CallBackVerification); the model is `plan.trainee.model`."""
     started = time.time()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    joins = not distributed.is_distributed()  # a caller's own group is the caller's to end
+    try:
+        return _run(c, started, log, hooks)
+    finally:
+        if joins:
+            distributed.leave()
+
+
+def _run(c: TrainConfig, started: float, log, hooks) -> dict:
     p = plan(c)
     history = resume(p, log)
     net = parallel(p)
