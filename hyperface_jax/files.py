@@ -202,8 +202,29 @@ def save_embeddings(path, embeddings) -> None:
 
 
 def save_json(path, data) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    """Write `data` atomically as strict JSON (RFC 8259).
+
+    Python's json writes NaN and Infinity, which strict parsers (jq, JavaScript,
+    Go) refuse. A non-finite float in a report means "undefined here" (a mean over
+    nothing, a TAR with no impostors, a threshold below every score), so it is
+    written as null; numpy scalars and arrays become numbers and lists.
+    """
+    text = json.dumps(_finite_or_null(data), indent=2, sort_keys=False,
+                      default=_json_default, allow_nan=False) + "\n"
     atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def _finite_or_null(value):
+    """`value` with every non-finite float (Python or numpy, in any container) as None."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _finite_or_null(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def save_figure(path, fig) -> None:

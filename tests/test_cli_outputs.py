@@ -2,6 +2,7 @@
 checkpoint checksums (hyperface_jax/files.py, integrity.py, checkpoint.py)."""
 
 import errno
+import json
 import os
 import warnings
 
@@ -191,3 +192,16 @@ def test_unit_row_check_is_chunked_and_names_the_worst_row():
     x[5, 3] = np.nan
     finite, off, row = files.unit_row_error(x, chunk_rows=64)
     assert not finite and off == np.inf and row == 5
+
+
+def test_json_reports_are_strict_json_with_undefined_values_as_null(tmp_path):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    files.save_json(tmp_path / "r.json", {
+        "tar": float("nan"), "threshold": -np.inf, "rows": [np.float32("nan"), 0.5],
+        "curve": np.array([1.0, np.inf]), "n": np.int64(3), "ok": np.float64(0.25)})
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text, parse_constant=refuse) == {
+        "tar": None, "threshold": None, "rows": [None, 0.5], "curve": [1.0, None],
+        "n": 3, "ok": 0.25}
