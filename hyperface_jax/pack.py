@@ -216,9 +216,11 @@ def figure_estimates(p: "Plan", state, best: int) -> dict | None:
         return None
     x = state.embeddings if p.problem.restarts == 1 else state.embeddings[best]
     rows = _figure_rows(c, p.problem)
-    nn, _ = jax.device_get(estimates.sample_nearest(x, rows, tile_size=tile_size_of(c),
-                                                    count=p.problem.n))
-    return estimates.summarize(np.asarray(nn, np.float64), p.problem.n)
+    nn, partner = jax.device_get(estimates.sample_nearest(x, rows, tile_size=tile_size_of(c),
+                                                          count=p.problem.n))
+    worst = int(np.argmax(nn))
+    return estimates.summarize(np.asarray(nn, np.float64), p.problem.n,
+                               worst_pair=(int(np.asarray(rows)[worst]), int(partner[worst])))
 
 
 def plan(c: PackConfig, *, gallery=None, init=None) -> Plan:

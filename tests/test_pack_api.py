@@ -162,6 +162,8 @@ def test_sampled_figures_bound_the_exact_ones_which_the_figures_command_gives(tm
     assert abs(exact["max_cos"] - s.max()) < 1e-6
     assert abs(exact["mean_nn_cos"] - s.max(axis=1).mean()) < 1e-6
     assert est["max_cos_lower_bound"] <= exact["max_cos"] + 1e-6
+    i, j = est["max_cos_worst_pair_in_sample"]  # the pair behind the bound, named
+    assert i != j and abs(s[i, j] - est["max_cos_lower_bound"]) < 1e-6
     low, high = est["mean_nn_cos_interval"]
     assert low <= exact["mean_nn_cos"] <= high
     capsys.readouterr()
