@@ -87,12 +87,20 @@ def estimate_figures(x: jax.Array, key: jax.Array, *, sample_size: int,
     with the statements explained in the module docstring. Plain JSON-ready values."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    n = x.shape[0]
-    rows = draw_sample(key, n, sample_size)
-    nn, partner = jax.device_get(sample_nearest(x, rows, tile_size=tile_size))
-    rows = np.asarray(rows)
-    return summarize(np.asarray(nn, np.float64), n, confidence=confidence,
-                     worst_pair=(int(rows[np.argmax(nn)]), int(partner[np.argmax(nn)])))
+    rows = draw_sample(key, x.shape[0], sample_size)
+    return summarize_rows(x, rows, confidence=confidence, tile_size=tile_size)
+
+
+def summarize_rows(x: jax.Array, rows: jax.Array, *, count: int | None = None,
+                   confidence: float = DEFAULT_CONFIDENCE,
+                   tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> dict:
+    """`summarize` of the sampled `rows` of x (its first `count` rows real, default all),
+    each searched exactly, naming the pair behind the worst-pair lower bound."""
+    nn, partner = jax.device_get(sample_nearest(x, rows, tile_size=tile_size, count=count))
+    worst = int(np.argmax(nn))
+    return summarize(np.asarray(nn, np.float64), x.shape[0] if count is None else count,
+                     confidence=confidence,
+                     worst_pair=(int(np.asarray(rows)[worst]), int(partner[worst])))
 
 
 def summarize(nn: np.ndarray, n: int, *, confidence: float = DEFAULT_CONFIDENCE,

@@ -215,12 +215,8 @@ def figure_estimates(p: "Plan", state, best: int) -> dict | None:
     if not c.figure_sample:
         return None
     x = state.embeddings if p.problem.restarts == 1 else state.embeddings[best]
-    rows = _figure_rows(c, p.problem)
-    nn, partner = jax.device_get(estimates.sample_nearest(x, rows, tile_size=tile_size_of(c),
-                                                          count=p.problem.n))
-    worst = int(np.argmax(nn))
-    return estimates.summarize(np.asarray(nn, np.float64), p.problem.n,
-                               worst_pair=(int(np.asarray(rows)[worst]), int(partner[worst])))
+    return estimates.summarize_rows(x, _figure_rows(c, p.problem), count=p.problem.n,
+                                    tile_size=tile_size_of(c))
 
 
 def plan(c: PackConfig, *, gallery=None, init=None) -> Plan:
