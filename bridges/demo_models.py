@@ -376,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  --{what}={path}", file=sys.stderr)
         print("next: the walk-through in docs/walkthrough.md", file=sys.stderr)
 
-    return cli.run_main(argv, fv, job)
+    # No folder lock: build() makes the demo in a temporary sibling and renames it into
+    # place, so two builds cannot mix; a lock file inside out_dir would make it non-empty.
+    return cli.run_main(argv, fv, job, output=None)
 
 
 if __name__ == "__main__":
