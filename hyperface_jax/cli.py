@@ -9,62 +9,58 @@ disk prints one line and exits 1.
 """
 
 import contextlib
-import dataclasses
 import errno
-import os
 import signal
 import sys
 import textwrap
 import threading
-import types
-import typing
 from collections.abc import Callable
-from pathlib import Path
 
 from absl import flags
 
 from hyperface_jax.io import runs
 from hyperface_jax.io.files import DiskFullError, InputError, RunFailed, disk_full
+from hyperface_jax.options import (
+    bounds_text,
+    expand_flagfiles,
+    field_kind,
+    field_with_role,
+    flag_fields,
+    help_groups,
+    make_checked,
+)
 
 
-def run_main(argv: list[str] | None, fv: flags.FlagValues,
-             job: Callable[[flags.FlagValues], object], *,
-             describe: Callable[[InputError], str] = str,
-             output: str | None = "out_dir", output_is_file: bool = False,
-             help_groups: dict[str, tuple[str, ...]] | None = None) -> int:
-    """Parse `argv` (sys.argv when None) into `fv`, run `job(fv)`, return the exit code.
+def run_main(argv: list[str] | None, config, job: Callable, *,
+             describe: Callable[[InputError], str] = str, **legacy) -> int:
+    """Parse `argv` (sys.argv when None) into `config`, a config dataclass (see
+    `hyperface_jax.options`), run `job(config_instance)`, return the exit code.
 
-    `output` names the flag of the job's output folder (or file, `output_is_file`): it is
-    required, checked and locked before `job` runs, and folders created for it are removed
-    again if the job then refuses its input.
+    The field with role "output_dir" (or "output_file") is required, checked and locked
+    before `job` runs, and folders created for it are removed again if the job then
+    refuses its input. (`config` may still be an absl FlagValues, `job(fv)`, with the
+    output flag named by `output=`/`output_is_file=`: for CLIs not yet on a dataclass.)
     """
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(help_text(fv, help_groups))
+        print(help_text(config, legacy.get("help_groups")))
         return 0
     try:
-        check_flagfiles(argv[1:])
-        rest = fv(argv)
-    except (flags.Error, InputError) as e:
+        parsed, output = _parse(config, argv[1:], legacy)
+    except InputError as e:
         return _error(e)
-    except UnicodeDecodeError as e:  # a flagfile read by another flagfile
-        return _error(f"a --flagfile is not UTF-8 text ({e.reason} at byte {e.start})")
-    if len(rest) > 1:
-        return _error(f"unexpected arguments {rest[1:]}")
+    output_name, is_file, location, process_id = output
+    if output_name and not location:
+        return _error(f"--{output_name} is required")
     created = []
-    location = fv[output].value if output and output in fv else ""
-    if output and output in fv and not location:
-        return _error(f"--{output} is required")
     try:
         with sigterm_as_interrupt():
             lock = None
             if location:
-                process_id = fv["process_id"].value if "process_id" in fv else None
-                created, lock = runs.claim_output(location, f"--{output}",
-                                                  is_file=output_is_file,
+                created, lock = runs.claim_output(location, f"--{output_name}", is_file=is_file,
                                                   process_id=process_id)
             try:
-                job(fv)
+                job(parsed)
             finally:
                 if lock is not None:
                     lock.release()
@@ -81,26 +77,38 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
         full = _disk_full_errno(e)
         if full is None:
             raise
-        # A write outside files.atomic_write (orbax, tensorstore, a library's own file).
-        where = getattr(e, "filename", None) or location or "."
-        return _error(disk_full(where, OSError(full, os.strerror(full))).strerror, code=1)
+        # A write outside files.atomic_write (orbax, a library's own file).
+        where = getattr(full, "filename", None) or location or "."
+        return _error(disk_full(where, full).strerror, code=1)
     return 0
 
 
-_DISK_FULL_TEXT = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+def _parse(config, args: list[str], legacy: dict):
+    """`(what the job takes, (output flag, is a file, its value, process index))`."""
+    if isinstance(config, flags.FlagValues):
+        parse_flag_values(config, expand_flagfiles(args))
+        name = legacy.get("output", "out_dir")
+        name = name if name in config else ""
+        return config, (name, legacy.get("output_is_file", False),
+                        config[name].value if name else "", None)
+    parsed = config_from_argv(config, args)
+    output = field_with_role(config, "output_dir") or field_with_role(config, "output_file")
+    index = field_with_role(config, "process_index")
+    return parsed, ("" if output is None else output.name,
+                    output is not None and output.metadata["role"] == "output_file",
+                    "" if output is None else getattr(parsed, output.name),
+                    None if index is None else getattr(parsed, index.name))
 
 
-def _disk_full_errno(error: BaseException) -> int | None:
-    """ENOSPC or EDQUOT if `error` (or what caused it) is a full disk, else None. Libraries
-    such as orbax's tensorstore re-raise it as ValueError with the OS's text inside."""
+def _disk_full_errno(error: BaseException) -> OSError | None:
+    """The OSError with ENOSPC or EDQUOT behind `error` (itself or what caused it), or
+    None. (Libraries that lose the errno are translated where they are called, e.g. orbax
+    in io/checkpoint.py.)"""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _DISK_FULL_TEXT:
-            return error.errno
-        for code, text in _DISK_FULL_TEXT.items():
-            if text in str(error):
-                return code
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
         error = error.__cause__ or error.__context__
     return None
 
@@ -109,27 +117,6 @@ def _error(message, code: int = 2) -> int:
     text = " ".join(str(message).split("\n")).strip() or "failed"
     print(f"error: {text}", file=sys.stderr)
     return code
-
-
-def check_flagfiles(args: list[str]) -> None:
-    """Refuse a --flagfile that is missing or not UTF-8 text, naming it (absl would raise
-    a UnicodeDecodeError without the file's name)."""
-    for i, arg in enumerate(args):
-        if arg.startswith("--flagfile="):
-            name = arg.split("=", 1)[1]
-        elif arg == "--flagfile" and i + 1 < len(args):
-            name = args[i + 1]
-        else:
-            continue
-        try:
-            data = Path(name).read_bytes()
-        except OSError as e:
-            raise InputError(f"--flagfile={name} cannot be read ({e.strerror})") from None
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"--flagfile={name} is not UTF-8 text (byte {e.start}: "
-                             f"{data[e.start:e.start + 1]!r})") from None
 
 
 @contextlib.contextmanager
@@ -187,21 +174,66 @@ _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEF
            str: flags.DEFINE_string}
 
 
-def flag_fields(cls) -> list[dataclasses.Field]:
-    """The fields of a config dataclass that are flags (metadata `flag=False` opts out)."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", True)]
-
-
 def define_dataclass_flags(fv: flags.FlagValues, cls) -> None:
-    """One absl flag per field of `cls`: same name, default, and `metadata["help"]`; the
-    type from the annotation (int, float, bool, str, or one of them `| None`)."""
+    """One absl flag per option field of `cls` (`hyperface_jax.options.option`): same name,
+    default and help; the type from the annotation (int, float, bool, str, or one of them
+    `| None`); `choices` make an enum flag. Bounds are checked by `options.check_values`
+    (one checker for flags and keyword arguments alike) and shown in --help."""
     for f in flag_fields(cls):
-        kind = f.type
-        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        if kind not in _DEFINE:
-            raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {f.type}")
-        _DEFINE[kind](f.name, f.default, f.metadata["help"], flag_values=fv)
+        kind, _ = field_kind(f)
+        if f.metadata.get("choices"):
+            flags.DEFINE_enum(f.name, f.default, list(f.metadata["choices"]),
+                              f.metadata["help"], flag_values=fv)
+        else:
+            _DEFINE[kind](f.name, f.default, f.metadata["help"], flag_values=fv)
+        fv[f.name].option_metadata = f.metadata
+
+
+def make_flag_values(cls) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    define_dataclass_flags(fv, cls)
+    return fv
+
+
+def parse_flag_values(fv: flags.FlagValues, args: list[str]) -> None:
+    """Parse `args` (flagfiles already expanded) into `fv`; InputError on a bad flag or a
+    stray argument."""
+    try:
+        rest = fv(["prog"] + args)
+    except flags.Error as e:
+        raise InputError(str(e)) from None
+    if len(rest) > 1:
+        raise InputError(f"unexpected arguments {rest[1:]}")
+
+
+def parse_flag_lines(cls, args: list[str]) -> dict:
+    """The values of the options `args` (no flagfiles left) set, as `cls`'s fields."""
+    fv = make_flag_values(cls)
+    parse_flag_values(fv, args)
+    return {f.name: fv[f.name].value for f in flag_fields(cls) if fv[f.name].present}
+
+
+def config_from_argv(cls, args: list[str]):
+    """A validated `cls` from command-line arguments. Its `explicit` (if it has one) holds
+    the options named on the command line itself: a value from a flagfile is a default
+    that an input file may override (e.g. n from an --init file)."""
+    fv = make_flag_values(cls)
+    parse_flag_values(fv, expand_flagfiles(args))
+    values = {f.name: fv[f.name].value for f in flag_fields(cls)}
+    return make_checked(cls, values, frozenset(_named(args, fv)))
+
+
+def _named(args: list[str], fv: flags.FlagValues) -> set[str]:
+    names = set()
+    for arg in args:
+        if not arg.startswith("-") or arg.lstrip("-").startswith("flagfile"):
+            continue
+        name = arg.lstrip("-").split("=", 1)[0]
+        if name not in fv and name.startswith("no") and name[2:] in fv:
+            name = name[2:]
+        if name in fv:
+            names.add(fv[name].name)
+    return names
 
 
 def dataclass_values(fv: flags.FlagValues, cls) -> tuple[dict, frozenset]:
@@ -212,10 +244,15 @@ def dataclass_values(fv: flags.FlagValues, cls) -> tuple[dict, frozenset]:
 
 # --------------------------------------------------------------------------- help
 
-def help_text(fv: flags.FlagValues, groups: dict[str, tuple[str, ...]] | None = None) -> str:
-    """Every flag with its help and default, grouped by topic in the given order (flags in
-    no group follow, in definition order), instead of absl's alphabetical list, which
-    splits flags that read together (e.g. --temperature_start ... --temperature_end)."""
+def help_text(config, groups: dict[str, tuple[str, ...]] | None = None) -> str:
+    """Every flag of `config` (a config dataclass, or a FlagValues with `groups`) with its
+    help, bounds and default, grouped by topic in order (flags in no group follow, in
+    definition order), instead of absl's alphabetical list, which splits flags that read
+    together (e.g. --temperature_start ... --temperature_end)."""
+    if isinstance(config, flags.FlagValues):
+        fv = config
+    else:
+        fv, groups = make_flag_values(config), help_groups(config)
     defined = [name for name, flag in fv._flags().items() if name == flag.name]
     sections, placed = [], set()
     for title, names in (groups or {}).items():
@@ -227,7 +264,7 @@ def help_text(fv: flags.FlagValues, groups: dict[str, tuple[str, ...]] | None = 
     if rest:
         sections.append(("other" if sections else "flags", rest))
     lines = ["Flags (also read from --flagfile=FILE, one --name=value per line; "
-             "--flagfile may repeat):"]
+             "--flagfile may repeat; a shipped config by name: --flagfile=paper_10k):"]
     for title, names in sections:
         lines += ["", f"{title}:"]
         for name in names:
@@ -237,7 +274,11 @@ def help_text(fv: flags.FlagValues, groups: dict[str, tuple[str, ...]] | None = 
 
 def _flag_help(flag) -> list[str]:
     name = f"--[no]{flag.name}" if isinstance(flag, flags.BooleanFlag) else f"--{flag.name}"
-    wrapped = textwrap.wrap(f"{name}: {flag.help}", width=96, initial_indent="  ",
+    metadata = getattr(flag, "option_metadata", {})
+    limits = ""
+    if metadata.get("low") is not None or metadata.get("high") is not None:
+        limits = f" Must be {bounds_text(metadata)}."
+    wrapped = textwrap.wrap(f"{name}: {flag.help}{limits}", width=96, initial_indent="  ",
                             subsequent_indent="      ")
     default = flag.default
     if default is None:

@@ -1,4 +1,4 @@
-"""`python -m hyperface_jax.pack --flagfile=configs/quickstart.flags`: pack identities.
+"""`python -m hyperface_jax.pack --flagfile=quickstart`: pack identities.
 
 A thin main over `hyperface_jax.jobs.packing` (the job: plan, loop, report, outputs).
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure (one
@@ -10,23 +10,21 @@ import sys
 from absl import flags
 
 from hyperface_jax import cli
-from hyperface_jax.jobs.config import HELP_GROUPS, config_from_flags, define_flags
+from hyperface_jax.jobs.config import PackConfig
 
 
 def make_flag_values() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    return fv
+    return cli.make_flag_values(PackConfig)
 
 
-def run(fv: flags.FlagValues) -> dict:
+def run(c: PackConfig) -> dict:
     from hyperface_jax.jobs import packing  # JAX and friends: not needed to print --help
 
-    return packing.run(config_from_flags(fv))
+    return packing.run(c)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, make_flag_values(), run, help_groups=HELP_GROUPS)
+    return cli.run_main(argv, PackConfig, run)
 
 
 if __name__ == "__main__":

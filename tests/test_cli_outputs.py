@@ -172,9 +172,12 @@ def test_every_curves_panel_has_a_y_label_and_small_codes_a_log_gap(
 
 
 def test_a_full_disk_inside_a_library_is_one_line_too(tmp_path, capsys):
+    from hyperface_jax.io import checkpoint
+
     def job(fv):  # what tensorstore raises under orbax when the disk fills
-        raise ValueError("Error writing local file \"/x/d/abc\": [OS error: No space left "
-                         "on device]\n[tensorstore_spec=...]")
+        with checkpoint.os_errors():
+            raise ValueError("Error writing local file \"/x/d/abc\": [OS error: No space "
+                             "left on device]\n[tensorstore_spec=...]")
 
     fv = flags.FlagValues()
     flags.DEFINE_string("out_dir", "", "out", flag_values=fv)

@@ -52,8 +52,9 @@ def test_api_equals_the_cli_on_arrays_in_memory_and_writes_nothing(tmp_path, mon
 
 
 def test_api_bad_input_raises_input_error_with_the_line_the_cli_prints(tmp_path, capsys):
-    cases = [dict(optimizer="adamm"), dict(no_such_option=1), dict(steps="many"),
-             dict(learning_rate=float("nan"))]
+    cases = [dict(optimizer="adamm"), dict(no_such_option=1), dict(learning_rat=0.1),
+             dict(objective="maxx"), dict(learning_rate=float("nan")), dict(b2=2.0),
+             dict(seed=2**32)]
     for case in cases:
         with pytest.raises(InputError) as api:
             pack_references(alpha=0.0, log=lambda m: None, **{**SMALL, **case})
@@ -62,6 +63,11 @@ def test_api_bad_input_raises_input_error_with_the_line_the_cli_prints(tmp_path,
                           *flag]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert line == f"error: {api.value}", (case, line)
+        if "learning_rat" in case:
+            assert "Did you mean: learning_rate" in line
+    # A value of the wrong type: the CLI reads text, the API refuses the object itself.
+    with pytest.raises(InputError, match=r"^--steps takes an int, got str 'many'$"):
+        pack_references(alpha=0.0, log=lambda m: None, **{**SMALL, "steps": "many"})
     with pytest.raises(InputError, match="NaN or Inf"):
         bad = _unit(30, 8)
         bad[3, 2] = np.nan

@@ -1,6 +1,9 @@
 """Orbax checkpoints of the solver state, their checksums, and the guard that a resumed
 run is the same run."""
 
+import contextlib
+import errno
+import os
 from pathlib import Path
 
 import jax
@@ -18,8 +21,17 @@ class ChecksummedManager(ocp.CheckpointManager):
     (`integrity.LEDGER` beside the step folders; process 0 writes it). orbax's `save`
     waits for the previous save first, so each step is hashed once, when it is final."""
 
+    def save(self, *args, **kwargs):
+        with os_errors():
+            return super().save(*args, **kwargs)
+
+    def close(self):
+        with os_errors():
+            super().close()
+
     def wait_until_finished(self):
-        super().wait_until_finished()
+        with os_errors():
+            super().wait_until_finished()
         if jax.process_index() != 0:
             return
         directory = Path(self.directory)
@@ -28,6 +40,22 @@ class ChecksummedManager(ocp.CheckpointManager):
         new = {s: integrity.folder_digests(directory / s) for s in steps if s not in known}
         if new or set(known) - set(steps):
             integrity.record(directory, new, keep=steps)
+
+
+# tensorstore (under orbax) reports a failed write as ValueError with the OS's words inside
+# and no errno: turned back into the OSError it was, so the CLI finds a full disk by errno.
+_OS_WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def os_errors():
+    try:
+        yield
+    except ValueError as e:
+        code = next((c for words, c in _OS_WORDS.items() if words in str(e)), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code)) from e
 
 
 def open_manager(directory, *, max_to_keep: int = 3) -> ocp.CheckpointManager:

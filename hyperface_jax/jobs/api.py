@@ -1,29 +1,29 @@
 """The notebook API: `pack_references`, the packing job on arrays in memory.
 
     from hyperface_jax import pack_references
-    r = pack_references(num_identities=24, dim=4, restarts=32,
-                        flagfile="configs/spherical_codes.flags")
+    r = pack_references(num_identities=24, dim=4, restarts=32, config="spherical_codes")
     r.embeddings        # (24, 4) float32, unit rows
     r.figures["max_cos"]
 
 Every option of `python -m hyperface_jax.pack` is a keyword argument of the same name
-(`--help` lists them), parsed and validated by the same flag definitions, so a bad value
-raises `InputError` with the line the CLI would print after ``error:``. A `flagfile` is
-read as the CLI reads it; keyword arguments override it. Nothing is written unless
-`out_dir` is given (a flagfile's --out_dir is ignored: in a notebook, files are opt-in);
-with `out_dir`, the run checkpoints there and resumes like the CLI.
+(`--help` lists them), checked by the same table (`PackConfig`'s field metadata), so a bad
+value or a mistyped name raises `InputError` with the line the CLI would print after
+``error:`` ("Did you mean" included). `config` (or its alias `flagfile`) is a flagfile
+path or a shipped config's name, read as the CLI reads it; keyword arguments override
+it. Nothing is written unless `out_dir` is given (a flagfile's --out_dir is ignored: in a
+notebook, files are opt-in); with `out_dir`, the run takes the folder's lock, checkpoints
+there and resumes like the CLI.
 """
 
 import dataclasses
-from typing import Any
+import os
 
 import numpy as np
-from absl import flags
 
-from hyperface_jax import pack
+from hyperface_jax import options as opts
 from hyperface_jax.io.files import InputError
 from hyperface_jax.jobs import packing
-from hyperface_jax.jobs.config import config_from_flags
+from hyperface_jax.jobs.config import PackConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,48 +34,47 @@ class PackResult:
     report: dict  # the whole report.json
 
 
-def _flag_argument(name: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return f"--{name}={'true' if value else 'false'}"
-    if isinstance(value, float):
-        return f"--{name}={value!r}"
-    return f"--{name}={value}"
+def pack_config(config: str | None = None, **options) -> PackConfig:
+    """The `PackConfig` the CLI would build from `--flagfile=config` and `--name=value` for
+    each option, built from the values themselves; raises `InputError` with the CLI's
+    message on bad input. `None` is a value only for the options that may be unset."""
+    return opts.config_from_options(PackConfig, options, flagfile=config)
 
 
-def pack_config(flagfile: str | None = None, **options):
-    """The `PackConfig` the CLI would build from `--flagfile=flagfile` and `--name=value`
-    for each option; raises `InputError` with the CLI's message on bad input."""
-    fv = pack.make_flag_values()
-    argv = ["hyperface_jax"] + ([f"--flagfile={flagfile}"] if flagfile else [])
-    unknown = [k for k in options if k not in fv]
-    if unknown:
-        raise InputError(f"Unknown command line flag '{unknown[0]}'")
-    argv += [_flag_argument(k, v) for k, v in options.items() if v is not None]
-    try:
-        fv(argv)
-    except flags.Error as e:
-        raise InputError(str(e)) from None
-    return config_from_flags(fv)
+def _array_or_path(name: str, value, options: dict, arrays: dict) -> None:
+    if value is None:
+        return
+    if isinstance(value, (str, os.PathLike)):
+        options[name] = os.fspath(value)
+    else:
+        arrays[name] = np.asarray(value)
+        if arrays[name].ndim != 2:
+            raise InputError(f"{name} must be an (n, d) array or a .npy path, got "
+                             f"{type(value).__name__} of shape {arrays[name].shape}")
 
 
 def pack_references(num_identities: int | None = None, dim: int | None = None,
-                    gallery=None, init=None, *, flagfile: str | None = None,
-                    out_dir: str | None = None, log=None, **options) -> PackResult:
+                    gallery=None, init=None, *, config: str | None = None,
+                    flagfile: str | None = None, out_dir: str | None = None, log=None,
+                    **options) -> PackResult:
     """Pack `num_identities` references in `dim` dimensions and return them in memory.
 
-    `gallery` and `init` are arrays (n x d, rows normalised as the CLI does) or .npy paths;
-    `init` may also be "random" or "gallery". Every other option of the CLI is a keyword
-    argument (`learning_rate=0.01`, `objective="logsumexp"`, `devices="all"`, ...).
-    `log` receives the progress lines (default: stderr, as the CLI).
+    `gallery` and `init` are arrays (n x d, rows normalised as the CLI does) or .npy paths
+    (str or pathlib.Path); `init` may also be "random" or "gallery". `num_identities` and
+    `dim` left None are not given (the config's, or the init/gallery file's). Every other
+    option of the CLI is a keyword argument (`learning_rate=0.01`, `objective="logsumexp"`,
+    `devices="all"`, ...). `log` receives the progress lines (default: stderr, as the CLI).
     """
+    if config and flagfile:
+        raise InputError("give config= or flagfile= (the same thing), not both")
     arrays = {}
-    for name, value in (("gallery", gallery), ("init", init)):
-        if isinstance(value, str) or value is None:
+    for name, value in (("num_identities", num_identities), ("dim", dim)):
+        if value is not None:
             options[name] = value
-        else:
-            arrays[name] = np.asarray(value)
-    c = pack_config(flagfile, num_identities=num_identities, dim=dim, **options)
-    c = dataclasses.replace(c, out_dir=out_dir or "")
+    _array_or_path("gallery", gallery, options, arrays)
+    _array_or_path("init", init, options, arrays)
+    c = pack_config(config or flagfile, **options)
+    c = dataclasses.replace(c, out_dir=os.fspath(out_dir) if out_dir else "")
     # report.json's flags say where the inputs came from.
     c = dataclasses.replace(c, **{name: "<array>" for name in arrays})
     report, embeddings = packing.run_job(c, log=log, **arrays)

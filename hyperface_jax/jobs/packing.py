@@ -37,7 +37,7 @@ from hyperface_jax.io.files import (
     unit_row_error,
 )
 from hyperface_jax.jobs.config import PackConfig
-from hyperface_jax.jobs.problem import Problem, build_problem
+from hyperface_jax.jobs.problem import Problem, build_problem, effective_config
 from hyperface_jax.measure import bounds, estimates, metrics
 
 # Flags that may change between a run and its resumption (they do not alter the state).
@@ -212,6 +212,7 @@ def figure_estimates(p: "Plan", state, best: int) -> dict | None:
 def plan(c: PackConfig, *, gallery=None, init=None) -> Plan:
     """Validate `c` (and in-memory `gallery` / `init` arrays, which take the place of the
     files), place the problem and compile its runners. Writes nothing."""
+    c = effective_config(c, has_gallery=gallery is not None or bool(c.gallery))
     placement = make_placement(c)  # first: joining a multi-process run precedes any JAX call
     problem = build_problem(c, gallery=gallery, init=init)
     optimizer = build_optimizer(c)

@@ -5,15 +5,12 @@ Everything here runs before anything is written, so bad input leaves no trace on
 
 import dataclasses
 import hashlib
-import math
 
 import jax
 import numpy as np
 
+from hyperface_jax import options
 from hyperface_jax.engine import sphere
-from hyperface_jax.engine.neighbors import MATMUL_PRECISIONS
-from hyperface_jax.engine.objective import OBJECTIVES, PACKING_REDUCTIONS
-from hyperface_jax.engine.solver import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
 from hyperface_jax.io.files import InputError, load_embeddings, validated_rows
 from hyperface_jax.jobs.config import PackConfig
 
@@ -63,52 +60,29 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
 
+def effective_config(c: PackConfig, *, has_gallery: bool) -> PackConfig:
+    """`c` with its defaults that depend on the inputs filled in: --alpha unset means the
+    paper's 0.5 with a gallery and 0 without one (the regulariser needs a gallery)."""
+    if c.alpha is None:
+        c = dataclasses.replace(c, alpha=0.5 if has_gallery else 0.0)
+    return c
+
+
 def check_settings(c: PackConfig) -> None:
-    """Checks that need no file: names, ranges, finite numbers."""
-    for name, value in c.flag_values().items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"--{name} must be a finite number, got {value}")
-    if c.packing_reduce not in PACKING_REDUCTIONS:
-        raise InputError(f"unknown --packing_reduce {c.packing_reduce!r}; "
-                         f"choose one of {', '.join(PACKING_REDUCTIONS)}")
-    if c.minibatch_update not in MINIBATCH_UPDATES:
-        raise InputError(f"unknown --minibatch_update {c.minibatch_update!r}; "
-                         f"choose one of {', '.join(MINIBATCH_UPDATES)}")
-    if c.objective not in OBJECTIVES:
-        raise InputError(f"unknown --objective {c.objective!r}; "
-                         f"choose one of {', '.join(OBJECTIVES)}")
-    if not 0 < c.temperature_start <= c.temperature_end:
+    """Checks that need no file: each value against its field's choices and bounds (the
+    table in jobs/config.py), then the rules that tie options together."""
+    options.check_values(PackConfig, c.flag_values())
+    if c.temperature_start > c.temperature_end:
         raise InputError("need 0 < --temperature_start <= --temperature_end, got "
                          f"{c.temperature_start} and {c.temperature_end}")
-    if c.restarts < 1:
-        raise InputError(f"--restarts must be >= 1, got {c.restarts}")
     if c.restarts > 1 and c.init not in ("random", "gallery"):
         raise InputError("--restarts > 1 needs --init=random or --init=gallery "
                          "(restarts from one file would all be the same)")
-    if c.alpha < 0:
-        raise InputError(f"--alpha must be >= 0, got {c.alpha}")
-    for name in ("steps", "batch_size", "anneal_steps", "polish_steps"):
-        if getattr(c, name) < 0:
-            raise InputError(f"--{name} must be >= 0, got {getattr(c, name)}")
-    if c.matmul_precision not in MATMUL_PRECISIONS:
-        raise InputError(f"unknown --matmul_precision {c.matmul_precision!r}; "
-                         f"choose one of {', '.join(MATMUL_PRECISIONS)}")
-    if c.neighbor_list_size < 0:
-        raise InputError(f"--neighbor_list_size must be >= 0, got {c.neighbor_list_size}")
-    if c.neighbor_rebuild not in NEIGHBOR_REBUILDS:
-        raise InputError(f"unknown --neighbor_rebuild {c.neighbor_rebuild!r}; "
-                         f"choose one of {', '.join(NEIGHBOR_REBUILDS)}")
-    for name in ("gallery_list_size", "neighbor_refresh_every"):
-        if c.neighbor_list_size and getattr(c, name) < 1:
-            raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
-    if c.figure_sample < 0 or c.figure_sample == 1:
+    if c.figure_sample == 1:
         raise InputError(f"--figure_sample must be 0 (exact figures) or >= 2 rows, got "
                          f"{c.figure_sample}")
-    if c.tile_size < 0:
-        raise InputError(f"--tile_size must be >= 0 (0: by backend), got {c.tile_size}")
-    for name in ("log_every", "checkpoint_every", "max_to_keep"):
-        if getattr(c, name) < 1:
-            raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
+    if c.schedule == "geometric" and c.final_learning_rate <= 0:
+        raise InputError("--schedule=geometric needs --final_learning_rate > 0")
 
 
 def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
@@ -127,8 +101,9 @@ def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
                              "(restarts from one array would all be the same)")
     elif c.init not in ("random", "gallery"):
         init = load_embeddings(c.init, "init")
-    if c.alpha > 0 and gallery is None:
-        raise InputError(f"--alpha={c.alpha} needs a --gallery; pass --alpha=0 for pure packing")
+    if c.alpha and gallery is None:
+        raise InputError(f"--alpha={c.alpha} needs a --gallery (leave --alpha unset for pure "
+                         "packing: it is 0 without a gallery)")
 
     d = c.dim
     for name, array in (("gallery", gallery), ("init", init)):
