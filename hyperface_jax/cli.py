@@ -174,12 +174,15 @@ _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEF
            str: flags.DEFINE_string}
 
 
-def define_dataclass_flags(fv: flags.FlagValues, cls) -> None:
+def define_dataclass_flags(fv: flags.FlagValues, cls, names=None) -> None:
     """One absl flag per option field of `cls` (`hyperface_jax.options.option`): same name,
     default and help; the type from the annotation (int, float, bool, str, or one of them
-    `| None`); `choices` make an enum flag. Bounds are checked by `options.check_values`
-    (one checker for flags and keyword arguments alike) and shown in --help."""
+    `| None`); `choices` make an enum flag; `names`: only these. Bounds are checked by
+    `options.check_values` (one checker for flags and keyword arguments alike) and shown
+    in --help."""
     for f in flag_fields(cls):
+        if names is not None and f.name not in names:
+            continue
         kind, _ = field_kind(f)
         if f.metadata.get("choices"):
             flags.DEFINE_enum(f.name, f.default, list(f.metadata["choices"]),

@@ -52,12 +52,13 @@ import numpy as np
 from absl import flags
 from jax.experimental.compilation_cache import compilation_cache
 
-from hyperface_jax import cli, sample
+from hyperface_jax import cli
 from hyperface_jax.baselines import samplers
 from hyperface_jax.engine import neighbors
 from hyperface_jax.engine.objective import OBJECTIVES
 from hyperface_jax.io.files import InputError, atomic_write, load_embeddings, save_figure, save_json
 from hyperface_jax.jobs import packing, problem
+from hyperface_jax.jobs import sampling as sample
 from hyperface_jax.jobs.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
 from hyperface_jax.research import search_spaces, tuning
 

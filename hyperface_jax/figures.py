@@ -3,107 +3,27 @@
 The exact packing figures of a file of references (worst pair, mean and quantiles of the
 nearest-neighbour cosine, gallery cosine, loss terms), from a full blockwise search of every
 row, sharded over every device it is given (`--devices`, and `--distributed` or
-`--coordinator_address` for several hosts: the ring search of `sharding.Sharded`). For a
-packing too large for exact figures inside the run (`pack --figure_sample`), this is the
-command that gives them on accelerators: 1M x 512 is ~1e15 flops.
+`--coordinator_address` for several hosts). For a packing too large for exact figures
+inside the run (`pack --figure_sample`), this is the command that gives them on
+accelerators: 1M x 512 is ~1e15 flops. The job: `hyperface_jax.jobs.exact_figures`.
 
 Exit codes: 0 success, 2 bad input (one line), 1 failure.
 """
 
-import dataclasses
 import sys
-import time
-
-import jax
-from absl import flags
 
 from hyperface_jax import cli
-from hyperface_jax.engine import neighbors, sharding
-from hyperface_jax.io.files import InputError, load_embeddings, save_json
-from hyperface_jax.jobs import packing
-from hyperface_jax.measure import bounds
+from hyperface_jax.jobs.config import FiguresConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class Placement:
-    """The placement flags `sharding.initialize_distributed` and `make_mesh` read."""
-    devices: str
-    coordinator_address: str
-    num_processes: int
-    process_id: int
-    distributed: bool
+def run(c: FiguresConfig) -> dict:
+    from hyperface_jax.jobs import exact_figures  # JAX: not needed to print --help
 
-
-def make_flag_values() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    d = flags
-    d.DEFINE_string("embeddings", "", "References (.npy, (n, d)), e.g. a pack run's "
-                    "embeddings.npy.", flag_values=fv)
-    d.DEFINE_string("gallery", "", "Optional gallery (.npy, (m, d)) for the gallery cosine and "
-                    "the regulariser.", flag_values=fv)
-    d.DEFINE_float("alpha", 0.5, "Weight of the regulariser in the reported loss.",
-                   flag_values=fv)
-    d.DEFINE_enum("packing_reduce", "mean", ["mean", "max"], "Packing term of the reported "
-                  "loss: mean of nearest-neighbour cosines (the paper's) or the worst pair.",
-                  flag_values=fv)
-    d.DEFINE_integer("tile_size", 0, "Rows per tile (0: by backend).", flag_values=fv)
-    d.DEFINE_string("out", "", "JSON file for the figures (required).", flag_values=fv)
-    d.DEFINE_string("devices", "all", "Devices to shard over: 'all' or a count.",
-                    flag_values=fv)
-    d.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0.",
-                    flag_values=fv)
-    d.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.", flag_values=fv)
-    d.DEFINE_integer("process_id", -1, "Multi-host: this process's index.", flag_values=fv)
-    d.DEFINE_bool("distributed", False, "Multi-host: let JAX detect the cluster.",
-                  flag_values=fv)
-    return fv
-
-
-def exact_figures(x, gallery, *, placement, alpha: float, reduce: str, tile_size: int):
-    """The exact figures of the rows of `x` (host arrays) on `placement`."""
-    n, m = x.shape[0], (0 if gallery is None else gallery.shape[0])
-    placed = placement.put(x, n)
-    placed_gallery = placement.put_gallery(gallery)
-    fn = jax.jit(lambda x, g: placement.figures(x, g, count=n, gallery_count=m, alpha=alpha,
-                                                reduce=reduce, tile_size=tile_size))
-    return {k: float(v) for k, v in jax.device_get(fn(placed, placed_gallery)).items()}
-
-
-def run(fv) -> dict:
-    if not fv.embeddings:
-        raise InputError("--embeddings is required")
-    started = time.time()
-    placement = packing.make_placement(Placement(fv.devices, fv.coordinator_address,
-                                              fv.num_processes, fv.process_id,
-                                              fv.distributed))
-    x = load_embeddings(fv.embeddings, "embeddings")
-    gallery = load_embeddings(fv.gallery, "gallery") if fv.gallery else None
-    if gallery is not None and gallery.shape[1] != x.shape[1]:
-        raise InputError(f"dimension mismatch: embeddings have d={x.shape[1]}, gallery "
-                         f"{fv.gallery} has d={gallery.shape[1]}")
-    if x.shape[0] < 2:
-        raise InputError(f"{fv.embeddings} has {x.shape[0]} row; need at least 2")
-    tile = fv.tile_size or neighbors.default_tile_size()
-    figures = exact_figures(x, gallery, placement=placement, alpha=fv.alpha,
-                            reduce=fv.packing_reduce, tile_size=tile)
-    n, d = x.shape
-    bound = bounds.bound_max_cos(n, d)
-    report = {"figures": figures, "exact": True, "n": n, "d": d,
-              "m": 0 if gallery is None else gallery.shape[0],
-              "bound_max_cos": bound, "gap_to_bound": figures["max_cos"] - bound,
-              "embeddings": fv.embeddings, "gallery": fv.gallery or None,
-              "devices": placement.size, "backend": jax.default_backend(),
-              "wall_seconds": round(time.time() - started, 3)}
-    if sharding.is_writer():
-        save_json(fv.out, report)
-        print(f"max_cos={figures['max_cos']:.6f} mean_nn_cos={figures['mean_nn_cos']:.6f} "
-              f"(bound {bound:.6f}) on {placement.size} device(s) -> {fv.out}",
-              file=sys.stderr)
-    return report
+    return exact_figures.run(c)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, make_flag_values(), run, output="out", output_is_file=True)
+    return cli.run_main(argv, FiguresConfig, run)
 
 
 if __name__ == "__main__":

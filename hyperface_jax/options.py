@@ -70,13 +70,13 @@ def field_with_role(cls, role: str) -> dataclasses.Field | None:
 
 
 def help_groups(cls) -> dict[str, tuple[str, ...]]:
-    """Topic -> its fields, topics in order of first appearance (fields with no group
-    are left to --help's "other")."""
-    groups: dict[str, list[str]] = {}
+    """Topic -> its fields, topics in the order of `cls.HELP_ORDER`, then of first
+    appearance (fields with no group are left to --help's "other")."""
+    groups: dict[str, list[str]] = {name: [] for name in getattr(cls, "HELP_ORDER", ())}
     for f in flag_fields(cls):
         if f.metadata.get("group"):
             groups.setdefault(f.metadata["group"], []).append(f.name)
-    return {k: tuple(v) for k, v in groups.items()}
+    return {k: tuple(v) for k, v in groups.items() if v}
 
 
 # ---------------------------------------------------------------------- checking values
@@ -109,14 +109,12 @@ def check_value(f: dataclasses.Field, value) -> None:
     if kind not in (int, float):
         return
     low, high = m.get("low"), m.get("high")
-    if kind is int:  # 64-bit overflow and beyond: the int32 table unless the field says
-        low = -INT32_MAX - 1 if low is None else low
-        high = INT32_MAX if high is None else high
-        m = {**m, "low": low, "high": high}
     too_low = low is not None and (value <= low if m["low_open"] else value < low)
     too_high = high is not None and (value >= high if m["high_open"] else value > high)
     if too_low or too_high:
         raise InputError(f"--{name} must be {bounds_text(m)}, got {value}")
+    if kind is int and not -INT32_MAX - 1 <= value <= INT32_MAX:  # the table's default
+        raise InputError(f"--{name} must fit a 32-bit integer (|value| < 2^31), got {value}")
 
 
 def check_values(cls, values: dict) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hyperface_jax import analyze
+from hyperface_jax.jobs import analysis
 from hyperface_jax.measure import quality
 from tests.conftest import run_module
 
@@ -301,13 +302,13 @@ def test_histogram_range_follows_the_data_not_the_whole_cosine_axis():
     genuine, impostor = quality.Distribution(), quality.Distribution()
     genuine.add(np.linspace(0.80, 0.86, 50))
     impostor.add(np.linspace(0.60, 0.70, 50))
-    lo, hi = analyze.histogram_range(genuine.counts, impostor.counts)
+    lo, hi = analysis.histogram_range(genuine.counts, impostor.counts)
     # 5 % of the 0.26 span each side (bin edges are 1e-4 apart).
     assert lo == pytest.approx(0.60 - 0.013, abs=2e-4) and hi == pytest.approx(0.86 + 0.013,
                                                                                abs=2e-4)
     wide = quality.Distribution()
     wide.add(np.array([-0.999, 0.999]))
-    assert analyze.histogram_range(wide.counts) == (-1.0, 1.0)
+    assert analysis.histogram_range(wide.counts) == (-1.0, 1.0)
 
 
 def test_id_consistency_to_the_identity_embeddings_finds_images_of_the_wrong_identity(tmp_path):

@@ -91,13 +91,13 @@ def _bad_inputs(tmp: Path):
         ([f"--gallery={good}", f"--init={tmp}/d16.npy"], "dimension mismatch"),
         ([f"--gallery={good}", "--dim=16"], "--dim=16 conflicts"),
         ([f"--init={tmp}/one.npy", "--alpha=0"], "at least 2 identities"),
-        (["--alpha=0", "--num_identities=1"], "at least 2 identities"),
+        (["--alpha=0", "--num_identities=1"], "--num_identities must be >= 2, got 1"),
         (["--alpha=0", "--num_identities=10", "--batch_size=11"], "--batch_size=11"),
         (["--alpha=0.5"], "needs a --gallery"),
         (["--alpha=0", "--optimizer=adamm"], "unknown --optimizer 'adamm'"),
-        (["--alpha=0", "--schedule=linear"], "unknown --schedule 'linear'"),
+        (["--alpha=0", "--schedule=linear"], "--schedule=linear: value should be one of"),
         (["--alpha=0", "--optimizer=adam", "--momentum=0.9"], "does not take --momentum"),
-        (["--alpha=0", "--packing_reduce=sum"], "unknown --packing_reduce"),
+        (["--alpha=0", "--packing_reduce=sum"], "--packing_reduce=sum: value should be"),
         (["--alpha=0", "--no_such_flag=1"], "no_such_flag"),
         (["--alpha=0", "--steps=many"], "steps"),
         (["--alpha=0", f"--flagfile={tmp}/missing.flags"], "missing.flags"),
@@ -192,15 +192,16 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["quickstart", "paper_10k", "paper_50k_stochastic", "fast_10k",
-                                  "spherical_codes"])
+                                  "spherical_codes", "million", "codes_2k", "codes_10k",
+                                  "codes_100k"])
 def test_every_pack_config_parses_and_passes_validation(name):
-    from hyperface_jax.jobs.config import config_from_flags
+    from hyperface_jax import cli
+    from hyperface_jax.jobs.config import PackConfig
     from hyperface_jax.jobs.problem import check_settings
 
-    fv = pack.make_flag_values()
-    fv(["pack", f"--flagfile={REPO / 'configs' / (name + '.flags')}"])
-    c = config_from_flags(fv)
-    if c.alpha > 0:  # the paper configs document that they need a gallery file
+    c = cli.config_from_argv(PackConfig, [f"--flagfile={REPO / 'configs' / (name + '.flags')}"])
+    assert c == cli.config_from_argv(PackConfig, [f"--flagfile={name}"])  # by name
+    if c.alpha:  # the paper configs document that they need a gallery file
         assert "gallery" in (REPO / "configs" / f"{name}.flags").read_text()
         c = dataclasses.replace(c, gallery="gallery.npy")
     if not c.out_dir:  # spherical_codes: the size and the folder are given per run

@@ -8,6 +8,7 @@ import pytest
 
 from hyperface_jax import sample
 from hyperface_jax.baselines import samplers
+from hyperface_jax.jobs import sampling
 
 
 def _unit(x):
@@ -186,8 +187,9 @@ def test_sample_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path,
         (["--method=vec2face"], "renamed --method=perturbed_gallery"),
         (["--method=random_margin", "--dim=0"], "--dim must be >= 2, got 0"),
         (["--method=random_margin", "--dim=1"], "--dim must be >= 2, got 1"),
-        (["--method=random_margin", "--dim=4", "--num_identities=1"], "at least 2 identities"),
-        (["--method=random_margin", "--seed=-1"], "--seed must be >= 0"),
+        (["--method=random_margin", "--dim=4", "--num_identities=1"],
+         "--num_identities must be >= 2"),
+        (["--method=random_margin", "--seed=-1"], "--seed must be in [0, 4294967295]"),
         (["--method=random_margin", "--min_distance=nan"], "--min_distance"),
         (["--method=random_margin", "--nms_threshold=nan"], "--nms_threshold"),
         (["--method=random_margin", "--perturbation=inf"], "--perturbation"),
@@ -197,7 +199,7 @@ def test_sample_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path,
         (["--method=hyperface", "--max_draws=3"], "--max_draws=3 is below"),
         (["--method=random_margin", "--packing_reduce=median"], "--packing_reduce"),
         (["--method=perturbed_gallery", f"--gallery={tmp_path}/g.npy", "--alpha=nan"],
-         "--alpha must be finite"),
+         "--alpha must be a finite number"),
         (["--method=random_margin", "--dim=3", "--num_identities=200", "--max_draws=1000"],
          "only"),
         (["--method=voronoi"], "unknown --method 'voronoi'"),
@@ -219,9 +221,9 @@ def test_sample_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path,
 
 def test_rows_are_checked_before_they_are_written():
     x = _unit(np.random.default_rng(0).standard_normal((5, 4)))
-    sample.check_rows(x, 5, 4)
+    sampling.check_rows(x, 5, 4)
     for bad, words in ((np.where(np.arange(5)[:, None] == 2, 0, x), "non-unit row 2"),
                        (np.where(np.arange(5)[:, None] == 1, np.nan, x), "non-finite"),
                        (x[:4], "shape")):
         with pytest.raises(RuntimeError, match=words):
-            sample.check_rows(bad.astype(np.float32), 5, 4)
+            sampling.check_rows(bad.astype(np.float32), 5, 4)

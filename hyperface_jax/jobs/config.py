@@ -9,6 +9,7 @@ from dataclasses import field
 from typing import Any
 
 from hyperface_jax import options
+from hyperface_jax.baselines.samplers import METHODS, NOT_IN_PAPER
 from hyperface_jax.options import SEED_MAX, option
 
 # The choices of the engine's named options (tests/test_cli_options.py checks each equals
@@ -22,7 +23,26 @@ NEIGHBOR_REBUILDS = ("displacement", "every")
 
 
 @dataclasses.dataclass(frozen=True)
-class PackConfig:
+class PlacementOptions:
+    """Where a run executes, not what it computes (docs/sharding.md): pack's and figures'."""
+    devices: str = option("all", "Devices to shard the references over: 'all' or a count. One "
+                          "device runs the single-device solver.", group="devices")
+    coordinator_address: str = option("", "Multi-host: host:port of process 0's coordinator "
+                                      "(jax.distributed.initialize); empty: one process.",
+                                      group="devices")
+    num_processes: int = option(0, "Multi-host: number of processes (with --coordinator_address).",
+                                group="devices", low=0)
+    process_id: int = option(-1, "Multi-host: this process's index in [0, --num_processes).",
+                             group="devices", low=-1, role="process_index")
+    distributed: bool = option(False, "Multi-host without the three flags above: let JAX detect "
+                               "the cluster (TPU pod slice, SLURM, Open MPI, Kubernetes).",
+                               group="devices")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackConfig(PlacementOptions):
+    HELP_ORDER = ("problem", "objective", "optimizer", "mode", "speed", "devices", "run")
+
     num_identities: int = option(10_000, "n: number of synthetic identities (reference "
                                  "embeddings). Taken from --init when that is a file.",
                                  group="problem", low=2)
@@ -137,18 +157,6 @@ class PackConfig:
                                    "approximation).", group="speed", choices=NEIGHBOR_REBUILDS)
     neighbor_refresh_every: int = option(20, "With --neighbor_rebuild=every: steps between exact "
                                          "rebuilds.", group="speed", low=1)
-    devices: str = option("all", "Devices to shard the references over: 'all' or a count. One "
-                          "device runs the single-device solver.", group="devices")
-    coordinator_address: str = option("", "Multi-host: host:port of process 0's coordinator "
-                                      "(jax.distributed.initialize); empty: one process.",
-                                      group="devices")
-    num_processes: int = option(0, "Multi-host: number of processes (with --coordinator_address).",
-                                group="devices", low=0)
-    process_id: int = option(-1, "Multi-host: this process's index in [0, --num_processes).",
-                             group="devices", low=-1, role="process_index")
-    distributed: bool = option(False, "Multi-host without the three flags above: let JAX detect "
-                               "the cluster (TPU pod slice, SLURM, Open MPI, Kubernetes).",
-                               group="devices")
     out_dir: str = option("", "Folder for embeddings.npy, report.json, curves.png, checkpoints/. "
                           "Re-running on the same folder resumes.", group="run", role="output_dir")
     checkpoint_every: int = option(500, "Steps between orbax checkpoints.", group="run", low=1)
@@ -201,3 +209,121 @@ def config_from_flags(flag_values) -> PackConfig:
 
 # `--help` lists the flags by topic in this order (each field's `group`).
 HELP_GROUPS = options.help_groups(PackConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class FiguresConfig(PlacementOptions):
+    """`python -m hyperface_jax.figures`: the exact figures of a file of references."""
+    HELP_ORDER = ("inputs", "figures", "devices", "run")
+
+    embeddings: str = option("", "References (.npy, (n, d)), e.g. a pack run's "
+                             "embeddings.npy.", group="inputs")
+    gallery: str = option("", "Optional gallery (.npy, (m, d)) for the gallery cosine and the "
+                          "regulariser.", group="inputs")
+    alpha: float = option(0.5, "Weight of the regulariser in the reported loss (with a "
+                          "--gallery).", group="figures", low=0)
+    packing_reduce: str = option("mean", "Packing term of the reported loss: mean of "
+                                 "nearest-neighbour cosines (the paper's) or the worst pair.",
+                                 group="figures", choices=PACKING_REDUCTIONS)
+    tile_size: int = option(0, "Rows per tile (0: by backend).", group="figures", low=0)
+    out: str = option("", "JSON file for the figures (required).", group="run",
+                      role="output_file")
+
+
+# The sampler options of `python -m hyperface_jax.sample` (beside every pack option).
+OURS = NOT_IN_PAPER
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig(PackConfig):
+    """`python -m hyperface_jax.sample`: a baseline sampler, or pack itself (hyperface)."""
+    HELP_ORDER = ("sampler",) + PackConfig.HELP_ORDER
+
+    method: str = option("hyperface", f"Identity sampler: {', '.join(METHODS)} "
+                         "(perturbed_gallery was called vec2face: it is ours, not Vec2Face's "
+                         "method).", group="sampler")
+    min_distance: float = option(0.3, "random_margin: minimum cosine distance (1 - cos) "
+                                 "between kept identities (the paper's number: HyperFace "
+                                 "appendix E, 0.3).", group="sampler")
+    max_draws: int = option(10_000_000, "Samplers: candidates drawn at most before giving up "
+                            f"(exit 2 naming how many were accepted); {OURS}.",
+                            group="sampler", low=1)
+    gallery_labels: str = option("", "diffr: identity label (int) of each --gallery row "
+                                 "(.npy).", group="sampler")
+    nms_threshold: float = option(0.7, "diffr: ID-NMS threshold; a candidate is discarded when "
+                                  "its cosine to a real identity mean or an accepted identity "
+                                  f"exceeds it ({OURS}: the DiffFR supplement gives no number; "
+                                  "0.7 = the same-person rule of analyze).", group="sampler")
+    perturbation: float = option(1.0, "perturbed_gallery: noise scale s in normalize(g + s * "
+                                 "eps), eps ~ N(0, I/d) (s = 1: about 45 degrees from g); "
+                                 f"{OURS}.", group="sampler")
+    min_source_similarity: float = option(0.3, "perturbed_gallery: lowest cosine of a new "
+                                          f"identity to its source gallery row; {OURS}.",
+                                          group="sampler")
+    max_source_similarity: float = option(0.7, "perturbed_gallery: highest cosine to the "
+                                          f"source row; {OURS}.", group="sampler")
+    max_similarity: float = option(0.3, "perturbed_gallery: highest cosine between two "
+                                   f"accepted identities; {OURS}.", group="sampler")
+
+    def pack_config(self) -> PackConfig:
+        """The packing options alone (what `packing.run` and its resume check see)."""
+        names = [f.name for f in dataclasses.fields(PackConfig)]
+        return PackConfig(**{k: getattr(self, k) for k in names})
+
+    def sampler_options(self) -> dict:
+        names = {f.name for f in dataclasses.fields(PackConfig)} | {"method"}
+        return {f.name: getattr(self, f.name) for f in options.flag_fields(SampleConfig)
+                if f.name not in names}
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeConfig:
+    """`python -m hyperface_jax.analyze`: the quality of a labelled set of face features."""
+    HELP_ORDER = ("inputs", "thresholds", "cleaning", "computation", "run")
+
+    embeddings: str = option("", "Per-image features of the set (.npy, (N, d), unit rows; "
+                             "memory-mapped).", group="inputs")
+    labels: str = option("", "Identity label (int) of each row (.npy, (N,)).", group="inputs")
+    reference: str = option("", "Optional real reference set (.npy, (R, d), unit rows) for "
+                            "identity leakage and --clean_top_k.", group="inputs")
+    reference_labels: str = option("", "Identity labels of --reference; empty: every "
+                                   "reference row is its own identity.", group="inputs")
+    identity_embeddings: str = option("", "Optional (C, d) .npy of the embeddings the set was "
+                                      "generated from (e.g. pack's embeddings.npy), row i for "
+                                      "label i: adds the ID consistency of each image to its "
+                                      "own identity embedding.", group="inputs")
+    outlier_threshold: float = option(0.3, "Intra-class noise: an image whose cosine to the "
+                                      "mean of the other images of its identity (leave-one-"
+                                      "out) is below this is an outlier (Vec2Face: 0.3).",
+                                      group="thresholds", low=-1, high=1)
+    same_identity_threshold: float = option(0.7, "Inter-class noise: two identities whose "
+                                            "means have a cosine above this are the same "
+                                            "person (Vec2Face/WebFace260M: 0.7).",
+                                            group="thresholds", low=-1, high=1)
+    leakage_threshold: float = option(0.7, "Identity leakage: a synthetic identity whose mean "
+                                      "has a cosine above this to a reference identity mean "
+                                      "leaks (0.7).", group="thresholds", low=-1, high=1)
+    clean_top_k: int = option(0, "With --reference: write clean_drop.txt, the k synthetic "
+                              "images most similar to a reference image (HyperFace appendix "
+                              "D: 200); 0: off.", group="cleaning", low=0)
+    drop: str = option("", "Rules whose images to drop, comma-separated: clean_top_k (the "
+                       "--clean_top_k images), intra_class_outliers, leaked_identities (every "
+                       "image of an identity above --leakage_threshold to a reference "
+                       "identity). Writes drop_rows.txt and, with --files, drop.txt. Empty: "
+                       "clean_top_k when --clean_top_k > 0.", group="cleaning")
+    files: str = option("", "The image file of each embeddings row: the .json listing "
+                        "bridges.embed writes beside its output (its 'rows' list, in row "
+                        "order), or a text file of one path per line. With something to drop, "
+                        "writes drop.txt (one path per line, as listed).", group="cleaning")
+    impostor_sample: int = option(20_000, "Impostor pairs: all different-label pairs among this "
+                                  "many random images (~s^2/2 pairs); exact when N <= this.",
+                                  group="computation", low=2)
+    chunk_rows: int = option(2048, "Rows per block (memory ~ chunk_rows^2 floats).",
+                             group="computation", low=2)
+    seed: int = option(0, "Seed of the impostor subset.", group="computation", low=0,
+                       high=SEED_MAX)
+    list_limit: int = option(1000, "Inter-class pairs and leaked identities listed in "
+                             "analysis.json at most (counts are exact).", group="run", low=2)
+    out_dir: str = option("", "Folder for analysis.json/.md/.png and the lists.", group="run",
+                          role="output_dir")
+    progress: bool = option(True, "Show progress bars.", group="run")
