@@ -27,9 +27,12 @@ commands, files, reports and checks of the pipeline, not its quality.
 """
 
 import contextlib
+import dataclasses
 import json
 import warnings
 from pathlib import Path
+
+from hyperface_jax.options import SEED_MAX, option
 
 PROMPT_WORDS = ("photo", "of", "a", "id", "person")
 WIDTH = 544  # text-encoder width (> 512: the ArcFace embedding is zero-padded to it)
@@ -341,23 +344,23 @@ def build(out_dir, *, seed: int = 0, log=None) -> dict[str, str]:
             "photos": str(out / "photos"), "bins": str(out / "bins")}
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    # No output role (so no folder lock): build() makes the demo in a temporary sibling and
+    # renames it into place; a lock file inside out_dir would make it non-empty.
+    out_dir: str = option("", "Folder to create (must not exist or be empty).")
+    seed: int = option(0, "Seed of the random weights and photos.", low=0, high=SEED_MAX)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bridges import require_torch_extra
 
     require_torch_extra("bridges.demo_models")
     import sys
 
-    from absl import flags
-
     from hyperface_jax import cli
 
-    fv = flags.FlagValues()
-    flags.DEFINE_string("out_dir", "", "Folder to create (must not exist or be empty).",
-                        flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the random weights and photos.", lower_bound=0,
-                         flag_values=fv)
-
-    def job(fv):
+    def job(fv: DemoConfig):
         import time
 
         import torch
@@ -376,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  --{what}={path}", file=sys.stderr)
         print("next: the walk-through in docs/walkthrough.md", file=sys.stderr)
 
-    # No folder lock: build() makes the demo in a temporary sibling and renames it into
-    # place, so two builds cannot mix; a lock file inside out_dir would make it non-empty.
-    return cli.run_main(argv, fv, job, output=None)
+    return cli.run_main(argv, DemoConfig, job)
 
 
 if __name__ == "__main__":

@@ -20,35 +20,40 @@ Exit codes: 0 success, 2 bad input (one line on stderr, nothing written).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from absl import flags
 
 from bridges import require_torch_extra
 from hyperface_jax import cli
 from hyperface_jax.io.files import InputError, atomic_write, save_embeddings, save_json
+from hyperface_jax.options import option
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
 
 
-def define_flags(fv: flags.FlagValues) -> None:
-    d = dict(flag_values=fv)
-    flags.DEFINE_string("images", "", "Folder of face images (.jpg/.jpeg/.png, recursive).", **d)
-    flags.DEFINE_string("recognizer", "", "ArcFace ONNX model (insightface model zoo), e.g. "
-                        "w600k_r50.onnx or Arc2Face's arcface.onnx.", **d)
-    flags.DEFINE_string("detector", "", "insightface SCRFD detection model (.onnx): align the "
-                        "largest face of each image.", **d)
-    flags.DEFINE_bool("aligned", False, "Inputs are already aligned 112 x 112 crops (no "
-                      "detector).", **d)
-    flags.DEFINE_bool("flip", False, "Average each feature with its mirror image's.", **d)
-    flags.DEFINE_float("det_threshold", 0.5, "Detection score threshold.", **d)
-    flags.DEFINE_integer("batch_size", 64, "Faces per recognizer call.", lower_bound=1, **d)
-    flags.DEFINE_string("out", "", "Output embeddings (.npy); the labels go to <stem>_labels.npy, "
-                        "the listing to <stem>.json.", **d)
-    flags.DEFINE_bool("progress", True, "Show a progress bar.", **d)
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    HELP_ORDER = ("inputs", "models", "run")
+
+    images: str = option("", "Folder of face images (.jpg/.jpeg/.png, recursive).",
+                         group="inputs")
+    recognizer: str = option("", "ArcFace ONNX model (insightface model zoo), e.g. "
+                             "w600k_r50.onnx or Arc2Face's arcface.onnx.", group="models")
+    detector: str = option("", "insightface SCRFD detection model (.onnx): align the largest "
+                           "face of each image.", group="models")
+    aligned: bool = option(False, "Inputs are already aligned 112 x 112 crops (no detector).",
+                           group="inputs")
+    flip: bool = option(False, "Average each feature with its mirror image's.", group="models")
+    det_threshold: float = option(0.5, "Detection score threshold.", group="models", low=0,
+                                  high=1)
+    batch_size: int = option(64, "Faces per recognizer call.", group="run", low=1)
+    out: str = option("", "Output embeddings (.npy); the labels go to <stem>_labels.npy, the "
+                      "listing to <stem>.json.", group="run", role="output_file")
+    progress: bool = option(True, "Show a progress bar.", group="run")
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -156,15 +161,9 @@ def run(fv, *, log=None) -> dict:
     return listing
 
 
-def make_flag_values() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    return fv
-
-
 def main(argv: list[str] | None = None) -> int:
     require_torch_extra("bridges.embed")
-    return cli.run_main(argv, make_flag_values(), run, output="out", output_is_file=True)
+    return cli.run_main(argv, EmbedConfig, run)
 
 
 if __name__ == "__main__":

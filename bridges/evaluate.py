@@ -10,58 +10,52 @@ TAR at FAR 1e-6 ... 1e-1, 1:N identification, <target>_results.md/.json, <target
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure.
 """
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from absl import flags
 
 from bridges import ijb, require_torch_extra, set_threads
 from hyperface_jax import cli
 from hyperface_jax.io.files import InputError, atomic_write, save_json
-
-FLAG_DEFS = [
-    ("model", "", "A model written by bridges.train (model.pt, an epoch checkpoint, or its "
-                  "run folder)."),
-    ("models", "", "Several models, comma separated, to evaluate and rank (instead of --model)."),
-    ("names", "", "Names of the models (comma separated, in the order of --models/--model) "
-                  "for results.md, results.json and the ROC legend; empty: each run "
-                  "folder's name."),
-    ("bins", "", "A folder of .bin verification sets, or comma-separated .bin files."),
-    ("sets", "", "Only these sets (comma-separated names without .bin); empty: all found."),
-    ("out_dir", "", "Folder for results.json, results.md and roc.png."),
-]
-INT_DEFS = [
-    ("batch_size", 64, "Images per forward pass."),
-    ("threads", 0, "torch CPU threads; 0: picked from the machine (the cores this process "
-                   "may use minus the load average)."),
-    ("max_images", 100_000, "Refuse a .bin set holding more images (a .bin is a pickle, "
-                            "whose shared references let a small file stand for any number "
-                            "of images; the largest published set, cfp_fp, has 14,000)."),
-]
-FLOAT_DEFS = [("far", 1e-3, "False accept rate at which the true accept rate is reported.")]
-BOOL_DEFS = [
-    ("flip", True, "Add the mirrored image's features (the standard protocol)."),
-    ("group_similarity", False, "GroupFace models: score pairs by the group-aware similarity "
-                                "instead of the cosine."),
-    ("progress", True, "Show a progress bar."),
-]
+from hyperface_jax.options import option
 
 
-def make_flag_values() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    for name, default, text in FLAG_DEFS:
-        flags.DEFINE_string(name, default, text, flag_values=fv)
-    for name, default, text in INT_DEFS:
-        flags.DEFINE_integer(name, default, text, flag_values=fv)
-    for name, default, text in FLOAT_DEFS:
-        flags.DEFINE_float(name, default, text, flag_values=fv)
-    for name, default, text in BOOL_DEFS:
-        flags.DEFINE_bool(name, default, text, flag_values=fv)
-    flags.DEFINE_string("device", "auto", "auto, cpu or cuda.", flag_values=fv)
-    ijb.define_flags(fv)
-    return fv
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig(ijb.IJBOptions):
+    HELP_ORDER = ("models", "sets", "protocol", "ijb", "run")
+
+    model: str = option("", "A model written by bridges.train (model.pt, an epoch checkpoint, "
+                        "or its run folder).", group="models")
+    models: str = option("", "Several models, comma separated, to evaluate and rank (instead "
+                         "of --model).", group="models")
+    names: str = option("", "Names of the models (comma separated, in the order of "
+                        "--models/--model) for results.md, results.json and the ROC legend; "
+                        "empty: each run folder's name.", group="models")
+    bins: str = option("", "A folder of .bin verification sets, or comma-separated .bin "
+                       "files.", group="sets")
+    sets: str = option("", "Only these sets (comma-separated names without .bin); empty: all "
+                       "found.", group="sets")
+    max_images: int = option(100_000, "Refuse a .bin set holding more images (a .bin is a "
+                             "pickle, whose shared references let a small file stand for any "
+                             "number of images; the largest published set, cfp_fp, has "
+                             "14,000).", group="sets", low=2)
+    far: float = option(1e-3, "False accept rate at which the true accept rate is reported.",
+                        group="protocol", low=0, high=1, low_open=True, high_open=True)
+    flip: bool = option(True, "Add the mirrored image's features (the standard protocol).",
+                        group="protocol")
+    group_similarity: bool = option(False, "GroupFace models: score pairs by the group-aware "
+                                    "similarity instead of the cosine.", group="protocol")
+    batch_size: int = option(64, "Images per forward pass.", group="run", low=1)
+    threads: int = option(0, "torch CPU threads; 0: picked from the machine (the cores this "
+                          "process may use minus the load average).", group="run", low=0)
+    device: str = option("auto", "auto, cpu or cuda.", group="run",
+                         choices=("auto", "cpu", "cuda"))
+    out_dir: str = option("", "Folder for results.json, results.md and roc.png.", group="run",
+                          role="output_dir")
+    progress: bool = option(True, "Show a progress bar.", group="run")
 
 
 def find_bins(spec: str, only: str = "") -> dict[str, Path]:
@@ -162,12 +156,6 @@ def run(fv) -> dict:
         raise InputError("give exactly one of --model or --models")
     if not fv.out_dir:
         raise InputError("--out_dir is required")
-    if not 0 < fv.far < 1:
-        raise InputError(f"--far must be in (0, 1), got {fv.far}")
-    if fv.batch_size < 1:
-        raise InputError("--batch_size must be positive")
-    if fv.threads < 0:
-        raise InputError("--threads must be >= 0")
     paths = [fv.model] if fv.model else [p for p in fv.models.split(",") if p]
     names = model_names(paths, fv.names)
     if fv.ijb:
@@ -181,8 +169,6 @@ def run(fv) -> dict:
         plain = [n for n, m in models.items() if m.groupface is None]
         if plain:
             raise InputError(f"--group_similarity needs GroupFace models; {plain[0]} is not one")
-    if fv.max_images < 2:
-        raise InputError("--max_images must be at least 2")
     loaded = {name: bins_lib.read(path, fv.max_images) for name, path in sets.items()}
 
     results, curves, table = {}, {}, {}
@@ -213,7 +199,7 @@ def run(fv) -> dict:
     ranking = verification.rank_models(table) if len(models) > 1 else None
     report = {"results": results, "ranking": ranking,
               "models": names, "sets": {k: str(v) for k, v in sets.items()},
-              "flags": {k: fv[k].value for k in fv}, "torch_threads": threads,
+              "flags": dataclasses.asdict(fv), "torch_threads": threads,
               "protocol": "10-fold, threshold by best accuracy on 9 folds, flip-sum embeddings"
                           if fv.flip else "10-fold, no flip",
               "wall_seconds": round(time.time() - started, 3)}
@@ -256,7 +242,7 @@ def results_markdown(results: dict, ranking, far: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     require_torch_extra("bridges.evaluate")
-    return cli.run_main(argv, make_flag_values(), run)
+    return cli.run_main(argv, EvaluateConfig, run)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from absl import flags
 
 from bridges import require_torch_extra, set_threads
 from hyperface_jax import cli
@@ -44,6 +43,7 @@ from hyperface_jax.io.files import (
     save_figure,
     save_json,
 )
+from hyperface_jax.options import option
 
 if TYPE_CHECKING:  # torch is imported where it is used (the CLI explains a missing extra)
     import torch
@@ -56,54 +56,57 @@ IDENTITY_DIR = re.compile(r"^\d{6,}$")
 PIXEL_FLAGS = ("seed", "beta", "steps", "guidance", "micro_batch", "align")
 
 
-def define_flags(fv: flags.FlagValues) -> None:
-    d = dict(flag_values=fv)
-    flags.DEFINE_string("references", "", "Reference embeddings (.npy, (n, 512), unit rows), "
-                        "e.g. the embeddings.npy of hyperface_jax.pack.", **d)
-    flags.DEFINE_string("arc2face", "", "Arc2Face weights folder: arc2face/ (UNet) and "
-                        "encoder/ (CLIP text encoder).", **d)
-    flags.DEFINE_string("base_model", "", "Stable Diffusion 1.5 folder for tokenizer/, vae/ "
-                        "and scheduler/.", **d)
-    flags.DEFINE_string("out_dir", "", "Dataset folder: <i:06d>/<k:03d>.png, manifest.jsonl, "
-                        "report.json. Re-running on it resumes.", **d)
-    flags.DEFINE_integer("images_per_identity", 64, "Images per identity (paper: 50 in the "
-                         "main table, 64 by default here).", lower_bound=1, **d)
-    flags.DEFINE_float("beta", 0.005, "Eq. 3 noise scale: e = normalize(x + beta * eps).",
-                       lower_bound=0.0, **d)
-    flags.DEFINE_integer("steps", 25, "DPM-Solver steps.", lower_bound=1, **d)
-    flags.DEFINE_float("guidance", 3.0, "Classifier-free guidance scale (<= 1: none).",
-                       lower_bound=0.0, **d)
-    flags.DEFINE_integer("seed", 0, "Seed; image (i, k) is a function of (seed, i, k).",
-                         lower_bound=0, **d)
-    flags.DEFINE_string("identities", "", "START:END (half-open) range of identities to "
-                        "generate, e.g. for SLURM job arrays; empty: all.", **d)
-    flags.DEFINE_integer("batch_size", 8, "No effect (each tile of --micro_batch images is "
-                         "written as soon as it is drawn); kept so existing flagfiles "
-                         "still parse.",
-                         lower_bound=1, **d)
-    flags.DEFINE_integer("micro_batch", 8, "Images the denoiser computes together: always "
-                         "the tile (i, k // micro_batch). Part of the result's identity; "
-                         "pick a divisor of --images_per_identity to waste nothing.",
-                         lower_bound=1, **d)
-    flags.DEFINE_enum("dtype", "auto", ["auto", "float16", "bfloat16", "float32"],
-                      "Model dtype; auto: float16 on CUDA, float32 on CPU.", **d)
-    flags.DEFINE_string("device", "", "torch device; empty: the process's accelerate device "
-                        "(cuda:<local rank> when GPUs exist, else cpu).", **d)
-    flags.DEFINE_integer("threads", 0, "torch CPU threads; 0: picked from the machine "
-                         "(free cores: the cores this process may use minus the load "
-                         "average, shared among local processes). Bits are reproducible at "
-                         "a fixed thread count.", lower_bound=0, **d)
-    flags.DEFINE_bool("align", False, "Detect the largest face of each image and store it "
-                      "aligned to 112 x 112 (ArcFace 5-point template); needs --detector.", **d)
-    flags.DEFINE_string("detector", "", "insightface SCRFD detection model (.onnx) for "
-                        "--align, e.g. det_10g.onnx of the antelopev2/buffalo_l packs.", **d)
-    flags.DEFINE_float("det_threshold", 0.5, "Detection score threshold for --align.", **d)
-    flags.DEFINE_bool("keep_unaligned", False, "With --align, also keep the full image in "
-                      f"<out_dir>/{UNALIGNED_DIR}/<i>/<k>.png.", **d)
-    flags.DEFINE_string("recognizer", "", "ArcFace ONNX model: embed every image of the run's "
-                        "identities and report its cosine to x_i (report.json, "
-                        "identity_cos.png).", **d)
-    flags.DEFINE_bool("progress", True, "Show a progress bar (main process).", **d)
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    HELP_ORDER = ("inputs", "images", "alignment", "compute", "run")
+
+    references: str = option("", "Reference embeddings (.npy, (n, 512), unit rows), e.g. the "
+                             "embeddings.npy of hyperface_jax.pack.", group="inputs")
+    arc2face: str = option("", "Arc2Face weights folder: arc2face/ (UNet) and encoder/ (CLIP "
+                           "text encoder).", group="inputs")
+    base_model: str = option("", "Stable Diffusion 1.5 folder for tokenizer/, vae/ and "
+                             "scheduler/.", group="inputs")
+    out_dir: str = option("", "Dataset folder: <i:06d>/<k:03d>.png, manifest.jsonl, report.json. "
+                          "Re-running on it resumes.", group="run", role="output_dir")
+    images_per_identity: int = option(64, "Images per identity (paper: 50 in the main table, 64 "
+                                      "by default here).", group="images", low=1)
+    beta: float = option(0.005, "Eq. 3 noise scale: e = normalize(x + beta * eps).",
+                         group="images", low=0.0)
+    steps: int = option(25, "DPM-Solver steps.", group="images", low=1)
+    guidance: float = option(3.0, "Classifier-free guidance scale (<= 1: none).",
+                             group="images", low=0.0)
+    seed: int = option(0, "Seed; image (i, k) is a function of (seed, i, k).",
+                       group="images", low=0)
+    identities: str = option("", "START:END (half-open) range of identities to generate, e.g. "
+                             "for SLURM job arrays; empty: all.", group="compute")
+    batch_size: int = option(8, "No effect (each tile of --micro_batch images is written as soon "
+                             "as it is drawn); kept so existing flagfiles still parse.",
+                             group="compute", low=1)
+    micro_batch: int = option(8, "Images the denoiser computes together: always the tile (i, k "
+                              "// micro_batch). Part of the result's identity; pick a divisor of "
+                              "--images_per_identity to waste nothing.", group="images", low=1)
+    dtype: str = option("auto", "Model dtype; auto: float16 on CUDA, float32 on CPU.",
+                        group="compute", choices=("auto", "float16", "bfloat16", "float32"))
+    device: str = option("", "torch device; empty: the process's accelerate device (cuda:<local "
+                         "rank> when GPUs exist, else cpu).", group="compute")
+    threads: int = option(0, "torch CPU threads; 0: picked from the machine (free cores: the "
+                          "cores this process may use minus the load average, shared among local "
+                          "processes). Bits are reproducible at a fixed thread count.",
+                          group="compute", low=0)
+    align: bool = option(False, "Detect the largest face of each image and store it aligned to "
+                         "112 x 112 (ArcFace 5-point template); needs --detector.",
+                         group="alignment")
+    detector: str = option("", "insightface SCRFD detection model (.onnx) for --align, e.g. "
+                           "det_10g.onnx of the antelopev2/buffalo_l packs.", group="inputs")
+    det_threshold: float = option(0.5, "Detection score threshold for --align.", group="alignment",
+                                  low=0, high=1)
+    keep_unaligned: bool = option(False, "With --align, also keep the full image in "
+                                  "<out_dir>/_unaligned/<i>/<k>.png.", group="alignment")
+    recognizer: str = option("", "ArcFace ONNX model: embed every image of the run's identities "
+                             "and report its cosine to x_i (report.json, identity_cos.png).",
+                             group="inputs")
+    progress: bool = option(True, "Show a progress bar (main process).", group="run")
+
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -265,7 +268,7 @@ class _Process:
 def validate(fv) -> dict:
     """Check every input that can be checked before loading models; InputError if bad."""
     for name in ("references", "arc2face", "base_model", "out_dir"):
-        if not fv[name].value:
+        if not getattr(fv, name):
             raise InputError(f"--{name} is required")
     from bridges.arc2face import ARCFACE_DIM, check_layout
 
@@ -286,7 +289,7 @@ def validate(fv) -> dict:
 class Plan:
     """A generation job ready to draw: its validated inputs, where this process runs and
     the loaded models. Built before anything is written."""
-    fv: flags.FlagValues
+    fv: GenerateConfig
     refs: np.ndarray  # (n, d) unit rows
     start: int  # identities start:end (half-open) of this run
     end: int
@@ -341,7 +344,7 @@ def plan(fv) -> Plan:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     model = arc2face.load(fv.arc2face, fv.base_model, device=device, dtype=dtype)
-    identity = {k: fv[k].value for k in PIXEL_FLAGS}
+    identity = {k: getattr(fv, k) for k in PIXEL_FLAGS}
     # Model folders are not part of it (they may be mounted elsewhere on another node);
     # their paths are in report.json.
     identity.update(references_sha256=integrity.sha256_file(fv.references), n=n, d=d,
@@ -526,7 +529,7 @@ def make_report(p: Plan, results: Gathered, manifest: list[dict], started: float
         "eq3_cos_to_reference": _summary(cos_ref),
         "identity_check": _identity_summary(results.identity_cos, fv.recognizer),
         "generation": p.identity,
-        "flags": {name: fv[name].value for name in sorted(fv)},
+        "flags": dict(sorted(dataclasses.asdict(fv).items())),
         "device": str(p.device),
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
@@ -684,15 +687,9 @@ def _versions() -> dict:
             "transformers": transformers.__version__}
 
 
-def make_flag_values() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    return fv
-
-
 def main(argv: list[str] | None = None) -> int:
     require_torch_extra("bridges.generate")
-    return cli.run_main(argv, make_flag_values(), run)
+    return cli.run_main(argv, GenerateConfig, run)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ scores lies above it (the same threshold rule as TAR at FAR).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperface_jax.io.files import InputError, atomic_write, save_figure, save_json
+from hyperface_jax.options import option
 
 TARGETS = ("IJBB", "IJBC")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -46,25 +48,24 @@ TAR_RULE = ("threshold t = the (floor(FAR * impostors) + 1)-th highest impostor 
             "threshold with FAR <= target")
 
 
-def define_flags(fv) -> None:
-    """The --ijb flags of bridges.evaluate."""
-    from absl import flags
-
-    d = dict(flag_values=fv)
-    flags.DEFINE_string("ijb", "", "IJB-B/IJB-C folder holding meta/ and loose_crop/ (or its "
-                        "parent holding IJBB/ or IJBC/): template evaluation instead of "
-                        "--bins. See docs/recognition.md for the layout.", **d)
-    flags.DEFINE_enum("ijb_target", "IJBC", list(TARGETS), "Which IJB protocol: the meta "
-                      "file prefix ijbb_ or ijbc_.", **d)
-    flags.DEFINE_bool("ijb_feature_norm", True, "Keep each crop's feature norm as its weight "
-                      "in the template (insightface's N1); false: normalise crop features "
-                      "first.", **d)
-    flags.DEFINE_bool("ijb_detector_score", True, "Weight each crop's feature by the faceness "
-                      "score of <t>_name_5pts_score.txt (insightface's D1).", **d)
-    flags.DEFINE_bool("ijb_1n", True, "1:N identification when the gallery and probe lists are "
-                      "in meta/ (all of them or none).", **d)
-    flags.DEFINE_integer("ijb_read_threads", 4, "Threads that decode and align crops.",
-                         lower_bound=1, **d)
+@dataclass(frozen=True)
+class IJBOptions:
+    """The --ijb options of bridges.evaluate."""
+    ijb: str = option("", "IJB-B/IJB-C folder holding meta/ and loose_crop/ (or its parent "
+                      "holding IJBB/ or IJBC/): template evaluation instead of --bins. See "
+                      "docs/recognition.md for the layout.", group="ijb")
+    ijb_target: str = option("IJBC", "Which IJB protocol: the meta file prefix ijbb_ or ijbc_.",
+                             group="ijb", choices=TARGETS)
+    ijb_feature_norm: bool = option(True, "Keep each crop's feature norm as its weight in the "
+                                    "template (insightface's N1); false: normalise crop "
+                                    "features first.", group="ijb")
+    ijb_detector_score: bool = option(True, "Weight each crop's feature by the faceness score "
+                                      "of <t>_name_5pts_score.txt (insightface's D1).",
+                                      group="ijb")
+    ijb_1n: bool = option(True, "1:N identification when the gallery and probe lists are in "
+                          "meta/ (all of them or none).", group="ijb")
+    ijb_read_threads: int = option(4, "Threads that decode and align crops.", group="ijb",
+                                   low=1)
 
 
 @dataclass(frozen=True)
@@ -493,7 +494,7 @@ def run(fv, names: dict[str, str]) -> dict:
             "identification": "open set per gallery: mated probes' subject in the gallery; "
                               "TPIR counts rank-1 mates scoring above the FPIR threshold "
                               "over the non-mated probes' best scores"},
-        "flags": {k: fv[k].value for k in fv},
+        "flags": dataclasses.asdict(fv),
         "wall_seconds": round(time.time() - started, 3)}
     out = Path(fv.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,17 +8,9 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 1 failure, 130 interrup
 
 import sys
 
-from absl import flags
-
 from bridges import require_torch_extra
-from bridges.recognition.config import config_from_flags, define_flags
+from bridges.recognition.config import TrainConfig
 from hyperface_jax import cli
-
-
-def make_flag_values() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    define_flags(fv)
-    return fv
 
 
 def input_error_line(e: Exception) -> str:
@@ -32,12 +24,12 @@ def input_error_line(e: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     require_torch_extra("bridges.train")
 
-    def job(fv):
+    def job(c: TrainConfig):
         from bridges.recognition.train import run
 
-        run(config_from_flags(fv))
+        run(c)
 
-    return cli.run_main(argv, make_flag_values(), job, describe=input_error_line)
+    return cli.run_main(argv, TrainConfig, job, describe=input_error_line)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,17 @@ def flag_fields(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", True)]
 
 
+_BUILTINS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
 def field_kind(f: dataclasses.Field) -> tuple[type, bool]:
     """`(int | float | bool | str, whether None is allowed)` from the annotation."""
     kind, optional = f.type, False
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+    if isinstance(kind, str):  # a module with `from __future__ import annotations`
+        names = [part.strip() for part in kind.split("|")]
+        optional = "None" in names
+        kind = _BUILTINS.get(next(n for n in names if n != "None"), kind)
+    elif isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         args = typing.get_args(kind)
         optional = type(None) in args
         kind = next(a for a in args if a is not type(None))

@@ -15,6 +15,7 @@ import torch
 
 from bridges import arc2face, generate
 from bridges import demo_models as bridges_models
+from hyperface_jax import cli
 from tests.conftest import REPO, cli_env
 
 BETA = 0.005
@@ -542,8 +543,8 @@ def test_other_settings_on_a_used_out_dir_are_refused(models, reference_run, cap
 
 
 def test_paper_flagfile_holds_the_paper_settings():
-    fv = generate.make_flag_values()
-    fv(["generate", f"--flagfile={REPO / 'configs' / 'generate_paper.flags'}"])
+    fv = cli.config_from_argv(generate.GenerateConfig,
+                              [f"--flagfile={REPO / 'configs' / 'generate_paper.flags'}"])
     assert (fv.beta, fv.steps, fv.guidance, fv.images_per_identity) == (0.005, 25, 3.0, 50)
     assert fv.images_per_identity % fv.micro_batch == 0  # no image computed in vain
     assert fv.align and fv.detector and fv.recognizer

@@ -100,6 +100,15 @@ def test_choices_are_the_engines_own():
     assert config.MATMUL_PRECISIONS == neighbors.MATMUL_PRECISIONS
 
 
+def test_train_choices_are_the_models_own():
+    pytest.importorskip("torch")
+    from bridges.recognition import heads, iresnet
+    from bridges.recognition.config import TrainConfig
+
+    fields = {f.name: f.metadata["choices"] for f in options.flag_fields(TrainConfig)}
+    assert fields["arch"] == iresnet.ARCHS and fields["head"] == heads.HEADS
+
+
 def test_api_refuses_none_and_reads_paths(tmp_path):
     with pytest.raises(InputError, match=r"^--learning_rate needs a value \(None is not one\)$"):
         pack_references(20, 4, learning_rate=None)

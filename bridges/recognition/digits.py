@@ -8,6 +8,7 @@ bridges.recognition.digits --out_dir=D` then trains every head through the real
 the table docs/recognition.md quotes (the tests run the same recipe).
 """
 
+import dataclasses
 import json
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bridges import require_torch_extra
+from hyperface_jax.options import SEED_MAX, option
 
 SIZE = 16
 MODEL = ["--arch=ir18", "--width=8", f"--input_size={SIZE}", "--embedding_size=64",
@@ -87,22 +89,22 @@ def train_and_verify(data, bin_dir, out, head_flags, epochs: int, lr_step: int) 
 
 def main(argv=None) -> int:
     require_torch_extra("bridges.recognition.digits")
-    from absl import flags
-
     from hyperface_jax import cli
 
-    fv = flags.FlagValues()
-    flags.DEFINE_string("out_dir", "", "Working folder (required).", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the split and the pairs.", flag_values=fv)
-    flags.DEFINE_list("train_seeds", ["0"], "Training seeds (--seed of bridges.train); "
-                      "figures are reported per seed and as mean and std.", flag_values=fv)
-    flags.DEFINE_bool("full", True, "Also train every head for the full length "
-                      f"({FULL[0]} epochs).", flag_values=fv)
-    flags.DEFINE_integer("threads", 1, "torch intra-op threads.", flag_values=fv)
-    return cli.run_main(argv, fv, _run)
+    return cli.run_main(argv, DigitsConfig, _run)
 
 
-def _run(fv) -> None:
+@dataclasses.dataclass(frozen=True)
+class DigitsConfig:
+    out_dir: str = option("", "Working folder (required).", role="output_dir")
+    seed: int = option(0, "Seed of the split and the pairs.", low=0, high=SEED_MAX)
+    train_seeds: str = option("0", "Training seeds, comma separated (--seed of bridges.train); "
+                              "figures are reported per seed and as mean and std.")
+    full: bool = option(True, f"Also train every head for the full length ({FULL[0]} epochs).")
+    threads: int = option(1, "torch intra-op threads.", low=1)
+
+
+def _run(fv: DigitsConfig) -> None:
     import torch
 
     torch.set_num_threads(fv.threads)
@@ -114,7 +116,7 @@ def _run(fv) -> None:
     rows = []
     for head, epochs, lr_step in runs:
         accs, tars, seconds = [], [], []
-        for seed in fv.train_seeds:
+        for seed in [s.strip() for s in fv.train_seeds.split(",") if s.strip()]:
             t = time.perf_counter()
             r = train_and_verify(data, bin_dir, out / f"{head}_e{epochs}_s{seed}",
                                  [*HEADS[head], f"--seed={seed}"], epochs, lr_step)

@@ -25,9 +25,9 @@ from bridges.recognition import data as data_lib
 from bridges.recognition import distributed
 from bridges.recognition.config import RUN_LENGTH_FLAGS, TrainConfig
 from bridges.recognition.groupface import GROUP_LOSS_WEIGHT, group_loss
-from bridges.recognition.heads import HEADS, MarginHead
-from bridges.recognition.iresnet import ARCHS
+from bridges.recognition.heads import MarginHead
 from bridges.recognition.model import SPEC_KEYS, FaceModel
+from hyperface_jax import options
 from hyperface_jax.io import integrity, runs
 from hyperface_jax.io.files import InputError, atomic_write, save_json
 
@@ -80,30 +80,16 @@ def parse_lr_steps(spec: str) -> list[int]:
 
 
 def validate(c: TrainConfig, world: int) -> None:
+    options.check_values(type(c), dataclasses.asdict(c))
     if not c.out_dir:
         raise InputError("--out_dir is required")
     if not c.data:
         raise InputError("--data is required (a folder of identity folders)")
-    checks = [
-        (c.arch in ARCHS, f"unknown --arch {c.arch!r}; expected one of {', '.join(ARCHS)}"),
-        (c.head in HEADS, f"unknown --head {c.head!r}; expected one of {', '.join(HEADS)}"),
-        (c.group_margin in ("arcface", "cosface", "adaface"),
-         f"unknown --group_margin {c.group_margin!r}; expected arcface, cosface or adaface"),
-        (c.group_aggregation in ("soft", "hard"), "--group_aggregation must be soft or hard"),
-        (c.input_size >= 16 and c.input_size % 16 == 0,
+    checks = [  # (each value's own bounds and choices: TrainConfig's option table)
+        (c.input_size % 16 == 0,
          f"--input_size must be a positive multiple of 16, got {c.input_size}"),
-        (c.width >= 1 and c.embedding_size >= 2, "--width and --embedding_size must be positive"),
-        (c.epochs >= 1, f"--epochs must be at least 1, got {c.epochs}"),
-        (c.batch_size >= 2, f"--batch_size must be at least 2, got {c.batch_size}"),
         (c.batch_size % world == 0,
          f"--batch_size {c.batch_size} is not divisible by the {world} processes"),
-        (c.lr > 0 and math.isfinite(c.lr), f"--lr must be positive, got {c.lr}"),
-        (0 <= c.dropout < 1, f"--dropout must be in [0, 1), got {c.dropout}"),
-        (c.groups >= 2, f"--groups must be at least 2, got {c.groups}"),
-        (c.device in ("auto", "cpu", "cuda"),
-         f"--device must be auto, cpu or cuda, not {c.device}"),
-        (c.workers >= -1, "--workers must be >= 0, or -1 (picked from the machine)"),
-        (c.threads >= 0, "--threads must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
