@@ -23,14 +23,8 @@ from hyperface_jax import cli
 from hyperface_jax.jobs.config import AnalyzeConfig
 
 
-def run(c: AnalyzeConfig) -> dict:
-    from hyperface_jax.jobs import analysis  # numpy, matplotlib: not needed to print --help
-
-    return analysis.analyze(c)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, AnalyzeConfig, run)
+    return cli.run_main(argv, AnalyzeConfig, cli.job_in("hyperface_jax.jobs.analysis", "analyze"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ disk prints one line and exits 1.
 
 import contextlib
 import errno
+import importlib
 import signal
 import sys
 import textwrap
@@ -81,6 +82,14 @@ def run_main(argv: list[str] | None, config, job: Callable, *,
         where = getattr(full, "filename", None) or location or "."
         return _error(disk_full(where, full).strerror, code=1)
     return 0
+
+
+def job_in(module: str, name: str) -> Callable:
+    """The function `module.name` as a job, imported when the job starts: a CLI's --help
+    and its flag errors need none of the job's imports (JAX, torch, matplotlib)."""
+    def job(config):
+        return getattr(importlib.import_module(module), name)(config)
+    return job
 
 
 def _parse(config, args: list[str], legacy: dict):

@@ -16,14 +16,8 @@ from hyperface_jax import cli
 from hyperface_jax.jobs.config import FiguresConfig
 
 
-def run(c: FiguresConfig) -> dict:
-    from hyperface_jax.jobs import exact_figures  # JAX: not needed to print --help
-
-    return exact_figures.run(c)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, FiguresConfig, run)
+    return cli.run_main(argv, FiguresConfig, cli.job_in("hyperface_jax.jobs.exact_figures", "run"))
 
 
 if __name__ == "__main__":

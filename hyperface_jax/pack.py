@@ -7,24 +7,12 @@ line, e.g. a run that diverged), 130 interrupted (after saving a checkpoint).
 
 import sys
 
-from absl import flags
-
 from hyperface_jax import cli
 from hyperface_jax.jobs.config import PackConfig
 
 
-def make_flag_values() -> flags.FlagValues:
-    return cli.make_flag_values(PackConfig)
-
-
-def run(c: PackConfig) -> dict:
-    from hyperface_jax.jobs import packing  # JAX and friends: not needed to print --help
-
-    return packing.run(c)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, PackConfig, run)
+    return cli.run_main(argv, PackConfig, cli.job_in("hyperface_jax.jobs.packing", "run"))
 
 
 if __name__ == "__main__":

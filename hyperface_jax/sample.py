@@ -13,14 +13,8 @@ from hyperface_jax import cli
 from hyperface_jax.jobs.config import SampleConfig
 
 
-def run(c: SampleConfig) -> dict:
-    from hyperface_jax.jobs import sampling  # JAX: not needed to print --help
-
-    return sampling.run_sample(c)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_main(argv, SampleConfig, run)
+    return cli.run_main(argv, SampleConfig, cli.job_in("hyperface_jax.jobs.sampling", "run_sample"))
 
 
 if __name__ == "__main__":
