@@ -44,9 +44,12 @@ class PackConfig(PlacementOptions):
     HELP_ORDER = ("problem", "objective", "optimizer", "mode", "speed", "devices", "run")
 
     num_identities: int = option(10_000, "n: number of synthetic identities (reference "
-                                 "embeddings). Taken from --init when that is a file.",
+                                 "embeddings). Taken from --init when that is a file (over "
+                                 "a flagfile's value; given on the command line, it must "
+                                 "agree with the file).",
                                  group="problem", low=2)
-    dim: int = option(512, "d: embedding dimension. Taken from --gallery or --init when given.",
+    dim: int = option(512, "d: embedding dimension. Taken from --gallery or --init when given "
+                      "(as --num_identities from --init).",
                       group="problem", low=2)
     gallery: str = option("", "Gallery embeddings (.npy, (m, d)) for the manifold regulariser; "
                           "empty: none (pure packing: --alpha is then 0).",
