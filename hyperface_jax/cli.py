@@ -1,11 +1,14 @@
 """The command-line contract every `python -m ...` tool of this project shares.
 
-Flags are absl `FlagValues` (defined from a config dataclass where the tool has one, see
-`define_dataclass_flags`); `--help` prints them grouped by topic; a flag error, a stray
-argument, an unreadable flagfile or an `InputError` prints one line `error: ...` on stderr
-and exits 2; the output location (`--out_dir`, or an output file) is checked and locked
-before any work; Ctrl-C or SIGTERM exits 130 (jobs that checkpoint save first); a full
-disk prints one line and exits 1.
+`run_main(argv, Config, job)`: the flags are made from the config dataclass's fields
+(`hyperface_jax.options`: help, choices, bounds, topic, role), flagfiles are expanded
+(nested ones relative to their includer; shipped configs by name), the values are checked
+by the one bounds table and `job(config)` runs. `--help` prints the flags grouped by
+topic; a flag error, a value out of bounds, a stray argument, an unreadable flagfile or an
+`InputError` prints one line `error: ...` on stderr and exits 2; the output location (the
+field with role "output_dir" or "output_file") is checked and locked before any work;
+Ctrl-C or SIGTERM exits 130 (jobs that checkpoint save first); a full disk prints one
+line and exits 1.
 """
 
 import contextlib

@@ -9,7 +9,7 @@ the same table here.
 
 `cli.define_dataclass_flags` turns each field into an absl flag (`choices` into
 DEFINE_enum); `check_values` applies the bounds; `config_from_options` builds a config
-from keyword arguments (the notebook API) with the CLI's messages. No absl, no JAX here.
+from keyword arguments (the notebook API) with the CLI's messages. No JAX here.
 """
 
 import dataclasses
@@ -132,7 +132,7 @@ def check_values(cls, values: dict) -> None:
 def coerce(f: dataclasses.Field, value):
     """A keyword argument as the field's type, as strictly as the flag parser reads text:
     no bool for a number, no float for an int, paths as text. Raises InputError."""
-    kind, optional = field_kind(f)
+    kind, _ = field_kind(f)
     if value is None:
         return value  # check_value refuses it where it is not allowed
     if kind is str and isinstance(value, os.PathLike):
@@ -159,8 +159,7 @@ def unknown_name_error(name: str, known) -> InputError:
     return InputError(f"Unknown command line flag '{name}'{hint}")
 
 
-def config_from_options(cls, options: dict, *, flagfile: str | None = None,
-                        explicit_extra=()):
+def config_from_options(cls, options: dict, *, flagfile: str | None = None):
     """A validated `cls` from keyword arguments over an optional flagfile (read as the CLI
     reads it; keywords win). `explicit` holds the keywords given (not the flagfile's)."""
     fields = {f.name: f for f in flag_fields(cls)}
@@ -173,7 +172,7 @@ def config_from_options(cls, options: dict, *, flagfile: str | None = None,
 
         values.update(cli.parse_flag_lines(cls, expand_flagfiles([f"--flagfile={flagfile}"])))
     values.update({name: coerce(fields[name], v) for name, v in options.items()})
-    return make_checked(cls, values, frozenset(options) | frozenset(explicit_extra))
+    return make_checked(cls, values, frozenset(options))
 
 
 def make_checked(cls, values: dict, explicit: frozenset):
