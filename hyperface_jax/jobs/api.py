@@ -34,11 +34,15 @@ class PackResult:
     report: dict  # the whole report.json
 
 
-def pack_config(config: str | None = None, **options) -> PackConfig:
-    """The `PackConfig` the CLI would build from `--flagfile=config` and `--name=value` for
-    each option, built from the values themselves; raises `InputError` with the CLI's
-    message on bad input. `None` is a value only for the options that may be unset."""
-    return opts.config_from_options(PackConfig, options, flagfile=config)
+def pack_config(config: str | None = None, *, flagfile: str | None = None,
+                **options) -> PackConfig:
+    """The `PackConfig` the CLI would build from `--flagfile=config` (`flagfile` is the same
+    argument) and `--name=value` for each option, built from the values themselves; raises
+    `InputError` with the CLI's message on bad input. `None` is a value only for the
+    options that may be unset."""
+    if config and flagfile:
+        raise InputError("give config= or flagfile= (the same thing), not both")
+    return opts.config_from_options(PackConfig, options, flagfile=config or flagfile)
 
 
 def _array_or_path(name: str, value, options: dict, arrays: dict) -> None:
@@ -65,15 +69,13 @@ def pack_references(num_identities: int | None = None, dim: int | None = None,
     option of the CLI is a keyword argument (`learning_rate=0.01`, `objective="logsumexp"`,
     `devices="all"`, ...). `log` receives the progress lines (default: stderr, as the CLI).
     """
-    if config and flagfile:
-        raise InputError("give config= or flagfile= (the same thing), not both")
     arrays = {}
     for name, value in (("num_identities", num_identities), ("dim", dim)):
         if value is not None:
             options[name] = value
     _array_or_path("gallery", gallery, options, arrays)
     _array_or_path("init", init, options, arrays)
-    c = pack_config(config or flagfile, **options)
+    c = pack_config(config, flagfile=flagfile, **options)
     c = dataclasses.replace(c, out_dir=os.fspath(out_dir) if out_dir else "")
     # report.json's flags say where the inputs came from.
     c = dataclasses.replace(c, **{name: "<array>" for name in arrays})
