@@ -285,6 +285,13 @@ def run_loop(p: Plan, net: nn.Module, history: History, hooks) -> History:
     return history
 
 
+def worker_start_method(workers: int) -> str | None:
+    """How DataLoader workers start: forked (the default), except in a process that has
+    loaded JAX (a notebook, the test suite), where fork() after JAX's threads started can
+    deadlock a worker: there a forkserver starts them."""
+    return "forkserver" if workers and "jax" in sys.modules else None
+
+
 def train_epoch(p: Plan, net: nn.Module, epoch: int, history: History, bar):
     """The steps of one epoch (up to the step budget), each appended to `history`:
     (float64 sums of loss, accuracy and steps; the last learning rate)."""
@@ -293,7 +300,8 @@ def train_epoch(p: Plan, net: nn.Module, epoch: int, history: History, bar):
                                           world=p.world, seed=c.seed, epoch=epoch)
     loader = torch.utils.data.DataLoader(
         p.dataset, batch_sampler=sampler, num_workers=p.workers,
-        pin_memory=p.device.type == "cuda", persistent_workers=False)
+        pin_memory=p.device.type == "cuda", persistent_workers=False,
+        multiprocessing_context=worker_start_method(p.workers))
     net.train()
     torch.manual_seed(c.seed * 100_003 + epoch)  # dropout: the same after a resume
     sums, lr = torch.zeros(3, dtype=torch.float64), None
