@@ -54,7 +54,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from hyperface_jax import cli, sample
 from hyperface_jax.baselines import samplers
-from hyperface_jax.engine import neighbors
+from hyperface_jax.engine import kernels
 from hyperface_jax.engine.objective import OBJECTIVES
 from hyperface_jax.io.files import InputError, atomic_write, load_embeddings, save_figure, save_json
 from hyperface_jax.jobs import packing, problem
@@ -184,7 +184,7 @@ def _summarise(v: Variant, runs: list[dict]) -> dict:
 
 def _nn_cosines(directory: Path) -> np.ndarray:
     x = load_embeddings(directory / "embeddings.npy")
-    nn, _ = neighbors.nearest_neighbors(jax.numpy.asarray(x), jax.numpy.asarray(x),
+    nn, _ = kernels.nearest_neighbors(jax.numpy.asarray(x), jax.numpy.asarray(x),
                                         exclude_self=True)
     return np.asarray(nn)
 

@@ -3,7 +3,7 @@
 The exact packing figures of a file of references (worst pair, mean and quantiles of the
 nearest-neighbour cosine, gallery cosine, loss terms), from a full blockwise search of every
 row, sharded over every device it is given (`--devices`, and `--distributed` or
-`--coordinator_address` for several hosts: the ring search of `sharding.Sharded`). For a
+`--coordinator_address` for several hosts: the ring search of `placement.Sharded`). For a
 packing too large for exact figures inside the run (`pack --figure_sample`), this is the
 command that gives them on accelerators: 1M x 512 is ~1e15 flops.
 
@@ -18,15 +18,15 @@ import jax
 from absl import flags
 
 from hyperface_jax import cli
-from hyperface_jax.engine import neighbors, sharding
+from hyperface_jax.engine import kernels, mesh
 from hyperface_jax.io.files import InputError, load_embeddings, save_json
 from hyperface_jax.jobs import packing
-from hyperface_jax.measure import bounds
+from hyperface_jax.measure import bounds, metrics
 
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """The placement flags `sharding.initialize_distributed` and `make_mesh` read."""
+    """The placement flags `packing.make_placement` reads."""
     devices: str
     coordinator_address: str
     num_processes: int
@@ -64,8 +64,9 @@ def exact_figures(x, gallery, *, placement, alpha: float, reduce: str, tile_size
     n, m = x.shape[0], (0 if gallery is None else gallery.shape[0])
     placed = placement.put(x, n)
     placed_gallery = placement.put_gallery(gallery)
-    fn = jax.jit(lambda x, g: placement.figures(x, g, count=n, gallery_count=m, alpha=alpha,
-                                                reduce=reduce, tile_size=tile_size))
+    fn = jax.jit(lambda x, g: metrics.figures(x, g, placement=placement, count=n,
+                                              gallery_count=m, alpha=alpha, reduce=reduce,
+                                              tile_size=tile_size))
     return {k: float(v) for k, v in jax.device_get(fn(placed, placed_gallery)).items()}
 
 
@@ -83,7 +84,7 @@ def run(fv) -> dict:
                          f"{fv.gallery} has d={gallery.shape[1]}")
     if x.shape[0] < 2:
         raise InputError(f"{fv.embeddings} has {x.shape[0]} row; need at least 2")
-    tile = fv.tile_size or neighbors.default_tile_size()
+    tile = fv.tile_size or kernels.default_tile_size()
     figures = exact_figures(x, gallery, placement=placement, alpha=fv.alpha,
                             reduce=fv.packing_reduce, tile_size=tile)
     n, d = x.shape
@@ -94,7 +95,7 @@ def run(fv) -> dict:
               "embeddings": fv.embeddings, "gallery": fv.gallery or None,
               "devices": placement.size, "backend": jax.default_backend(),
               "wall_seconds": round(time.time() - started, 3)}
-    if sharding.is_writer():
+    if mesh.is_writer():
         save_json(fv.out, report)
         print(f"max_cos={figures['max_cos']:.6f} mean_nn_cos={figures['mean_nn_cos']:.6f} "
               f"(bound {bound:.6f}) on {placement.size} device(s) -> {fv.out}",

@@ -143,11 +143,11 @@ def test_factored_optimizer_state_is_refused_in_sparse_mode():
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="unknown --optimizer"):
+    with pytest.raises(ValueError, match="unknown optimizer"):
         optimizers.make_optimizer("adamm", optax.constant_schedule(0.1))
-    with pytest.raises(ValueError, match="unknown --schedule"):
+    with pytest.raises(ValueError, match="unknown schedule"):
         optimizers.make_schedule("linear", 0.1, steps=10)
-    with pytest.raises(ValueError, match="does not take --momentum"):
+    with pytest.raises(ValueError, match="does not take momentum"):
         optimizers.make_optimizer("adam", optax.constant_schedule(0.1), momentum=0.9)
 
 

@@ -25,8 +25,8 @@ import optax
 from tqdm import tqdm
 
 from hyperface_jax import cli
-from hyperface_jax.engine import neighbor_lists, neighbors, optimizers, sharding, solver
-from hyperface_jax.engine.placement import LOCAL
+from hyperface_jax.engine import kernels, mesh, neighbor_lists, optimizers, solver
+from hyperface_jax.engine.placement import LOCAL, Sharded
 from hyperface_jax.io import checkpoint, plots
 from hyperface_jax.io.files import (
     InputError,
@@ -37,11 +37,19 @@ from hyperface_jax.io.files import (
     unit_row_error,
 )
 from hyperface_jax.jobs.config import PackConfig
+from hyperface_jax.jobs.flag_errors import flag_error
 from hyperface_jax.jobs.problem import Problem, build_problem
 from hyperface_jax.measure import bounds, estimates, metrics
 
 # Flags that may change between a run and its resumption (they do not alter the state).
 RUN_LENGTH_FLAGS = ("out_dir", "steps", "checkpoint_every", "max_to_keep", "log_every", "progress")
+# Flags that choose where a run executes, not what it computes: a checkpoint written with
+# one setting resumes with another.
+PLACEMENT_FLAGS = ("devices", "coordinator_address", "num_processes", "process_id",
+                   "distributed")
+# The flags the optimizer's builders take as arguments of the same names.
+OPTIMIZER_FLAGS = ("optimizer", "learning_rate", "schedule", "decay_every", "decay_rate",
+                   "final_learning_rate", *optimizers.HYPER_FLAGS)
 # Row norms further than this from 1 after a chunk mean the run has broken down.
 NORM_TOLERANCE = 1e-3
 
@@ -58,12 +66,12 @@ def build_optimizer(c: PackConfig, *, polish: bool = False) -> optax.GradientTra
                 decay_every=c.decay_every, final_learning_rate=c.final_learning_rate)
         base = optimizers.make_optimizer(c.optimizer, schedule, **c.optimizer_hyperparameters())
     except ValueError as e:
-        raise InputError(str(e)) from None
+        raise flag_error(e, OPTIMIZER_FLAGS) from None
     return optimizers.on_sphere(base, project_gradient=c.project_gradient)
 
 
 def tile_size_of(c: PackConfig) -> int:
-    return c.tile_size or neighbors.default_tile_size()
+    return c.tile_size or kernels.default_tile_size()
 
 
 def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig:
@@ -89,7 +97,7 @@ def horizon_flags(c: PackConfig) -> tuple[str, ...]:
 
 def run_identity(c: PackConfig, problem: Problem) -> dict:
     """What a resumed run must share with the run that wrote the checkpoints."""
-    free = set(RUN_LENGTH_FLAGS + sharding.PLACEMENT_FLAGS) - set(horizon_flags(c))
+    free = set(RUN_LENGTH_FLAGS + PLACEMENT_FLAGS) - set(horizon_flags(c))
     identity = {k: v for k, v in c.flag_values().items() if k not in free}
     identity.update(n=problem.n, d=problem.d, **problem.fingerprint())
     return identity
@@ -125,15 +133,20 @@ def check_sparse(c: PackConfig, optimizer, n: int, d: int) -> None:
     try:
         solver.check_sparse_compatible(state, (n, d))
     except ValueError as e:
-        raise InputError(f"--optimizer={c.optimizer}: {e}") from None
+        raise InputError(f"--optimizer={c.optimizer}: {flag_error(e, ('minibatch_update',))}") \
+            from None
 
 
 def make_placement(c: PackConfig):
-    """`LOCAL`, or a `sharding.Sharded` placement over --devices (joining a multi-process
-    run first when asked)."""
-    sharding.initialize_distributed(c)
-    mesh = sharding.make_mesh(c.devices)
-    return LOCAL if mesh is None else sharding.Sharded(mesh)
+    """`LOCAL`, or a `Sharded` placement over --devices (joining a multi-process run first
+    when asked)."""
+    try:
+        mesh.initialize_distributed(c.coordinator_address, c.num_processes, c.process_id,
+                                    c.distributed)
+        devices = mesh.make_mesh(c.devices)
+    except ValueError as e:
+        raise flag_error(e, PLACEMENT_FLAGS) from None
+    return LOCAL if devices is None else Sharded(devices)
 
 
 def _initial_state(problem: Problem, optimizer, config, placement, gallery):
@@ -160,8 +173,8 @@ def _figures_fn(c: PackConfig, problem: Problem, placement):
                               m=problem.m, alpha=c.alpha, reduce=c.packing_reduce,
                               tile_size=tile_size_of(c)))
     else:
-        one = jax.jit(partial(placement.figures, count=problem.n, gallery_count=problem.m,
-                              alpha=c.alpha, reduce=c.packing_reduce,
+        one = jax.jit(partial(metrics.figures, placement=placement, count=problem.n,
+                              gallery_count=problem.m, alpha=c.alpha, reduce=c.packing_reduce,
                               tile_size=tile_size_of(c)))
     if problem.restarts == 1:
         return lambda state, g: ({k: float(v) for k, v in jax.device_get(
@@ -369,10 +382,8 @@ def make_report(p: Plan, history: History, *, step, started, stepping, steps_run
     if last_terms is not None:
         best = history.entries[-1].get("restart", 0)
         pick = (lambda a: float(np.ravel(a)[best]))
-        temperature = (None if c.objective == "max" else float(
-            solver.objective.annealed_temperature(
-                step - 1, start=c.temperature_start, end=c.temperature_end,
-                anneal_steps=c.anneal_steps or c.steps)))
+        smoothed = c.objective != "max" and step <= c.steps  # polishing: the hard maximum
+        temperature = pick(last_terms.temperature) if smoothed else None
         optimised = {"objective": c.objective if step <= c.steps else "max (polish)",
                      "reduce": c.packing_reduce if step <= c.steps else "max",
                      "temperature": temperature,
@@ -441,7 +452,7 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
     started = time.time()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     p = plan(c, gallery=gallery, init=init)
-    writer = sharding.is_writer()  # process 0 alone writes outputs
+    writer = mesh.is_writer()  # process 0 alone writes outputs
     if not writer:
         log = lambda msg: None  # noqa: E731
     out = Path(c.out_dir) if c.out_dir else None
@@ -454,7 +465,7 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
     p.state = None  # the step-0 state: donated below, or superseded by a checkpoint
     step = solver.step_of(state)
     history = History(out / "history.jsonl" if out else None, step, writer)
-    sharding.barrier("history read")
+    mesh.barrier("history read")
     if not history.entries:
         record(p, state, step, 0.0, history)
     _log_start(p, step, history.entries[-1], log)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from hyperface_jax.engine import sphere
-from hyperface_jax.engine.neighbors import MATMUL_PRECISIONS
+from hyperface_jax.engine.kernels import MATMUL_PRECISIONS
 from hyperface_jax.engine.objective import OBJECTIVES, PACKING_REDUCTIONS
 from hyperface_jax.engine.solver import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
 from hyperface_jax.io.files import InputError, load_embeddings, validated_rows
