@@ -41,7 +41,8 @@ def make_flag_values() -> flags.FlagValues:
     d.DEFINE_float("alpha", 0.5, "Weight of the regulariser in the reported loss.",
                    flag_values=fv)
     d.DEFINE_enum("packing_reduce", "mean", ["mean", "max"], "Packing term of the reported "
-                  "loss: mean of nearest-neighbour cosines (the paper's) or the worst pair.",
+                  "loss: 'max' = worst pair (Eq. 1, Tammes), the paper's statement; 'mean' = "
+                  "mean nearest-neighbour (our reading of Algorithm 1's loss).",
                   flag_values=fv)
     d.DEFINE_integer("tile_size", 0, "Rows per tile (0: by backend).", flag_values=fv)
     d.DEFINE_string("out", "", "JSON file for the figures (required).", flag_values=fv)
