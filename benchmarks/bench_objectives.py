@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyperface_jax import metrics, neighbor_lists, solver, sphere  # noqa: E402
 
 VARIANTS = {
-    # The paper's objective and schedule family (Adam, staircase halving).
+    # The mean nearest-neighbour (our reading of Algorithm 1's loss) with the paper's
+    # schedule family (Adam, staircase halving).
     "max (paper)": dict(objective="max"),
     # Annealed log-sum-exp over all partners, exact.
     "logsumexp": dict(objective="logsumexp", smooth=True),
