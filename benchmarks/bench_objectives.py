@@ -26,7 +26,7 @@ from hyperface_jax import metrics, neighbor_lists, solver, sphere  # noqa: E402
 VARIANTS = {
     # The mean nearest-neighbour (our reading of Algorithm 1's loss) with the paper's
     # schedule family (Adam, staircase halving).
-    "max (paper)": dict(objective="max"),
+    "max, mean nearest-neighbour (ours)": dict(objective="max"),
     # Annealed log-sum-exp over all partners, exact.
     "logsumexp": dict(objective="logsumexp", smooth=True),
     # The same on neighbour lists refreshed exactly every 5 steps (audited).

@@ -107,7 +107,7 @@ def test_resuming_with_more_steps_under_a_horizon_schedule_is_refused(tmp_path, 
                       "--steps=30"]) == 0
 
 
-def test_smooth_objectives_report_the_optimised_loss_beside_the_papers(tmp_path):
+def test_smooth_objectives_report_the_optimised_loss_beside_the_exact_one(tmp_path):
     out = tmp_path / "o"
     assert pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS,
                       "--objective=logsumexp", "--temperature_end=100"]) == 0

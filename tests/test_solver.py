@@ -40,7 +40,7 @@ def test_twelve_points_in_3d_reach_the_icosahedron(seed):
 
 
 @pytest.mark.parametrize("d", [5, 16])
-def test_regular_simplex_from_random_start_with_the_paper_objective(d):
+def test_regular_simplex_from_random_start_with_the_mean_nearest_neighbour_objective(d):
     state = _pack(_random(d, d + 1, d), 3000, reduce="mean")
     assert _figures(state.embeddings)["max_cos"] <= -1 / d + 1e-3
 
