@@ -303,7 +303,7 @@ def build(out_dir, *, seed: int = 0, log=None) -> dict[str, str]:
     import shutil
     import tempfile
 
-    from hyperface_jax.files import InputError
+    from hyperface_jax.io.files import InputError
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import torch
 
-        from hyperface_jax.files import InputError
+        from hyperface_jax.io.files import InputError
 
         if not fv.out_dir:
             raise InputError("--out_dir is required")
@@ -376,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  --{what}={path}", file=sys.stderr)
         print("next: the walk-through in docs/walkthrough.md", file=sys.stderr)
 
-    return cli.run_main(argv, fv, job)
+    # No folder lock: build() makes the demo in a temporary sibling and renames it into
+    # place, so two builds cannot mix; a lock file inside out_dir would make it non-empty.
+    return cli.run_main(argv, fv, job, output=None)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from hyperface_jax import sample, samplers, search
+from hyperface_jax import sample
+from hyperface_jax.baselines import samplers
+from hyperface_jax.engine import search
 
 
 def _unit(x):

@@ -41,7 +41,7 @@ class PackConfig:
                                      "(our reading of Algorithm 1's loss): the mean over "
                                      "identities of each one's nearest-neighbour cosine. "
                                      "report.json names the one that ran.")
-    optimizer: str = _f("adam", "A name of hyperface_jax.optimizers.CATALOGUE (optax, "
+    optimizer: str = _f("adam", "A name of hyperface_jax.engine.optimizers.CATALOGUE (optax, "
                                 "optax.contrib, riemannian_adam; docs/optimizers.md) or your "
                                 "own module.path:factory returning an optax "
                                 "GradientTransformation.")
