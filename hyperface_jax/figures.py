@@ -18,7 +18,7 @@ import jax
 from absl import flags
 
 from hyperface_jax import cli
-from hyperface_jax.engine import neighbors, sharding
+from hyperface_jax.engine import neighbors, search, sharding
 from hyperface_jax.io.files import InputError, load_embeddings, save_json
 from hyperface_jax.jobs import packing
 from hyperface_jax.measure import bounds
@@ -90,6 +90,7 @@ def run(fv) -> dict:
     n, d = x.shape
     bound = bounds.bound_max_cos(n, d)
     report = {"figures": figures, "exact": True, "n": n, "d": d,
+              "packing_objective": search.packing_objective(fv.packing_reduce),
               "m": 0 if gallery is None else gallery.shape[0],
               "bound_max_cos": bound, "gap_to_bound": figures["max_cos"] - bound,
               "embeddings": fv.embeddings, "gallery": fv.gallery or None,

@@ -155,7 +155,9 @@ def test_sampled_figures_bound_the_exact_ones_which_the_figures_command_gives(tm
     assert report["figures"]["max_cos"] == est["max_cos_lower_bound"]
     assert figures.main(["figures", f"--embeddings={out}/embeddings.npy", "--alpha=0",
                          f"--out={tmp_path}/f.json"]) == 0
-    exact = _strict_json(tmp_path / "f.json")["figures"]
+    written = _strict_json(tmp_path / "f.json")
+    exact = written["figures"]
+    assert written["packing_objective"]["reading"] == "ours"  # --packing_reduce=mean
     x = np.load(out / "embeddings.npy").astype(np.float64)
     s = x @ x.T
     np.fill_diagonal(s, -np.inf)
