@@ -573,19 +573,19 @@ def run(fv, names: dict[str, str]) -> dict:
             probe_t, probe_s = one_n["probe"]
             _, probe, probe_inter = pooled(protocol, *crops, probe_t)
             entry["identification"] = {}
-            merged = [[], [], [], []]  # templates, subjects, features, intermediates
+            merged = [[], [], []]  # the galleries' subjects, features, intermediates
             for gallery in GALLERIES[fv.ijb_target]:
                 g_t, g_s = one_n[gallery]
                 _, g, g_inter = pooled(protocol, *crops, g_t)
                 entry["identification"][gallery] = identification(
                     probe, probe_s, g, g_s, probe_inter=probe_inter, gallery_inter=g_inter)
-                for part, value in zip(merged, (g_t, g_s, g, g_inter), strict=True):
+                for part, value in zip(merged, (g_s, g, g_inter), strict=True):
                     part.append(value)
             entry["identification"]["mean"] = gallery_mean(entry["identification"])
             entry["identification_insightface"] = insightface_identification(
-                probe, probe_s, np.concatenate(merged[2]), np.concatenate(merged[1]),
+                probe, probe_s, np.concatenate(merged[1]), np.concatenate(merged[0]),
                 probe_inter=probe_inter,
-                gallery_inter=np.concatenate(merged[3]) if group else None)
+                gallery_inter=np.concatenate(merged[2]) if group else None)
         results[name] = entry
     bar.close()
 

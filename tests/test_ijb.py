@@ -443,5 +443,16 @@ def test_identification_blocks_and_subjects_with_several_templates():
     ranks = [1 + int((best[i] > best[i, order.index(probe_subjects[i])]).sum()) for i in mated]
     assert whole["rank_1"] == pytest.approx(np.mean(np.array(ranks) == 1))
     assert whole["mated_probes"] == len(mated)
+    # insightface's merged-gallery figures: the same in probe blocks; undefined (None, with
+    # the reason) when a probe's subject is not exactly once in the gallery, as ijb_1n.py
+    # then stops.
+    once = np.array([3, 1, 4, 2, 5, 9])
+    mated = np.isin(probe_subjects, once)
+    merged = ijb.insightface_identification(probes[mated], probe_subjects[mated], gallery, once)
+    assert ijb.insightface_identification(probes[mated], probe_subjects[mated], gallery, once,
+                                          block=3) == merged
+    assert merged["rank_1"] <= merged["rank_5"] <= merged["rank_10"] == 1.0
+    twice = ijb.insightface_identification(probes, probe_subjects, gallery, gallery_subjects)
+    assert twice["rank_1"] is None and "not exactly once" in twice["undefined"]
     scores = ijb.pair_scores(np.arange(6), gallery, np.array([[0, 1], [2, 5], [3, 3]]), block=2)
     np.testing.assert_allclose(scores, [gallery[0] @ gallery[1], gallery[2] @ gallery[5], 1.0])
