@@ -70,8 +70,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "main table, 64 by default here).", lower_bound=1, **d)
     flags.DEFINE_float("beta", 0.005, "Eq. 3 noise scale: e = normalize(x + beta * eps).",
                        lower_bound=0.0, **d)
-    flags.DEFINE_integer("steps", 25, "DPM-Solver steps.", lower_bound=1, **d)
-    flags.DEFINE_float("guidance", 3.0, "Classifier-free guidance scale (<= 1: none).",
+    flags.DEFINE_integer("steps", 25, "DPM-Solver steps (25: Arc2Face's default; the HyperFace "
+                         "paper states none).", lower_bound=1, **d)
+    flags.DEFINE_float("guidance", 3.0, "Classifier-free guidance scale (<= 1: none; 3.0: "
+                       "Arc2Face's default, the HyperFace paper states none).",
                        lower_bound=0.0, **d)
     flags.DEFINE_integer("seed", 0, "Seed; image (i, k) is a function of (seed, i, k).",
                          lower_bound=0, **d)

@@ -20,10 +20,22 @@ mated probe templates (their subject is in the gallery) whose subject is among t
 gallery subjects; TPIR at FPIR f is the share of mated probes whose subject ranks first
 with a score above the threshold at which at most a share f of the non-mated probes' best
 scores lies above it (the same threshold rule as TAR at FAR).
+
+insightface-comparable figures (what published IJB tables report), beside ours: 1:1 TAR
+at the ROC point nearest each target FAR (insightface's ijb_11.py), and 1:N on the two
+galleries merged, every probe mated (insightface's ijb_1n.py; `insightface_identification`
+states its rule).
+
+GroupFace with `--group_similarity` (template form, ours: GroupFace defines S* for two
+images only): a template's final feature is pooled as above; its intermediate feature is
+each crop's GDN intermediate feature (crop + mirrored crop, L2-normalised) pooled the
+same way (media means summed, faceness-weighted with --ijb_detector_score) and
+normalised; two templates score S* = cos(final) + beta * D(intermediate) ** -gamma.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +50,7 @@ TARGETS = ("IJBB", "IJBC")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FPIRS = (0.01, 0.1)
 RANKS = (1, 5)
+INSIGHTFACE_RANKS = (1, 5, 10)  # ijb_1n.py prints top-1, top-5 and top-10
 GALLERIES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
 ALIGNED = 112
 TAR_RULE = ("threshold t = the (floor(FAR * impostors) + 1)-th highest impostor score; a pair "
@@ -260,9 +273,11 @@ def aligned_crop(path: Path, landmarks: np.ndarray) -> np.ndarray:
 
 
 def crop_features(model, protocol: Protocol, *, batch_size: int, device, flip: bool = True,
-                  threads: int = 4, bar=None) -> np.ndarray:
-    """(crops, d) float32 raw embeddings (no normalisation), plus the mirrored crop's with
-    `flip` (summed in float32, as insightface), in the order of the crop list."""
+                  threads: int = 4, bar=None, intermediate: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """((crops, d) float32 raw embeddings (no normalisation), plus the mirrored crop's with
+    `flip` (summed in float32, as insightface), in the order of the crop list; with
+    `intermediate`, GroupFace's GDN intermediate features summed the same way, else None)."""
     import torch
     from PIL import Image
 
@@ -277,20 +292,22 @@ def crop_features(model, protocol: Protocol, *, batch_size: int, device, flip: b
             face = np.asarray(Image.fromarray(face).resize((size, size), Image.BILINEAR))
         return to_tensor(face)
 
-    out = None
+    keys = ("embedding", "intermediate") if intermediate else ("embedding",)
+    out = dict.fromkeys(keys)
     with ThreadPoolExecutor(threads) as pool, torch.no_grad():
         for start in range(0, len(protocol.names), batch_size):
             index = range(start, min(start + batch_size, len(protocol.names)))
             x = torch.stack(list(pool.map(load, index))).to(device)
-            f = model(x)["embedding"].float()
-            if flip:
-                f = f + model(torch.flip(x, dims=[3]))["embedding"].float()
-            if out is None:  # one float32 row per crop (IJB-C: ~469k x 512, ~1 GB)
-                out = np.empty((len(protocol.names), f.shape[1]), np.float32)
-            out[start:start + len(index)] = f.cpu().numpy()
+            y = model(x)
+            mirrored = model(torch.flip(x, dims=[3])) if flip else None
+            for key in keys:
+                f = y[key].float() + (mirrored[key].float() if flip else 0)
+                if out[key] is None:  # one float32 row per crop (IJB-C: ~469k x 512, ~1 GB)
+                    out[key] = np.empty((len(protocol.names), f.shape[1]), np.float32)
+                out[key][start:start + len(index)] = f.cpu().numpy()
             if bar is not None:
                 bar.update(len(index))
-    return out
+    return out["embedding"], out.get("intermediate")
 
 
 def template_features(features: np.ndarray, templates: np.ndarray, medias: np.ndarray,
@@ -326,11 +343,32 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
     return ids, pooled / norms[:, None]
 
 
+def similarity(a, b, a_inter=None, b_inter=None) -> np.ndarray:
+    """(len(a), len(b)) template scores: the cosines of unit features, plus GroupFace's
+    group term of the unit intermediate features when they are given (S*)."""
+    s = a @ b.T
+    if a_inter is None:
+        return s
+    from bridges.recognition.groupface import group_term_of_cosine
+
+    return s + group_term_of_cosine(a_inter @ b_inter.T)
+
+
+def pooled(protocol: Protocol, feats, scale, inter=None, inter_scale=None, chosen=None):
+    """(template ids, unit template features, unit template intermediate features or None
+    without `inter`): `template_features` of both, each with its own crop weights."""
+    ids, final = template_features(feats, protocol.templates, protocol.medias, chosen, scale)
+    if inter is None:
+        return ids, final, None
+    return ids, final, template_features(inter, protocol.templates, protocol.medias, chosen,
+                                         inter_scale)[1]
+
+
 def pair_scores(ids: np.ndarray, feats: np.ndarray, pairs: np.ndarray,
-                block: int = 1024) -> np.ndarray:
-    """Cosine of the template features of each pair (ids sorted). Rows of the Gram
-    matrix, `block` first templates at a time, are one BLAS product each; the pairs are
-    read from them (4x faster than gathering both features of 15.6 M pairs)."""
+                block: int = 1024, inter: np.ndarray | None = None) -> np.ndarray:
+    """Score (`similarity`) of the template features of each pair (ids sorted). Rows of
+    the score matrix, `block` first templates at a time, are one BLAS product each; the
+    pairs are read from them (4x faster than gathering both features of 15.6 M pairs)."""
     a, b = np.searchsorted(ids, pairs[:, 0]), np.searchsorted(ids, pairs[:, 1])
     order = np.argsort(a, kind="stable")
     starts = np.searchsorted(a[order], [*range(0, len(ids), block), len(ids)])
@@ -338,7 +376,9 @@ def pair_scores(ids: np.ndarray, feats: np.ndarray, pairs: np.ndarray,
     for k, s in enumerate(range(0, len(ids), block)):
         rows = order[starts[k]:starts[k + 1]]
         if len(rows):
-            scores[rows] = (feats[s:s + block] @ feats.T)[a[rows] - s, b[rows]]
+            rows_inter = None if inter is None else inter[s:s + block]
+            scores[rows] = similarity(feats[s:s + block], feats, rows_inter,
+                                      inter)[a[rows] - s, b[rows]]
     return scores
 
 
@@ -368,8 +408,10 @@ def nearest_roc_point(fpr, tpr, far: float) -> float:
 
 
 def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
-                   ranks=RANKS, fpirs=FPIRS, block: int = 2048) -> dict:
-    """Open-set 1:N figures of probe templates against one gallery (see the module doc)."""
+                   ranks=RANKS, fpirs=FPIRS, block: int = 2048, probe_inter=None,
+                   gallery_inter=None) -> dict:
+    """Open-set 1:N figures of probe templates against one gallery (see the module doc);
+    with the intermediate features, scored by S* (`similarity`)."""
     from bridges import verification
 
     subjects = np.unique(gallery_subjects)
@@ -380,7 +422,10 @@ def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
     for s in range(0, len(probe_feats), block):  # probe blocks: memory ~ block x gallery
         per_subject = np.full((min(block, len(probe_feats) - s), len(subjects)), -np.inf)
         # A subject's score is its best gallery template's (one template each in IJB).
-        np.maximum.at(per_subject.T, column, (probe_feats[s:s + block] @ gallery_feats.T).T)
+        scores = similarity(probe_feats[s:s + block], gallery_feats,
+                            None if probe_inter is None else probe_inter[s:s + block],
+                            gallery_inter)
+        np.maximum.at(per_subject.T, column, scores.T)
         rows = np.arange(len(per_subject))
         own = per_subject[rows, mate[s:s + block]]
         # Mated: the mate's score and rank (1 + subjects strictly higher: ties favour the
@@ -401,6 +446,58 @@ def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
         t = verification.tar_at_far(top, mated, f)["threshold"]
         result[key] = float(((rank == 1) & (true > t)).mean())
         result[f"threshold_at_fpir_{f:g}"] = t
+    return result
+
+
+INSIGHTFACE_1N_RULE = (
+    "insightface ijb_1n.py: the galleries merged into one, every probe's subject exactly "
+    "once in it; rank-k: share of probes whose mate is among the k best gallery templates; "
+    "at 'FPIR' f the threshold is the ceil(f x probes)-th highest score among all non-mate "
+    "(probe, gallery template) pairs and the figure is the share of probes whose mate "
+    "scores above it, whatever its rank")
+
+
+def insightface_identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
+                               ranks=INSIGHTFACE_RANKS, fpirs=FPIRS, block: int = 2048,
+                               probe_inter=None, gallery_inter=None) -> dict:
+    """1:N figures computed as insightface's ijb_1n.py computes them (`INSIGHTFACE_1N_RULE`),
+    for comparison with published tables; the gallery is the merged one. A probe whose
+    subject is not exactly once in the gallery makes the figures undefined there
+    (ijb_1n.py stops): they are None, with the reason."""
+    subjects, first, counts = np.unique(gallery_subjects, return_index=True,
+                                        return_counts=True)
+    where = np.searchsorted(subjects, probe_subjects).clip(0, len(subjects) - 1)
+    once = (subjects[where] == probe_subjects) & (counts[where] == 1)
+    result = {"probes": int(len(probe_feats)), "gallery_templates": int(len(gallery_feats)),
+              "rule": INSIGHTFACE_1N_RULE}
+    keys = [f"rank_{k}" for k in ranks] + [f"tpir_at_fpir_{f:g}" for f in fpirs]
+    if not once.all():
+        bad = int(probe_subjects[np.argmin(once)])
+        return {**result, **dict.fromkeys(keys),
+                "undefined": f"probe subject {bad} is not exactly once in the merged gallery"}
+    mate = first[where]  # each probe's gallery column
+    needed = [math.ceil(f * len(probe_feats)) for f in fpirs]
+    top = np.full(0, -np.inf)  # the highest non-mate scores so far, at most max(needed)
+    own, rank = np.empty(len(probe_feats)), np.empty(len(probe_feats), np.int64)
+    for s in range(0, len(probe_feats), block):
+        scores = similarity(probe_feats[s:s + block], gallery_feats,
+                            None if probe_inter is None else probe_inter[s:s + block],
+                            gallery_inter)
+        rows = np.arange(len(scores))
+        own[s:s + len(scores)] = scores[rows, mate[s:s + block]]
+        rank[s:s + len(scores)] = 1 + (scores > own[s:s + len(scores), None]).sum(axis=1)
+        scores[rows, mate[s:s + block]] = -np.inf
+        top = np.concatenate([top, scores.ravel()])
+        if len(top) > max(needed):
+            top = np.partition(top, len(top) - max(needed))[len(top) - max(needed):]
+    top = np.sort(top)[::-1]
+    non_mates = len(probe_feats) * (len(gallery_feats) - 1)
+    for k in ranks:
+        result[f"rank_{k}"] = float((rank <= k).mean())
+    for f, k in zip(fpirs, needed, strict=True):
+        ok = 1 <= k <= non_mates
+        result[f"tpir_at_fpir_{f:g}"] = float((own > top[k - 1]).mean()) if ok else None
+        result[f"threshold_at_fpir_{f:g}"] = float(top[k - 1]) if ok else None
     return result
 
 
@@ -425,8 +522,6 @@ def run(fv, names: dict[str, str]) -> dict:
     started = time.time()
     if fv.bins:
         raise InputError("give one of --bins and --ijb")
-    if fv.group_similarity:
-        raise InputError("--group_similarity has no template form; IJB scores are cosines")
     root = find_root(fv.ijb, fv.ijb_target)
     protocol = read_protocol(root, fv.ijb_target)
     lists = identification_files(root, fv.ijb_target) if fv.ijb_1n else None
@@ -437,14 +532,20 @@ def run(fv, names: dict[str, str]) -> dict:
     device = torch.device("cuda" if fv.device == "cuda" or (
         fv.device == "auto" and torch.cuda.is_available()) else "cpu")
     models = {name: load_model(path, device) for name, path in names.items()}
+    group = bool(fv.group_similarity)
+    if group:
+        plain = [n for n, m in models.items() if m.groupface is None]
+        if plain:
+            raise InputError(f"--group_similarity needs GroupFace models; {plain[0]} is not one")
     weights = protocol.faceness if fv.ijb_detector_score else np.ones(len(protocol.names))
 
     results, curves, all_scores = {}, {}, {}
     bar = tqdm(total=len(protocol.names) * len(models), disable=not fv.progress, unit="crop",
                file=sys.stderr)
     for name, model in models.items():
-        feats = crop_features(model, protocol, batch_size=fv.batch_size, device=device,
-                              flip=fv.flip, threads=fv.ijb_read_threads, bar=bar)
+        feats, inter = crop_features(model, protocol, batch_size=fv.batch_size, device=device,
+                                     flip=fv.flip, threads=fv.ijb_read_threads, bar=bar,
+                                     intermediate=group)
         scale = weights.copy()
         if not fv.ijb_feature_norm:
             norms = np.linalg.norm(feats, axis=1).astype(np.float64)
@@ -452,9 +553,16 @@ def run(fv, names: dict[str, str]) -> dict:
                 raise InputError(f"{name}: zero feature for crop "
                                  f"{protocol.names[int(np.argmin(norms > 0))]}")
             scale /= norms
-        ids, tfeats = template_features(feats, protocol.templates, protocol.medias,
-                                        scale=scale)
-        scores = pair_scores(ids, tfeats, protocol.pairs)
+        inter_scale = None
+        if group:  # unit crop intermediate features, weighted like the final ones
+            inter_norms = np.linalg.norm(inter, axis=1).astype(np.float64)
+            if not (inter_norms > 0).all():
+                raise InputError(f"{name}: zero intermediate feature for crop "
+                                 f"{protocol.names[int(np.argmin(inter_norms > 0))]}")
+            inter_scale = weights / inter_norms
+        crops = (feats, scale, inter, inter_scale)
+        ids, tfeats, tinter = pooled(protocol, *crops)
+        scores = pair_scores(ids, tfeats, protocol.pairs, inter=tinter)
         if not np.isfinite(scores).all():
             raise FloatingPointError(f"{name}: non-finite pair scores")
         all_scores[name] = scores
@@ -463,15 +571,21 @@ def run(fv, names: dict[str, str]) -> dict:
                                                     curve=curves[name])}
         if one_n:
             probe_t, probe_s = one_n["probe"]
-            probe = template_features(feats, protocol.templates, protocol.medias, probe_t,
-                                      scale)[1]
+            _, probe, probe_inter = pooled(protocol, *crops, probe_t)
             entry["identification"] = {}
+            merged = [[], [], []]  # the galleries' subjects, features, intermediates
             for gallery in GALLERIES[fv.ijb_target]:
                 g_t, g_s = one_n[gallery]
-                g = template_features(feats, protocol.templates, protocol.medias, g_t,
-                                      scale)[1]
-                entry["identification"][gallery] = identification(probe, probe_s, g, g_s)
+                _, g, g_inter = pooled(protocol, *crops, g_t)
+                entry["identification"][gallery] = identification(
+                    probe, probe_s, g, g_s, probe_inter=probe_inter, gallery_inter=g_inter)
+                for part, value in zip(merged, (g_s, g, g_inter), strict=True):
+                    part.append(value)
             entry["identification"]["mean"] = gallery_mean(entry["identification"])
+            entry["identification_insightface"] = insightface_identification(
+                probe, probe_s, np.concatenate(merged[1]), np.concatenate(merged[0]),
+                probe_inter=probe_inter,
+                gallery_inter=np.concatenate(merged[2]) if group else None)
         results[name] = entry
     bar.close()
 
@@ -489,7 +603,11 @@ def run(fv, names: dict[str, str]) -> dict:
             "pooling": "mean over the crops of a media, sum over media, normalise",
             "tar_at_far": TAR_RULE,
             "tar_nearest_roc_point": "insightface ijb_11.py: TPR at the ROC point whose FPR "
-                                     "is nearest the target (for comparison only)",
+                                     "is nearest the target (comparable with published "
+                                     "tables)",
+            "identification_insightface": INSIGHTFACE_1N_RULE,
+            "scores": "group-aware similarity S* of template features (template form "
+                      "ours: see bridges/ijb.py)" if group else "cosine of template features",
             "identification": "open set per gallery: mated probes' subject in the gallery; "
                               "TPIR counts rank-1 mates scoring above the FPIR threshold "
                               "over the non-mated probes' best scores"},
@@ -522,10 +640,19 @@ def markdown(report: dict) -> str:
         cells = [f"{100 * r['tar']:.2f}" + ("†" if r["impostors_allowed"] == 0 else "")
                  for r in entry["verification"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "insightface-comparable (ijb_11.py, as published IJB tables): TAR (%) at "
+                  "the ROC point whose FAR is nearest each target (that FAR may exceed it).", "",
+              "| model | " + " | ".join(f"{f:g}" for f in FARS) + " |",
+              "|---" * (len(FARS) + 1) + "|"]
+    for name, entry in report["results"].items():
+        cells = [f"{100 * r['tar_nearest_roc_point']:.2f}" for r in entry["verification"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     rows = [(name, g, r) for name, entry in report["results"].items()
             for g, r in entry.get("identification", {}).items()]
     if rows:
         lines += ["", f"# {target} 1:N identification (open set, mixed probes)", "",
+                  "Ours: per gallery as NIST defines it (non-mated probes set the FPIR "
+                  "threshold; TPIR counts rank-1 mates above it).", "",
                   "| model | gallery | " + " | ".join(f"rank-{k}" for k in RANKS) + " | "
                   + " | ".join(f"TPIR@FPIR={f:g}" for f in FPIRS) + " |",
                   "|---" * (2 + len(RANKS) + len(FPIRS)) + "|"]
@@ -533,6 +660,18 @@ def markdown(report: dict) -> str:
             cells = [_percent(r.get(f"rank_{k}")) for k in RANKS]
             cells += [_percent(r.get(f"tpir_at_fpir_{f:g}")) for f in FPIRS]
             lines.append(f"| {name} | {g} | " + " | ".join(cells) + " |")
+        merged = "+".join(GALLERIES[target])
+        lines += ["", f"insightface-comparable 1:N (ijb_1n.py, as published IJB tables): "
+                      f"galleries {merged} merged, every probe mated; 'TPIR' at f: the "
+                      "threshold is the ceil(f x probes)-th highest non-mate score.", "",
+                  "| model | " + " | ".join(f"rank-{k}" for k in INSIGHTFACE_RANKS) + " | "
+                  + " | ".join(f"TPIR@FPIR={f:g}" for f in FPIRS) + " |",
+                  "|---" * (1 + len(INSIGHTFACE_RANKS) + len(FPIRS)) + "|"]
+        for name, entry in report["results"].items():
+            r = entry["identification_insightface"]
+            cells = [_percent(r.get(f"rank_{k}")) for k in INSIGHTFACE_RANKS]
+            cells += [_percent(r.get(f"tpir_at_fpir_{f:g}")) for f in FPIRS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

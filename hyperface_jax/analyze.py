@@ -39,6 +39,14 @@ from hyperface_jax.io.files import (
 )
 from hyperface_jax.measure import quality
 
+# --clean_rule: which synthetic images --clean_top_k drops, and whose rule it is.
+CLEAN_RULES = {
+    "pairs": "HyperFace appendix D: the k most similar synthetic-real pairs over all pairs; "
+             "their distinct synthetic images are dropped (at most k)",
+    "images": "ours (the default): each synthetic image paired with its most similar real "
+              "image, the k most similar of these pairs, so exactly k distinct images",
+}
+
 
 def define_flags(fv: flags.FlagValues) -> None:
     d = flags
@@ -64,9 +72,15 @@ def define_flags(fv: flags.FlagValues) -> None:
                     "set was generated from (e.g. pack's embeddings.npy), row i for label i: "
                     "adds the ID consistency of each image to its own identity embedding.",
                     flag_values=fv)
-    d.DEFINE_integer("clean_top_k", 0, "With --reference: write clean_drop.txt, the k synthetic "
-                     "images most similar to a reference image (HyperFace appendix D: 200); "
-                     "0: off.", flag_values=fv)
+    d.DEFINE_integer("clean_top_k", 0, "With --reference: write clean_drop.txt, the synthetic "
+                     "images to drop by --clean_rule (HyperFace appendix D: k = 200); 0: off.",
+                     flag_values=fv)
+    d.DEFINE_enum("clean_rule", "images", list(CLEAN_RULES), "--clean_top_k's rule: 'pairs' "
+                  "(HyperFace appendix D: the k most similar synthetic-real pairs over all "
+                  "pairs; their distinct synthetic images, at most k, are dropped) or 'images' "
+                  "(the default, ours: each synthetic image paired with its most similar "
+                  "real image, the k best of these pairs: exactly k distinct images).",
+                  flag_values=fv)
     d.DEFINE_string("drop", "", "Rules whose images to drop, comma-separated: clean_top_k "
                     "(the --clean_top_k images), intra_class_outliers, leaked_identities (every "
                     "image of an identity above --leakage_threshold to a reference identity). "
@@ -336,11 +350,19 @@ def leakage_pass(fv, inputs: Inputs, ids) -> tuple[dict, dict]:
         to_real[s:s + chunk] = sim.max(axis=1)
     leaked = np.flatnonzero(to_real > threshold)
     leaked = leaked[np.argsort(-to_real[leaked], kind="stable")]
+    k, rule = fv["clean_top_k"].value, fv["clean_rule"].value
+    paper_rule = bool(k) and rule == "pairs"
     with _bar(fv, len(inputs.x), "leakage") as bar:
-        best, arg = quality.nearest_reference(inputs.x, inputs.reference, block=chunk,
-                                              what=inputs.what, progress=bar.update)
-    k = fv["clean_top_k"].value
-    top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
+        best, arg, *found = quality.nearest_reference(
+            inputs.x, inputs.reference, block=chunk, what=inputs.what, progress=bar.update,
+            top_pairs=k if paper_rule else 0)
+    if paper_rule:
+        pairs = found[0]
+        top = pairs.distinct_rows()
+        listed = zip(pairs.rows, pairs.references, pairs.cos, strict=True)
+    else:
+        top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
+        listed = ((i, arg[i], best[i]) for i in top)
     labels = inputs.labels
     return {
         "threshold": threshold,
@@ -353,8 +375,9 @@ def leakage_pass(fv, inputs: Inputs, ids) -> tuple[dict, dict]:
                         "reference_label": int(ref_ids.labels[real_arg[i]]),
                         "cos": float(to_real[i])}
                        for i in leaked[:fv["list_limit"].value]],
+        "clean_rule": (None if not k else CLEAN_RULES[rule]),
         "top_k_pairs": [{"row": int(i), "label": int(labels[i]),
-                         "reference_row": int(arg[i]), "cos": float(best[i])} for i in top],
+                         "reference_row": int(r), "cos": float(c)} for i, r, c in listed],
     }, {"to_real": to_real, "top": top, "leaked": leaked}
 
 
@@ -418,7 +441,7 @@ def _rows_to_drop(rules, ids, labels, leak) -> dict | None:
 _FLAG_NAMES = ("embeddings", "labels", "reference", "reference_labels", "identity_embeddings",
                "out_dir", "drop", "files",
                "outlier_threshold", "same_identity_threshold", "leakage_threshold",
-               "clean_top_k", "impostor_sample", "chunk_rows", "seed", "list_limit")
+               "clean_top_k", "clean_rule", "impostor_sample", "chunk_rows", "seed", "list_limit")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -24,6 +24,7 @@ from absl import flags
 
 from hyperface_jax import cli
 from hyperface_jax.baselines import samplers
+from hyperface_jax.engine import search
 from hyperface_jax.io.files import (
     InputError,
     load_embeddings,
@@ -41,9 +42,18 @@ SAMPLER_FLAGS = {  # name: (define, default, help)
     "method": ("string", "hyperface", f"Identity sampler: {', '.join(samplers.METHODS)} "
                                       "(perturbed_gallery was called vec2face: it is ours, "
                                       "not Vec2Face's method)."),
-    "min_distance": ("float", 0.3, "random_margin: minimum cosine distance (1 - cos) between "
-                                   "kept identities (the paper's number: HyperFace appendix "
-                                   "E, 0.3)."),
+    "margin_reading": ("string", "appendix_e", "random_margin: whose rule keeps a draw: "
+                                               "'appendix_e' (HyperFace appendix E: 1 - cos "
+                                               ">= --min_distance to every kept one) or "
+                                               "'rebuttal' (the authors' rebuttal in the "
+                                               "public review: cos <= --max_pair_similarity); "
+                                               f"the default is {OURS}."),
+    "min_distance": ("float", 0.3, "random_margin, --margin_reading=appendix_e: minimum cosine "
+                                   "distance (1 - cos) between kept identities (appendix E's "
+                                   "number: 0.3)."),
+    "max_pair_similarity": ("float", 0.3, "random_margin, --margin_reading=rebuttal: highest "
+                                          "cosine between kept identities (the rebuttal's "
+                                          "number: 0.3)."),
     "max_draws": ("integer", 10_000_000, "Samplers: candidates drawn at most before giving up "
                                          f"(exit 2 naming how many were accepted); {OURS}."),
     "gallery_labels": ("string", "", "diffr: identity label (int) of each --gallery row (.npy)."),
@@ -136,6 +146,8 @@ def draw(method: str, c: PackConfig, options: dict, inputs: Inputs):
     common = {"max_draws": options["max_draws"], "seed": c.seed}
     if method == "random_margin":
         return samplers.random_margin(n, inputs.d, min_distance=options["min_distance"],
+                                      margin_reading=options["margin_reading"],
+                                      max_pair_similarity=options["max_pair_similarity"],
                                       **common)
     if method == "diffr":
         return samplers.diffr(n, gallery, inputs.labels, nms_threshold=options["nms_threshold"],
@@ -198,6 +210,7 @@ def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
         "method": method,
         **_paper_and_choices(method, c, options),
         "figures": figures,
+        "packing_objective": search.packing_objective(c.packing_reduce),
         "sampler": info,
         "bound_max_cos": bound,
         "gap_to_bound": figures["max_cos"] - bound,

@@ -54,7 +54,7 @@ def test_exact_solver_tracks_dense_autodiff_at_issue_size():
 
 @pytest.mark.slow
 def test_after_200_steps_the_solver_is_as_close_to_dense_as_dense_is_to_itself():
-    """Mean-of-max under Adam is chaotic: a rounding-level change (the same dense
+    """The mean nearest-neighbour under Adam is chaotic: a rounding-level change (the same dense
     computation on row-permuted input) moves the 200-step embeddings by ~0.1. The
     exact solver must be no further from dense than that, with the same figures."""
     n, m, d = 2000, 2000, 128

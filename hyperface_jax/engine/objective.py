@@ -1,20 +1,21 @@
-"""The HyperFace objective: the paper's packing term plus its manifold regulariser.
+"""The HyperFace objective: a packing term plus the paper's manifold regulariser (Eq. 2).
 
     P(X) = reduce_i  max_{j != i} h(x_i, x_j)      packing term
     R(X) = mean_i min_{g in G} (1 - cos(x_i, g))   manifold regulariser
     L    = P + alpha * R
 
 `objective` chooses the inner max over partners:
-  "max"        the hard maximum of the cosine (the paper's objective);
+  "max"        the hard maximum of the cosine (as in Eq. 1);
   "logsumexp"  a smooth maximum of the cosine, (1/t) log sum_j exp(t cos), whose
                temperature t is annealed upward so it tends to the hard maximum;
   "riesz"      the Riesz t-energy of each point's pairs in the log domain,
                (1/t) log sum_j |x_i - x_j|^-t, with the exponent t annealed upward
                (t -> inf: minus the log of the nearest distance).
-`reduce` chooses the outer reduction over identities: "mean" (the paper's mean of each
-identity's nearest-neighbour cosine) or "max" (the literal worst pair; smooth objectives
-use (1/t) logsumexp over rows, which for "riesz" is the whole configuration's Riesz
-energy).
+`reduce` chooses the outer reduction over identities (`search.PACKING_OBJECTIVES` names
+them): "max", the worst pair (Eq. 1, Tammes), the paper's statement (smooth objectives use
+(1/t) logsumexp over rows, which for "riesz" is the whole configuration's Riesz energy);
+"mean", the mean nearest-neighbour (our reading of Algorithm 1's loss): the mean over
+identities of each one's nearest-neighbour cosine.
 
 Rows of X and G are unit vectors, so cos is the inner product. Where the partners come
 from is a value, `search` (`search.Search`: on one device, or round a ring of devices),

@@ -30,6 +30,26 @@ from hyperface_jax.engine.ring import LOCAL_RING, Ring
 
 PACKING_REDUCTIONS = ("mean", "max")
 
+# One name for each packing objective (the values of --packing_reduce), used by the flag
+# help, report.json and the docs. The paper's Eq. 1 is stated in words as the Tammes
+# problem (maximise the smallest distance: the worst pair); its equations and Algorithm
+# 1's loss line are lost from our copy of the text, so the mean form is our reading.
+PACKING_OBJECTIVES = {
+    "max": {"name": "worst pair (Eq. 1, Tammes)", "reading": "the paper's statement",
+            "source": "HyperFace Eq. 1 as stated in words: the minimum distance between "
+                      "points is maximised (the Tammes problem)"},
+    "mean": {"name": "mean nearest-neighbour (our reading of Algorithm 1's loss)",
+             "reading": "ours",
+             "source": "our reading of HyperFace Algorithm 1's loss: the mean over "
+                       "identities of each one's nearest-neighbour cosine"},
+}
+
+
+def packing_objective(reduce: str) -> dict:
+    """What `--packing_reduce=reduce` optimises, for report.json: its name and whether it
+    is the paper's statement or our reading."""
+    return {"packing_reduce": reduce, **PACKING_OBJECTIVES[reduce]}
+
 
 @dataclasses.dataclass(frozen=True)
 class Search:

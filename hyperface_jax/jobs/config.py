@@ -28,7 +28,7 @@ class PackConfig:
                              ".npy file (the paper: embeddings of faces generated separately "
                              "from the gallery).")
     alpha: float = _f(0.5, "Weight of the manifold regulariser R (paper default 0.5).")
-    objective: str = _f("max", "Inner maximum over partners: 'max' (hard, the paper's), "
+    objective: str = _f("max", "Inner maximum over partners: 'max' (hard, as in Eq. 1), "
                                "'logsumexp' (smooth max of cosines, temperature annealed "
                                "upward) or 'riesz' (log Riesz energy, exponent annealed "
                                "upward).")
@@ -36,9 +36,11 @@ class PackConfig:
                                        "exponent (riesz) at step 0 ...")
     temperature_end: float = _f(1e4, "... grown geometrically to this ...")
     anneal_steps: int = _f(0, "... over this many steps (0: --steps).")
-    packing_reduce: str = _f("mean", "Packing term over identities: 'mean' of nearest-neighbour "
-                                     "cosines (the paper's loss) or 'max' (the literal worst "
-                                     "pair).")
+    packing_reduce: str = _f("mean", "Packing objective: 'max' = worst pair (Eq. 1, Tammes): "
+                                     "the paper's statement; 'mean' = mean nearest-neighbour "
+                                     "(our reading of Algorithm 1's loss): the mean over "
+                                     "identities of each one's nearest-neighbour cosine. "
+                                     "report.json names the one that ran.")
     optimizer: str = _f("adam", "A name of hyperface_jax.engine.optimizers.CATALOGUE (optax, "
                                 "optax.contrib, riemannian_adam; docs/optimizers.md) or your "
                                 "own module.path:factory returning an optax "
@@ -55,16 +57,20 @@ class PackConfig:
     final_learning_rate: float = _f(0.0, "End value of the cosine and geometric schedules "
                                          "(geometric needs it > 0).")
     steps: int = _f(5000, "Total optimisation steps (a resumed run continues up to this).")
-    batch_size: int = _f(0, "Mini-batch size B (paper Algorithm 2); 0 = full batch.")
+    batch_size: int = _f(0, "Mini-batch size B (paper Algorithm 2); 0 = full batch. Both "
+                            "packing objectives take a maximum over partners, which App. "
+                            "B's unbiasedness (a sum over pairs) does not cover: the "
+                            "mini-batch loss is a biased (low) estimate of the full one.")
     minibatch_update: str = _f("sparse", "Mini-batch mode: 'sparse' updates only the batch rows "
                                          "and their optimizer state; 'dense' lets momentum move "
                                          "every row.")
     project_gradient: bool = _f(True, "Project gradients onto the sphere's tangent space "
                                       "before the optimizer (the gradient of the loss at "
-                                      "normalize(x)).")
+                                      "normalize(x)). On by default: our choice, not in the "
+                                      "paper.")
     restarts: int = _f(1, "Independent random starts optimised together (vmap); the one with "
                           "the lowest exact worst-pair cosine is kept. For small hard codes.")
-    polish_steps: int = _f(0, "Extra steps after --steps on the literal worst pair "
+    polish_steps: int = _f(0, "Extra steps after --steps on the worst pair (Eq. 1, Tammes) "
                               "(objective max, reduce max) at --polish_learning_rate.")
     polish_learning_rate: float = _f(1e-4, "Constant learning rate of the polishing steps.")
     seed: int = _f(0, "PRNG seed for the initialisation and the mini-batch order.")
