@@ -40,12 +40,14 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("images", "", "Folder of face images (.jpg/.jpeg/.png, recursive).", **d)
     flags.DEFINE_string("recognizer", "", "ArcFace ONNX model (insightface model zoo), e.g. "
                         "w600k_r50.onnx or Arc2Face's arcface.onnx.", **d)
-    flags.DEFINE_string("detector", "", "insightface SCRFD detection model (.onnx): align the "
-                        "largest face of each image.", **d)
+    flags.DEFINE_string("detector", "", "Face detector that aligns the largest face of each "
+                        "image: mtcnn (the paper's aligner; weights from the facenet-pytorch "
+                        "wheel) or an insightface SCRFD model (.onnx).", **d)
     flags.DEFINE_bool("aligned", False, "Inputs are already aligned 112 x 112 crops (no "
                       "detector).", **d)
     flags.DEFINE_bool("flip", False, "Average each feature with its mirror image's.", **d)
-    flags.DEFINE_float("det_threshold", 0.5, "Detection score threshold.", **d)
+    flags.DEFINE_float("det_threshold", None, "Detection score threshold; default: 0.5 "
+                      "for SCRFD, 0.7 (its published final-stage threshold) for MTCNN.", **d)
     flags.DEFINE_integer("batch_size", 64, "Faces per recognizer call.", lower_bound=1, **d)
     flags.DEFINE_string("out", "", "Output embeddings (.npy); the labels go to <stem>_labels.npy, "
                         "the listing to <stem>.json.", **d)
@@ -99,7 +101,8 @@ def run(fv, *, log=None) -> dict:
     if out.suffix != ".npy":
         raise InputError(f"--out={out} must end with .npy")
     if bool(fv.detector) == bool(fv.aligned):
-        raise InputError("give exactly one of --detector=<SCRFD .onnx> and --aligned")
+        raise InputError("give exactly one of --detector (mtcnn or an SCRFD .onnx) and "
+                         "--aligned")
     folder = Path(fv.images)
     if not folder.is_dir():
         raise InputError(f"--images folder not found: {folder}")

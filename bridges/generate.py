@@ -92,9 +92,12 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "a fixed thread count.", lower_bound=0, **d)
     flags.DEFINE_bool("align", False, "Detect the largest face of each image and store it "
                       "aligned to 112 x 112 (ArcFace 5-point template); needs --detector.", **d)
-    flags.DEFINE_string("detector", "", "insightface SCRFD detection model (.onnx) for "
-                        "--align, e.g. det_10g.onnx of the antelopev2/buffalo_l packs.", **d)
-    flags.DEFINE_float("det_threshold", 0.5, "Detection score threshold for --align.", **d)
+    flags.DEFINE_string("detector", "", "Face detector for --align: mtcnn (the paper's aligner; "
+                        "weights from the facenet-pytorch wheel) or an insightface SCRFD model "
+                        "(.onnx), e.g. det_10g.onnx of the antelopev2/buffalo_l packs.", **d)
+    flags.DEFINE_float("det_threshold", None, "Detection score threshold for --align; "
+                      "default: 0.5 for SCRFD, 0.7 (its published final-stage threshold) "
+                      "for MTCNN.", **d)
     flags.DEFINE_bool("keep_unaligned", False, "With --align, also keep the full image in "
                       f"<out_dir>/{UNALIGNED_DIR}/<i>/<k>.png.", **d)
     flags.DEFINE_string("recognizer", "", "ArcFace ONNX model: embed every image of the run's "
@@ -175,7 +178,7 @@ def validate(fv) -> dict:
     start, end = parse_identities(fv.identities, refs.shape[0])
     check_layout(fv.arc2face, fv.base_model)
     if fv.align and not fv.detector:
-        raise InputError("--align needs --detector=<SCRFD .onnx>")
+        raise InputError("--align needs --detector=mtcnn or --detector=<SCRFD .onnx>")
     if fv.keep_unaligned and not fv.align:
         raise InputError("--keep_unaligned only makes sense with --align")
     return {"references": refs, "start": start, "end": end}
