@@ -193,14 +193,17 @@ def ldm(folder: Path, seed: int = 5) -> Path:
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
                               beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=True)
+    # .bin weights, as published (read by diffusers with torch's weights-only loader).
     LDMPipeline(vqvae=vqvae.eval(), unet=unet.eval(), scheduler=scheduler).save_pretrained(
-        folder)
+        folder, safe_serialization=False)
     return Path(folder)
 
 
 def ddpm(folder: Path, seed: int = 6) -> Path:
-    """A folder in the layout of google/ddpm-celebahq-256 (diffusers' DDPMPipeline:
-    model_index.json, unet/ UNet2DModel, scheduler/ DDPMScheduler), tiny: 16 x 16 images."""
+    """A folder in the layout of google/ddpm-celebahq-256 (diffusers' DDPMPipeline, flat as
+    published: model_index.json, the UNet2DModel's config.json and
+    diffusion_pytorch_model.bin, the DDPMScheduler's scheduler_config.json), tiny: 16 x 16
+    images."""
     import torch
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
@@ -214,8 +217,14 @@ def ddpm(folder: Path, seed: int = 6) -> Path:
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
                               beta_schedule="linear", variance_type="fixed_small",
                               clip_sample=True)
-    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(folder)
-    return Path(folder)
+    folder = Path(folder)
+    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(
+        folder, safe_serialization=False)
+    for part in ("unet", "scheduler"):  # flatten: the published repository has no subfolders
+        for f in (folder / part).iterdir():
+            f.rename(folder / f.name)
+        (folder / part).rmdir()
+    return folder
 
 
 @contextlib.contextmanager
@@ -345,7 +354,7 @@ def build(out_dir, *, seed: int = 0, log=None) -> dict[str, str]:
         <out_dir>/weights/sd15/{tokenizer/,vae/,scheduler/}            --base_model
         <out_dir>/weights/buffalo_l/det_10g.onnx                       --detector
         <out_dir>/weights/ldm/{model_index.json,unet/,vqvae/,scheduler/} bridges.gallery --generator
-        <out_dir>/weights/ddpm/{model_index.json,unet/,scheduler/}       bridges.gallery --generator
+        <out_dir>/weights/ddpm/{model_index.json,config.json,...}        bridges.gallery --generator
         <out_dir>/photos/person_<p>/<k>.png                            bridges.embed --images
         <out_dir>/bins/demo.bin                                        bridges.evaluate --bins
 

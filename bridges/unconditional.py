@@ -3,8 +3,10 @@
 - LDM, `CompVis/ldm-celebahq-256`: `model_index.json` naming `LDMPipeline`, `unet/`
   (UNet2DModel), `vqvae/` (VQModel), `scheduler/` (DDIMScheduler); the sampler is DDIM
   with eta = 0 (no noise after the start).
-- DDPM, `google/ddpm-celebahq-256`: `model_index.json` naming `DDPMPipeline`, `unet/`,
-  `scheduler/` (DDPMScheduler); ancestral sampling draws fresh noise at every step.
+- DDPM, `google/ddpm-celebahq-256`: `model_index.json` naming `DDPMPipeline` with the
+  UNet2DModel and DDPMScheduler; published flat (the UNet's `config.json` and weights and
+  `scheduler_config.json` beside `model_index.json`), which diffusers loads as it loads
+  `unet/` and `scheduler/` subfolders; ancestral sampling draws fresh noise at every step.
 
 Image n of a run with seed s is drawn from its own torch generator seeded with
 `image_seed(s, n)`: its starting noise and, for DDPM, every step's noise come from that
@@ -71,11 +73,12 @@ def check_layout(folder) -> str:
         if not isinstance(spec.get(component), list) or spec[component][-1] != cls:
             raise InputError(f"{index}: {name} needs {component} = {cls} (the layout of "
                              f"{PUBLISHED[name]}), found {spec.get(component)!r}")
-        sub = folder / component
+        # A component without its subfolder lives in the folder itself (diffusers' rule).
+        sub = folder / component if (folder / component).is_dir() else folder
         config = "scheduler_config.json" if component == "scheduler" else "config.json"
         if not (sub / config).is_file():
-            raise InputError(f"wrong layout: {sub / config} is missing ({PUBLISHED[name]} "
-                             f"has {component}/{config})")
+            raise InputError(f"wrong layout: {sub / config} is missing (the {component} of "
+                             f"{PUBLISHED[name]})")
         if not any((sub / f).is_file() for f in files):
             raise InputError(f"wrong layout: {sub} has no weights ({' or '.join(files)})")
     return name

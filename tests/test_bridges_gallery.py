@@ -54,6 +54,23 @@ def reference(generators, tmp_path_factory):
     return runs
 
 
+def test_demo_generators_are_the_published_layouts(generators):
+    """LDM: model_index.json with unet/, vqvae/, scheduler/ subfolders; DDPM: flat, as the
+    published google/ddpm-celebahq-256 (no subfolders); .bin weights as published."""
+    ldm, ddpm = generators["ldm"], generators["ddpm"]
+    for rel in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+                "vqvae/config.json", "vqvae/diffusion_pytorch_model.bin",
+                "scheduler/scheduler_config.json"):
+        assert (ldm / rel).is_file(), rel
+    assert sorted(p.name for p in ddpm.iterdir()) == [
+        "config.json", "diffusion_pytorch_model.bin", "model_index.json",
+        "scheduler_config.json"]
+    assert json.loads((ddpm / "model_index.json").read_text())["scheduler"] == [
+        "diffusers", "DDPMScheduler"]
+    assert unconditional.check_layout(ldm) == "LDMPipeline"
+    assert unconditional.check_layout(ddpm) == "DDPMPipeline"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_outputs_manifest_and_report(kind, generators, reference):
     import hashlib
@@ -211,13 +228,13 @@ def _bad_cases(generators, tmp: Path):
     (no_vq / "vqvae" / "config.json").unlink()
     no_weights = tmp / "no_weights"
     shutil.copytree(generators["ddpm"], no_weights)
-    (no_weights / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (no_weights / "diffusion_pytorch_model.bin").unlink()
     sd = tmp / "sd"
     sd.mkdir()
     (sd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     broken = tmp / "broken"
     shutil.copytree(generators["ldm"], broken)
-    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = broken / "unet" / "diffusion_pytorch_model.bin"
     weights.write_bytes(weights.read_bytes()[:500])
     (tmp / "a_file").write_text("not a folder")
     ldm = generators["ldm"]
