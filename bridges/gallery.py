@@ -38,8 +38,9 @@ from absl import flags
 
 from bridges import require_torch_extra, resumable, set_threads
 from bridges.resumable import Drawn
-from hyperface_jax import cli, integrity
-from hyperface_jax.files import InputError, save_json
+from hyperface_jax import cli
+from hyperface_jax.io import integrity
+from hyperface_jax.io.files import InputError, save_json
 
 IMAGE_NAME = re.compile(r"^(\d{6,})\.png$")
 # Flags whose change alters the pixels of image n: recorded in generation.json.

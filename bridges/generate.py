@@ -34,8 +34,9 @@ from absl import flags
 
 from bridges import require_torch_extra, resumable, set_threads
 from bridges.resumable import Drawn, png_decodes, write_png  # noqa: F401 - generate's API
-from hyperface_jax import cli, integrity
-from hyperface_jax.files import (
+from hyperface_jax import cli
+from hyperface_jax.io import integrity
+from hyperface_jax.io.files import (
     InputError,
     load_embeddings,
     save_figure,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 WHEEL = "facenet-pytorch==2.6.0"
 INSTALL = f"pip install --no-deps {WHEEL}"

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperface_jax import cli, integrity, runs
-from hyperface_jax.files import atomic_write
+from hyperface_jax import cli
+from hyperface_jax.io import integrity, runs
+from hyperface_jax.io.files import atomic_write
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 # pipeline class -> {component: (library class, files one of which must exist)}
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
