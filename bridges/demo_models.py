@@ -171,6 +171,15 @@ def save_encoder_like_transformers_4(encoder, folder: Path) -> None:
     torch.save(state, folder / "pytorch_model.bin")
 
 
+def _tiny_unet(cls, *, sample_size: int, widths: tuple[int, int]):
+    """A two-level unconditional UNet2DModel on 3 channels, attention at the lower level
+    (the published CelebA-HQ UNets have both kinds of blocks)."""
+    return cls(sample_size=sample_size, in_channels=3, out_channels=3, layers_per_block=1,
+               block_out_channels=widths, norm_num_groups=8, attention_head_dim=8,
+               down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+               up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
 def ldm(folder: Path, seed: int = 5) -> Path:
     """A folder in the layout of CompVis/ldm-celebahq-256 (diffusers' LDMPipeline:
     model_index.json, unet/ UNet2DModel, vqvae/ VQModel, scheduler/ DDIMScheduler), tiny:
@@ -179,11 +188,7 @@ def ldm(folder: Path, seed: int = 5) -> Path:
     from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    unet = _tiny_unet(UNet2DModel, sample_size=8, widths=(16, 32))
     vqvae = VQModel(
         in_channels=3, out_channels=3, latent_channels=3, num_vq_embeddings=64, vq_embed_dim=3,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -208,11 +213,7 @@ def ddpm(folder: Path, seed: int = 6) -> Path:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
-        block_out_channels=(8, 16), norm_num_groups=8, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    unet = _tiny_unet(UNet2DModel, sample_size=16, widths=(8, 16))
     # The published scheduler's settings (the DDPM paper's linear betas 1e-4..0.02).
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
                               beta_schedule="linear", variance_type="fixed_small",

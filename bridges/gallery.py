@@ -1,8 +1,8 @@
 """`python -m bridges.gallery`: N unconditional face images from a generator, resumably.
 
-    python -m bridges.gallery --generator=weights/ldm-celebahq-256 --num_images=10000 \
+    python -m bridges.gallery --generator=weights/ldm --num_images=10000 \
         --seed=0 --out_dir=faces/gallery
-    python -m bridges.gallery --generator=weights/ldm-celebahq-256 --num_images=10000 \
+    python -m bridges.gallery --generator=weights/ldm --num_images=10000 \
         --seed=1 --out_dir=faces/init        # the paper's separate initialisation faces
     torchrun --nproc_per_node=4 -m bridges.gallery ...   # the images split over processes
 

@@ -19,12 +19,7 @@ T1_FACES = [(58, 165), (165, 100), (262, 160), (405, 185), (490, 55), (590, 165)
 EYES_AND_MOUTH = [0, 1, 3, 4]  # of the five points: eyes, nose, mouth corners
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")
