@@ -1,5 +1,5 @@
 """docs/walkthrough.md runs as written: every command of its bash block, in order, on the
-demo models, each exiting 0. In CI's default run (about a minute): a README or docs
+demo models, each exiting 0. In CI's default run (192 s at a load average of 10): a README or docs
 command that breaks must fail CI, and the walk-through is the users' first path."""
 
 import json
@@ -32,11 +32,11 @@ def test_the_block_is_the_stages_from_generated_faces_without_a_photo():
 
 def test_walkthrough_runs_end_to_end(tmp_path):
     seconds = {}
-    for command in walkthrough_commands():
+    for i, command in enumerate(walkthrough_commands()):
         t = time.perf_counter()
         r = subprocess.run(command, shell=True, cwd=tmp_path, env=cli_env(),
                            capture_output=True, text=True, timeout=900)
-        seconds[command[:40]] = round(time.perf_counter() - t, 1)
+        seconds[f"{i} {command[:40]}"] = round(time.perf_counter() - t, 1)
         assert r.returncode == 0, (command, r.stderr[-2000:])
     demo = tmp_path / "demo"
     assert len(list((demo / "faces" / "gallery").glob("*.png"))) == 16
