@@ -2,6 +2,7 @@
 real photos that the insightface package ships: every face found, the cascade equal to
 the wheel's own, crops on the ArcFace template, rotated and mirrored photos aligned alike."""
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -181,8 +182,6 @@ def test_embed_with_mtcnn_aligns_real_photos(tmp_path):
     rec = demo_models.recognizer(tmp_path / "rec.onnx")
     assert embed.main(["embed", f"--images={photos}", "--detector=mtcnn", f"--recognizer={rec}",
                        f"--out={tmp_path / 'g.npy'}", "--progress=false"]) == 0
-    import json
-
     listing = json.loads((tmp_path / "g.json").read_text())
     assert listing["rows"] == ["tom.png"] and listing["detector"] == "mtcnn"
     assert listing["skipped"] == [{"path": "grey.png", "reason": "no face"}]
@@ -203,3 +202,24 @@ def test_missing_wheel_is_one_line_with_the_install_command(tmp_path, monkeypatc
                        f"--recognizer={rec}", f"--out={tmp_path / 'g.npy'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install --no-deps facenet-pytorch==2.6.0" in err[0]
+
+
+def test_generate_align_with_mtcnn_lists_noise_as_faceless(tmp_path):
+    """bridges.generate --align --detector=mtcnn on the demo Arc2Face: its pictures are
+    noise, so MTCNN (real weights) finds no face and every image goes to _no_face/."""
+    from bridges import demo_models, generate
+
+    base = demo_models.base_model(tmp_path / "sd15")
+    vocab = len(json.loads((base / "tokenizer" / "vocab.json").read_text()))
+    a2f = demo_models.arc2face(tmp_path / "a2f", vocab_size=vocab)
+    refs = np.eye(512, dtype=np.float32)[:1]
+    np.save(tmp_path / "refs.npy", refs)
+    out = tmp_path / "dataset"
+    assert generate.main(["generate", f"--references={tmp_path / 'refs.npy'}",
+                          f"--arc2face={a2f}", f"--base_model={base}", f"--out_dir={out}",
+                          "--images_per_identity=2", "--micro_batch=2", "--steps=1",
+                          "--threads=1", "--progress=false", "--align",
+                          "--detector=mtcnn"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["no_face"] == ["_no_face/000000/000.png", "_no_face/000000/001.png"]
+    assert report["flags"]["detector"] == "mtcnn"
