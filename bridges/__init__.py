@@ -1,9 +1,13 @@
 """The torch side of hyperface-jax: embeddings in (insightface), faces out (Arc2Face).
 
+- `bridges.gallery`     an unconditional generator (LDM, DDPM) -> faces/<n>.png, resumable
+- `bridges.unconditional` those generators' published layouts, loading, per-image noise
 - `bridges.embed`       face images -> unit ArcFace gallery (.npy) + listing
 - `bridges.arc2face`    Arc2Face loading, Eq. 3, the id-token conditioning, the sampler
 - `bridges.generate`    references -> dataset/<i>/<k>.png, resumable, multi-process
-- `bridges.faces`       SCRFD detection, 5-point alignment, ArcFace features (insightface)
+- `bridges.resumable`   what gallery and generate share: draw images for keys, resumably
+- `bridges.faces`       detection (MTCNN or SCRFD), 5-point alignment, ArcFace features
+- `bridges.mtcnn`       the paper's MTCNN: our cascade, the facenet-pytorch wheel's weights
 - `bridges.tensors`     JAX <-> torch by DLPack
 - `bridges.demo_models` tiny random models in the published layouts (try the pipeline)
 

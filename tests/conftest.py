@@ -42,6 +42,17 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """The same for a whole test module (its module-scoped fixtures run torch too)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_torch_thread():
     """The 2-core CI machine is shared: torch's 2 intra-op threads spin against other

@@ -202,7 +202,11 @@ DEMO_FILES = [
     "weights/sd15/tokenizer/tokenizer_config.json", "weights/sd15/vae/config.json",
     "weights/sd15/vae/diffusion_pytorch_model.safetensors",
     "weights/sd15/scheduler/scheduler_config.json", "weights/buffalo_l/det_10g.onnx",
-    "bins/demo.bin"]
+    "weights/ldm/model_index.json", "weights/ldm/unet/diffusion_pytorch_model.bin",
+    "weights/ldm/vqvae/diffusion_pytorch_model.bin",
+    "weights/ldm/scheduler/scheduler_config.json", "weights/ddpm/model_index.json",
+    "weights/ddpm/config.json", "weights/ddpm/diffusion_pytorch_model.bin",
+    "weights/ddpm/scheduler_config.json", "bins/demo.bin"]
 
 
 def test_demo_models_are_the_published_layout_and_load(models, model):

@@ -29,6 +29,7 @@ CLIS = [
     ("bridges.train", "out_dir"),
     ("bridges.evaluate", "out_dir"),
     ("bridges.recognition.digits", "out_dir"),
+    ("bridges.gallery", "out_dir"),
 ]
 
 
