@@ -324,9 +324,7 @@ def train_step(p: Plan, net: nn.Module, images, labels, lr: float, step: int):
         torch.stack([loss.detach().float(), accuracy.float()]).cpu())
     loss_value, acc_value = float(figures[0]), float(figures[1])
     if not math.isfinite(loss_value):
-        raise RunFailed(f"training diverged: the loss is {loss_value} at step {step + 1} "
-                        f"(--lr={p.config.lr:g}); lower --lr (the epochs checkpointed "
-                        "before are kept)")
+        raise diverged(p, f"the loss is {loss_value} at step {step + 1}")
     return loss_value, acc_value
 
 
@@ -336,9 +334,14 @@ def check_finite_weights(p: Plan, step: int) -> None:
     or model.pt holding them is written."""
     for name, value in p.trainee.state_dict().items():
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise RunFailed(f"training diverged: {name} holds NaN or Inf after step {step} "
-                            f"(--lr={p.config.lr:g}); lower --lr (the epochs checkpointed "
-                            "before are kept)")
+            raise diverged(p, f"{name} holds NaN or Inf after step {step}")
+
+
+def diverged(p: Plan, what: str) -> RunFailed:
+    kept = _checkpoints(p.out)
+    where = (f" in a new --out_dir ({p.out} keeps its checkpoints up to {kept[-1].stem} and "
+             "resumes only with its own settings)" if kept else "")
+    return RunFailed(f"training diverged: {what} (--lr={p.config.lr:g}); lower --lr{where}")
 
 
 # Epoch-end hooks: hook(plan, history), called by run_loop after each epoch -------------------
