@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hyperface_jax import optimizers, solver
+from hyperface_jax.engine import optimizers, solver
 
 
 def analysis(n, d, m, batch, donate):

@@ -26,7 +26,12 @@ import optax
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hyperface_jax import metrics, neighbor_lists, solver, sphere  # noqa: E402
+from hyperface_jax.engine import (  # noqa: E402
+    neighbor_lists,
+    solver,
+    sphere,  # noqa: E402
+)
+from hyperface_jax.measure import metrics  # noqa: E402
 
 
 def variants(k, kg):

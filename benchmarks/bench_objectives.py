@@ -21,7 +21,12 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyperface_jax import metrics, neighbor_lists, solver, sphere  # noqa: E402
+from hyperface_jax.engine import (  # noqa: E402
+    neighbor_lists,
+    solver,
+    sphere,  # noqa: E402
+)
+from hyperface_jax.measure import metrics  # noqa: E402
 
 VARIANTS = {
     # The paper's objective and schedule family (Adam, staircase halving).

@@ -27,7 +27,9 @@ import optax
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hyperface_jax import dense_baseline, metrics, solver, sphere  # noqa: E402
+from hyperface_jax.baselines import dense_baseline  # noqa: E402
+from hyperface_jax.engine import solver, sphere  # noqa: E402
+from hyperface_jax.measure import metrics  # noqa: E402
 
 
 def schedule(lr, steps):
@@ -182,7 +184,7 @@ def exactness(n=2000, m=2000, d=128, steps=(50, 200), lr=0.01):
 _MEMORY_CHILD = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp, numpy as np, optax
-from hyperface_jax import solver, sphere
+from hyperface_jax.engine import solver, sphere
 n, m, d, batch, steps = map(int, sys.argv[1:6])
 x = sphere.random_unit_vectors(jax.random.PRNGKey(0), n, d)
 g = sphere.random_unit_vectors(jax.random.PRNGKey(1), m, d)

@@ -37,8 +37,8 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
-    from hyperface_jax import optimizers, sharding, solver, sphere
-    from hyperface_jax.placement import LOCAL
+    from hyperface_jax.engine import optimizers, sharding, solver, sphere
+    from hyperface_jax.engine.placement import LOCAL
 
     key = jax.random.PRNGKey(0)
     x0 = sphere.random_unit_vectors(key, args.n, args.d)

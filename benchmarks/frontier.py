@@ -12,7 +12,7 @@ and the Levenshtein bound, and approximate neighbour lists against exact search 
 machine's load average before and after (load.json). `report` reads each run's
 history.jsonl and report.json, measures the algebraic code of the same size exactly with
 the blockwise search (or, above --exact_max rows, from a sample of rows with
-`hyperface_jax.estimates`, labelled as such), and writes frontier.md (the table),
+`hyperface_jax.measure.estimates`, labelled as such), and writes frontier.md (the table),
 frontier.png (worst pair and mean nearest-neighbour cosine against seconds) and
 frontier.json. Seconds are the run's stepping seconds (history.jsonl), wall-clock on a
 shared machine: read them with the load beside them.
@@ -33,7 +33,13 @@ sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
 
-from hyperface_jax import bounds, codes, estimates, ivf, metrics  # noqa: E402
+from hyperface_jax.baselines import codes  # noqa: E402
+from hyperface_jax.measure import (  # noqa: E402
+    bounds,
+    estimates,
+    metrics,  # noqa: E402
+)
+from hyperface_jax.research import ivf  # noqa: E402
 
 CONFIGS = {2048: "configs/codes_2k.flags", 10_000: "configs/codes_10k.flags",
            50_000: "configs/codes_100k.flags", 100_000: "configs/codes_100k.flags"}
@@ -279,7 +285,7 @@ def bench_ivf(a) -> None:
     faiss IndexIVFFlat with the same cells and probes (and faiss's exact IndexFlatIP)."""
     import faiss  # dev extra, benchmarks only
 
-    from hyperface_jax import sphere
+    from hyperface_jax.engine import sphere
 
     faiss.omp_set_num_threads(a.threads)
     key = jax.random.key(a.seed)
@@ -321,7 +327,7 @@ def bench_ivf(a) -> None:
 
 
 def _exact_top_k(x, k):
-    from hyperface_jax.neighbor_lists import top_k_neighbors
+    from hyperface_jax.engine.neighbor_lists import top_k_neighbors
 
     return jax.jit(top_k_neighbors, static_argnames=("k", "exclude_self"))(
         x, x, k=k, exclude_self=True)

@@ -12,7 +12,8 @@ import time
 import jax
 import numpy as np
 
-from hyperface_jax import metrics, optimizers, solver, sphere
+from hyperface_jax.engine import optimizers, solver, sphere
+from hyperface_jax.measure import metrics
 
 
 def main():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperface_jax import tuning
-from hyperface_jax.files import save_figure
+from hyperface_jax.io.files import save_figure
+from hyperface_jax.research import tuning
 
 
 def costs_of(directories: list[str], cost: str) -> dict[str, dict[str, float | None]]:

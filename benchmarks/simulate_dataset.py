@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperface_jax.files import load_embeddings, save_embeddings
+from hyperface_jax.io.files import load_embeddings, save_embeddings
 
 
 def main() -> None:

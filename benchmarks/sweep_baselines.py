@@ -6,7 +6,7 @@
         --gallery_labels=runs/gallery128/gallery_labels.npy --num_identities=2000 \\
         --out=runs/sweep_baselines.json
 
-Runs each sampler of `hyperface_jax.samplers` over a grid of its open parameters at one
+Runs each sampler of `hyperface_jax.baselines.samplers` over a grid of its open parameters at one
 modest size (default 2,000 identities against the gallery's dimension; a few minutes on
 2 loaded cores) and prints one markdown table per sampler:
 
@@ -34,8 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hyperface_jax import samplers  # noqa: E402
-from hyperface_jax.files import InputError, load_embeddings, load_labels  # noqa: E402
+from hyperface_jax.baselines import samplers  # noqa: E402
+from hyperface_jax.io.files import InputError, load_embeddings, load_labels  # noqa: E402
 
 SAME_PERSON = 0.7
 

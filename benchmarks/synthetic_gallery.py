@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperface_jax.files import save_embeddings
+from hyperface_jax.io.files import save_embeddings
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 PROMPT = "photo of a id person"
 ID_WORD = "id"

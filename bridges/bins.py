@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hyperface_jax.files import InputError, atomic_write
+from hyperface_jax.io.files import InputError, atomic_write
 
 MAX_IMAGES = 100_000
 MAX_DECODED_BYTES = 8 << 30

@@ -303,7 +303,7 @@ def build(out_dir, *, seed: int = 0, log=None) -> dict[str, str]:
     import shutil
     import tempfile
 
-    from hyperface_jax.files import InputError
+    from hyperface_jax.io.files import InputError
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import torch
 
-        from hyperface_jax.files import InputError
+        from hyperface_jax.io.files import InputError
 
         if not fv.out_dir:
             raise InputError("--out_dir is required")

@@ -29,7 +29,7 @@ from absl import flags
 
 from bridges import require_torch_extra
 from hyperface_jax import cli
-from hyperface_jax.files import InputError, atomic_write, save_embeddings, save_json
+from hyperface_jax.io.files import InputError, atomic_write, save_embeddings, save_json
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
 

@@ -19,7 +19,7 @@ from absl import flags
 
 from bridges import ijb, require_torch_extra, set_threads
 from hyperface_jax import cli
-from hyperface_jax.files import InputError, atomic_write, save_json
+from hyperface_jax.io.files import InputError, atomic_write, save_json
 
 FLAG_DEFS = [
     ("model", "", "A model written by bridges.train (model.pt, an epoch checkpoint, or its "

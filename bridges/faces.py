@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 ALIGNED_SIZE = 112
 

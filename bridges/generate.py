@@ -35,8 +35,9 @@ import numpy as np
 from absl import flags
 
 from bridges import require_torch_extra, set_threads
-from hyperface_jax import cli, integrity, runs
-from hyperface_jax.files import (
+from hyperface_jax import cli
+from hyperface_jax.io import integrity, runs
+from hyperface_jax.io.files import (
     InputError,
     atomic_write,
     load_embeddings,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperface_jax.files import InputError, atomic_write, save_figure, save_json
+from hyperface_jax.io.files import InputError, atomic_write, save_figure, save_json
 
 TARGETS = ("IJBB", "IJBC")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)

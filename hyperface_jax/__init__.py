@@ -5,22 +5,23 @@
 
 The CLIs (`python -m hyperface_jax.pack`, `.sample`, `.analyze`, `.compare`) are thin
 layers over these modules; the names below are the stable ones. They are loaded on first
-use, so `python -m hyperface_jax.<tool>` and `import hyperface_jax.files` stay light.
+use, so `python -m hyperface_jax.<tool>` and `import hyperface_jax.io.files` stay light.
 """
 
 import importlib
 
 _EXPORTS = {
-    "PackResult": "api", "pack_config": "api", "pack_references": "api",
-    "bound_max_cos": "bounds",
-    "InputError": "files", "RunFailed": "files", "load_embeddings": "files",
-    "packing_figures": "metrics",
-    "OBJECTIVES": "objective", "LossTerms": "objective", "hyperface_loss": "objective",
-    "on_sphere": "optimizers", "tangent_projection": "optimizers",
-    "LOCAL": "placement", "Local": "placement",
-    "LocalSearch": "search",
-    "SolverConfig": "solver", "SolverState": "solver", "init_state": "solver",
-    "make_runner": "solver", "make_step": "solver",
+    "PackResult": "jobs.api", "pack_config": "jobs.api", "pack_references": "jobs.api",
+    "bound_max_cos": "measure.bounds",
+    "InputError": "io.files", "RunFailed": "io.files", "load_embeddings": "io.files",
+    "packing_figures": "measure.metrics",
+    "OBJECTIVES": "engine.objective", "LossTerms": "engine.objective",
+    "hyperface_loss": "engine.objective",
+    "on_sphere": "engine.optimizers", "tangent_projection": "engine.optimizers",
+    "LOCAL": "engine.placement", "Local": "engine.placement",
+    "LocalSearch": "engine.search",
+    "SolverConfig": "engine.solver", "SolverState": "engine.solver", "init_state": "engine.solver",
+    "make_runner": "engine.solver", "make_step": "engine.solver",
 }
 __all__ = sorted(_EXPORTS)
 

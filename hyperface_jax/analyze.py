@@ -27,8 +27,8 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from hyperface_jax import cli, quality
-from hyperface_jax.files import (
+from hyperface_jax import cli
+from hyperface_jax.io.files import (
     InputError,
     atomic_write,
     load_embeddings,
@@ -37,6 +37,7 @@ from hyperface_jax.files import (
     save_figure,
     save_json,
 )
+from hyperface_jax.measure import quality
 
 
 def define_flags(fv: flags.FlagValues) -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from absl import flags
 
-from hyperface_jax import runs
-from hyperface_jax.files import DiskFullError, InputError, RunFailed, disk_full
+from hyperface_jax.io import runs
+from hyperface_jax.io.files import DiskFullError, InputError, RunFailed, disk_full
 
 
 def run_main(argv: list[str] | None, fv: flags.FlagValues,

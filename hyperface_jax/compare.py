@@ -4,7 +4,7 @@
         --optimizers=adam,adamw,rmsprop,sgd,lion,lamb --objectives=max,logsumexp,riesz \\
         --seeds=3 --samplers=random_margin,hyperface --out_dir=runs/compare
 
-Every optimizer x objective variant is a `pack.run` of the flagfile's configuration with
+Every optimizer x objective variant is a `packing.run` of the flagfile's configuration with
 only --optimizer/--objective/--seed changed, in `<out_dir>/runs/<optimizer>-<objective>/
 seed<k>`; seed k is `--seed + k`, so for a given seed every variant starts from the same
 initial references and sees the same gallery. Each sampler of `--samplers` is a
@@ -52,19 +52,14 @@ import numpy as np
 from absl import flags
 from jax.experimental.compilation_cache import compilation_cache
 
-from hyperface_jax import (
-    cli,
-    neighbors,
-    pack,
-    problem,
-    sample,
-    samplers,
-    search_spaces,
-    tuning,
-)
-from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import InputError, atomic_write, load_embeddings, save_figure, save_json
-from hyperface_jax.objective import OBJECTIVES
+from hyperface_jax import cli, sample
+from hyperface_jax.baselines import samplers
+from hyperface_jax.engine import neighbors
+from hyperface_jax.engine.objective import OBJECTIVES
+from hyperface_jax.io.files import InputError, atomic_write, load_embeddings, save_figure, save_json
+from hyperface_jax.jobs import packing, problem
+from hyperface_jax.jobs.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
+from hyperface_jax.research import search_spaces, tuning
 
 FIGURES = ("max_cos", "mean_nn_cos", "min_angle_deg", "mean_gallery_cos", "loss")
 
@@ -123,8 +118,8 @@ def validate(c: PackConfig, vs: list[Variant], options: dict, seeds: int) -> Non
                 raise InputError(f"unknown objective {v.objective!r} in --objectives; "
                                  f"choose from {', '.join(OBJECTIVES)}")
             cv = dataclasses.replace(c, optimizer=v.optimizer)
-            optimizer = pack.build_optimizer(cv)
-            pack.check_sparse(cv, optimizer, built.n, built.d)
+            optimizer = packing.build_optimizer(cv)
+            packing.check_sparse(cv, optimizer, built.n, built.d)
         else:
             if v.method in samplers.RENAMED:
                 raise InputError(f"--samplers={v.method} was renamed "
@@ -151,7 +146,7 @@ def _finished(directory: Path, c: PackConfig, v: Variant, options: dict) -> dict
     if v.kind == "sampler" and v.method != "hyperface":
         want = {**want, "method": v.method, **options}
     have = report.get("flags", {})
-    same = all(have.get(k) == val for k, val in want.items() if k not in pack.RUN_LENGTH_FLAGS)
+    same = all(have.get(k) == val for k, val in want.items() if k not in packing.RUN_LENGTH_FLAGS)
     if not same:
         return None
     if v.kind == "packing" or v.method == "hyperface":
@@ -162,7 +157,7 @@ def _finished(directory: Path, c: PackConfig, v: Variant, options: dict) -> dict
 
 def _run_one(c: PackConfig, v: Variant, options: dict, log) -> dict:
     if v.kind == "packing":
-        return pack.run(c, log=log)
+        return packing.run(c, log=log)
     return sample.run(v.method, c, options, log=log)
 
 
@@ -348,7 +343,7 @@ def validate_tuning(c: PackConfig, vs: list[Variant], t: Tuning, objectives: lis
         space = search_spaces.space_of(v.optimizer, table)
         tuning.check_space(v.optimizer, space)
         for trial in tuning.draw_trials(space, 1, c.seed):  # every tuned flag is accepted
-            pack.build_optimizer(dataclasses.replace(c, optimizer=v.optimizer, **trial))
+            packing.build_optimizer(dataclasses.replace(c, optimizer=v.optimizer, **trial))
     if t.target and t.target not in names:
         try:
             value = float(t.target)
@@ -363,7 +358,7 @@ def validate_tuning(c: PackConfig, vs: list[Variant], t: Tuning, objectives: lis
 def _pack_job(c: PackConfig) -> dict:
     """One pack run; a failure comes back as data (a diverging trial is a finding)."""
     try:
-        return pack.run(c, log=lambda m: None)
+        return packing.run(c, log=lambda m: None)
     except (InputError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - recorded with the trial, the sweep goes on
@@ -766,7 +761,7 @@ def make_flag_values() -> flags.FlagValues:
     flags.DEFINE_integer("final_seeds", 3, "With --tune_trials: fresh seeds for the re-run of "
                          "each optimizer's best setting (never used in tuning).", flag_values=fv)
     flags.DEFINE_string("search_space", "", "With --tune_trials: a JSON search-space table "
-                        "(empty: the built-in one, hyperface_jax/search_spaces.py).",
+                        "(empty: the built-in one, hyperface_jax/research/search_spaces.py).",
                         flag_values=fv)
     flags.DEFINE_string("target", "", "With --tune_trials: the worst-pair target of the time "
                         "to target: a max_cos value, or an optimizer's name (the largest final "

@@ -17,8 +17,11 @@ import time
 import jax
 from absl import flags
 
-from hyperface_jax import bounds, cli, neighbors, pack, sharding
-from hyperface_jax.files import InputError, load_embeddings, save_json
+from hyperface_jax import cli
+from hyperface_jax.engine import neighbors, sharding
+from hyperface_jax.io.files import InputError, load_embeddings, save_json
+from hyperface_jax.jobs import packing
+from hyperface_jax.measure import bounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +73,7 @@ def run(fv) -> dict:
     if not fv.embeddings:
         raise InputError("--embeddings is required")
     started = time.time()
-    placement = pack.make_placement(Placement(fv.devices, fv.coordinator_address,
+    placement = packing.make_placement(Placement(fv.devices, fv.coordinator_address,
                                               fv.num_processes, fv.process_id,
                                               fv.distributed))
     x = load_embeddings(fv.embeddings, "embeddings")

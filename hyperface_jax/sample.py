@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from hyperface_jax import bounds, cli, metrics, pack, problem, samplers
-from hyperface_jax.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
-from hyperface_jax.files import (
+from hyperface_jax import cli
+from hyperface_jax.baselines import samplers
+from hyperface_jax.io.files import (
     InputError,
     load_embeddings,
     load_labels,
@@ -32,6 +32,9 @@ from hyperface_jax.files import (
     save_json,
     unit_row_error,
 )
+from hyperface_jax.jobs import packing, problem
+from hyperface_jax.jobs.config import HELP_GROUPS, PackConfig, config_from_flags, define_flags
+from hyperface_jax.measure import bounds, metrics
 
 OURS = samplers.NOT_IN_PAPER
 SAMPLER_FLAGS = {  # name: (define, default, help)
@@ -93,7 +96,7 @@ def validate(method: str, c: PackConfig, options: dict) -> Inputs | None:
     """Every check of a sample run, before anything is drawn or written: the method, every
     sampler flag (whatever the method), and for the baselines the files and the figure
     flags (the CLI plumbing checks and locks --out_dir before any of this). Returns the
-    loaded inputs of a baseline (None for hyperface, whose flags `pack.run` checks).
+    loaded inputs of a baseline (None for hyperface, whose flags `packing.run` checks).
     Raises InputError."""
     check_method(method)
     samplers.check_parameters(c.num_identities, **{k: v for k, v in options.items()
@@ -174,7 +177,7 @@ def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
     inputs = validate(method, c, options)
     out = Path(c.out_dir)
     if method == "hyperface":
-        report = pack.run(c, log=log)
+        report = packing.run(c, log=log)
         report = {"method": "hyperface", **_paper_and_choices(method, c, options), **report}
         save_json(out / "report.json", report)
         return report
@@ -188,7 +191,7 @@ def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
     g = None if gallery is None else jax.numpy.asarray(gallery)
     figures = metrics.to_python(metrics.packing_figures(
         jax.numpy.asarray(x), g, alpha=alpha, reduce=c.packing_reduce,
-        tile_size=pack.tile_size_of(c)))
+        tile_size=packing.tile_size_of(c)))
     _finite_figures(figures)
     bound = bounds.bound_max_cos(n, d)
     report = {

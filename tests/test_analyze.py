@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hyperface_jax import analyze, quality
+from hyperface_jax import analyze
+from hyperface_jax.measure import quality
 from tests.conftest import run_module
 
 

@@ -1,5 +1,5 @@
 """What the CLIs read and write: file modes, full disks, unsafe-load hints, huge rows,
-checkpoint checksums (hyperface_jax/files.py, integrity.py, checkpoint.py)."""
+checkpoint checksums (hyperface_jax/io/files.py, integrity.py, checkpoint.py)."""
 
 import errno
 import json
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from hyperface_jax import checkpoint, cli, files, integrity
-from hyperface_jax.files import InputError
+from hyperface_jax import cli
+from hyperface_jax.io import checkpoint, files, integrity
+from hyperface_jax.io.files import InputError
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ def _history(max_cos, gallery=False):
 ])
 def test_every_curves_panel_has_a_y_label_and_small_codes_a_log_gap(
         tmp_path, monkeypatch, max_cos, bound, gallery, panels, gap):
-    from hyperface_jax import plots
+    from hyperface_jax.io import plots
 
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda path, fig: figures.append(fig))

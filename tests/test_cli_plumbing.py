@@ -13,8 +13,10 @@ import pytest
 from absl import flags
 from conftest import cli_env
 
-from hyperface_jax import cli, config, runs
-from hyperface_jax.files import InputError, save_json
+from hyperface_jax import cli
+from hyperface_jax.io import runs
+from hyperface_jax.io.files import InputError, save_json
+from hyperface_jax.jobs import config
 
 # Every CLI of the project: module, the flag of its output, whether that is a file.
 CLIS = [
@@ -137,7 +139,7 @@ def test_folders_made_for_a_run_that_refuses_its_input_are_removed(tmp_path, cap
 
 HOLDER = """
 import sys, time
-from hyperface_jax.runs import OutputLock
+from hyperface_jax.io.runs import OutputLock
 OutputLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

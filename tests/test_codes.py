@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from hyperface_jax import codes, metrics
+from hyperface_jax.baselines import codes
+from hyperface_jax.measure import metrics
 
 
 @pytest.mark.parametrize("m", [2, 4, 6])

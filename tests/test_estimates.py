@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperface_jax import estimates, neighbors, sphere
+from hyperface_jax.engine import neighbors, sphere
+from hyperface_jax.measure import estimates
 
 N, D, SAMPLE = 20_000, 32, 300
 

@@ -12,17 +12,11 @@ import pytest
 from conftest import run_module
 from jax import lax
 
-from hyperface_jax import (
-    dense_baseline,
-    metrics,
-    neighbor_lists,
-    neighbors,
-    optimizers,
-    pack,
-    solver,
-    sphere,
-)
-from hyperface_jax.config import make_config
+from hyperface_jax.baselines import dense_baseline
+from hyperface_jax.engine import neighbor_lists, neighbors, optimizers, solver, sphere
+from hyperface_jax.jobs import packing
+from hyperface_jax.jobs.config import make_config
+from hyperface_jax.measure import metrics
 
 
 def _problem(n, m, d, seed=0):
@@ -253,7 +247,7 @@ def test_bfloat16_search_picks_a_near_maximum_and_reports_its_exact_cosine():
 def _pack(out, **flags):
     c = make_config(out_dir=str(out), num_identities=300, dim=32, alpha=0.0, steps=150,
                     log_every=150, progress=False, learning_rate=0.01, **flags)
-    return pack.run(c, log=lambda msg: None)
+    return packing.run(c, log=lambda msg: None)
 
 
 @pytest.fixture(scope="module")
@@ -310,8 +304,8 @@ def test_bad_speed_flags_exit_2(tmp_path, flags, message):
 
 
 def test_an_unknown_rebuild_rule_is_refused_in_one_line():
-    from hyperface_jax import problem
-    from hyperface_jax.files import InputError
+    from hyperface_jax.io.files import InputError
+    from hyperface_jax.jobs import problem
 
     c = make_config(num_identities=30, dim=8, neighbor_list_size=4, neighbor_rebuild="often")
     with pytest.raises(InputError, match="unknown --neighbor_rebuild 'often'; choose one of "

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from hyperface_jax import ivf
+from hyperface_jax.research import ivf
 
 
 def _unit(x):

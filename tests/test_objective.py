@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperface_jax import dense_baseline, neighbors, objective, sphere
+from hyperface_jax.baselines import dense_baseline
+from hyperface_jax.engine import neighbors, objective, sphere
 
 SHAPES = [  # n, m, d, tile (tiles that do not divide n included)
     (7, 5, 3, 3),

@@ -11,17 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from hyperface_jax import (
-    metrics,
-    optimizers,
-    pack,
-    riemannian,
-    search_spaces,
-    solver,
-    sphere,
-    tuning,
-)
-from hyperface_jax.files import InputError
+from hyperface_jax import pack
+from hyperface_jax.engine import optimizers, riemannian, solver, sphere
+from hyperface_jax.io.files import InputError
+from hyperface_jax.measure import metrics
+from hyperface_jax.research import search_spaces, tuning
 
 TINY = ["--num_identities=16", "--dim=4", "--alpha=0", "--steps=10", "--log_every=5",
         "--checkpoint_every=10", "--progress=false", "--learning_rate=0.05"]

@@ -194,8 +194,8 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 @pytest.mark.parametrize("name", ["quickstart", "paper_10k", "paper_50k_stochastic", "fast_10k",
                                   "spherical_codes"])
 def test_every_pack_config_parses_and_passes_validation(name):
-    from hyperface_jax.config import config_from_flags
-    from hyperface_jax.problem import check_settings
+    from hyperface_jax.jobs.config import config_from_flags
+    from hyperface_jax.jobs.problem import check_settings
 
     fv = pack.make_flag_values()
     fv(["pack", f"--flagfile={REPO / 'configs' / (name + '.flags')}"])

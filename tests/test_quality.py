@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hyperface_jax import pack
-from hyperface_jax.bounds import bound_max_cos, levenshtein_bound
+from hyperface_jax.measure.bounds import bound_max_cos, levenshtein_bound
 
 
 @pytest.mark.parametrize("n,d,expected", [

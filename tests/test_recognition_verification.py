@@ -12,7 +12,7 @@ from sklearn.model_selection import KFold
 
 from bridges import bins
 from bridges.verification import COSINE_THRESHOLDS, rank_models, tar_at_far, ten_fold_accuracy
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 
 def _synthetic_scores(n, seed=0):

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from hyperface_jax import sample, samplers
+from hyperface_jax import sample
+from hyperface_jax.baselines import samplers
 
 
 def _unit(x):

@@ -1,4 +1,4 @@
-"""Sharded packing (hyperface_jax.sharding): the same embeddings on 1, 2, 4 devices and on
+"""Sharded packing (hyperface_jax.engine.sharding): the same embeddings on 1, 2, 4 devices and on
 2 processes x 2 devices, checkpoints that move between device counts, refused options.
 
 Forced host devices need XLA_FLAGS before jax is imported, so every multi-device run is a
@@ -101,8 +101,10 @@ FEATURES = {
 FEATURE_RUNS = """
 import json, sys
 import jax, numpy as np
-from hyperface_jax import pack, sharding
-from hyperface_jax.config import make_config
+from hyperface_jax import pack
+from hyperface_jax.engine import sharding
+from hyperface_jax.jobs import packing
+from hyperface_jax.jobs.config import make_config
 gallery = np.load({gallery!r})
 features = json.loads({features!r})
 base = dict(num_identities=50, dim=8, alpha=0.5, steps={steps}, log_every=25,
@@ -111,10 +113,10 @@ out, memory = {{}}, {{}}
 for name, setting in features.items():
     for devices in {devices}:
         c = make_config(**base, **setting, devices=devices)
-        report, x = pack.run_job(c, log=lambda m: None, gallery=gallery)
+        report, x = packing.run_job(c, log=lambda m: None, gallery=gallery)
         out[f"{{name}}/{{devices}}"] = x
         if name == "paper_max_mean_full_batch" and devices != "all":
-            compiled = pack.plan(c, gallery=gallery).runners[0]
+            compiled = packing.plan(c, gallery=gallery).runners[0]
             memory[devices] = [sharding.largest_array_bytes(compiled),
                                compiled.memory_analysis().argument_size_in_bytes]
 if jax.process_index() == 0:
@@ -141,7 +143,7 @@ def _run_features(tmp, devices: str, process_devices: int = 4):
 
 @pytest.fixture(scope="module")
 def feature_runs(tmp_path_factory):
-    """One process with 4 forced CPU devices runs every feature through `pack.run_job` on
+    """One process with 4 forced CPU devices runs every feature through `packing.run_job` on
     1 device (the `Local` placement) and on a mesh of 4 devices."""
     return _run_features(tmp_path_factory.mktemp("features"), '("1", "4")')
 
@@ -304,6 +306,7 @@ def test_checkpoints_move_between_four_devices_and_one(tmp_path, gallery):
 REFUSALS = """
 import sys
 from hyperface_jax import pack
+from hyperface_jax.jobs import packing
 common = ["--dim=8", "--alpha=0", "--steps=2", "--progress=false"]
 cases = [["--num_identities=48", "--distributed"],
          ["--num_identities=48", "--devices=8"], ["--num_identities=48", "--devices=two"],

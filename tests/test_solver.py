@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from hyperface_jax import metrics, optimizers, solver, sphere
+from hyperface_jax.engine import optimizers, solver, sphere
+from hyperface_jax.measure import metrics
 
 # A staircase for short test runs (not the paper's schedule: configs/paper_schedule.flags).
 SHORT_STAIRCASE = dict(learning_rate=0.01, decay_rate=0.3, decay_every=500)

@@ -1,5 +1,5 @@
 """The training run's configuration: one dataclass, from which the absl flags are made
-(the pattern of hyperface_jax.config), so CLI, Python API and the stored run cannot drift."""
+(the pattern of hyperface_jax.jobs.config), so CLI, Python API and the stored run cannot drift."""
 
 import dataclasses
 from dataclasses import field

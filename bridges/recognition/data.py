@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 AUGMENTATIONS = ("flip", "crop", "color", "lowres", "erase")

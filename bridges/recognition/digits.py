@@ -41,7 +41,7 @@ def build(root, *, size: int = SIZE, pairs: int = 1000, seed: int = 0) -> tuple[
     from sklearn.datasets import load_digits
 
     from bridges import bins
-    from hyperface_jax.files import atomic_write
+    from hyperface_jax.io.files import atomic_write
 
     root = Path(root)
     d = load_digits()

@@ -14,7 +14,7 @@ from torch import nn
 from bridges.recognition.groupface import GroupFace
 from bridges.recognition.heads import HEADS
 from bridges.recognition.iresnet import ARCHS, build_backbone
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 SPEC_KEYS = ("arch", "width", "embedding_size", "input_size", "dropout", "head", "groups",
              "group_aggregation")

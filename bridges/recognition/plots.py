@@ -5,7 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hyperface_jax.files import save_figure  # noqa: E402
+from hyperface_jax.io.files import save_figure  # noqa: E402
 
 
 def training_curves(step_rows, epoch_rows, path, title: str = "") -> None:

@@ -28,8 +28,8 @@ from bridges.recognition.groupface import GROUP_LOSS_WEIGHT, group_loss
 from bridges.recognition.heads import HEADS, MarginHead
 from bridges.recognition.iresnet import ARCHS
 from bridges.recognition.model import SPEC_KEYS, FaceModel, weights_problem
-from hyperface_jax import integrity, runs
-from hyperface_jax.files import InputError, RunFailed, atomic_write, save_json
+from hyperface_jax.io import integrity, runs
+from hyperface_jax.io.files import InputError, RunFailed, atomic_write, save_json
 
 STEP_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr")
 EPOCH_COLUMNS = ("epoch", "step", "loss", "accuracy", "lr", "seconds")

@@ -35,7 +35,7 @@ import dataclasses
 
 import numpy as np
 
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 BINS = 20_000  # histogram bins on [-1, 1]: width 1e-4
 UNIT_TOLERANCE = 1e-3

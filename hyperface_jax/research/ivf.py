@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hyperface_jax import neighbors
+from hyperface_jax.engine import neighbors
 
 
 class InvertedLists(NamedTuple):

@@ -24,7 +24,7 @@ from typing import Any
 import jax.numpy as jnp
 from jax import lax
 
-from hyperface_jax import neighbors
+from hyperface_jax.engine import neighbors
 
 PACKING_REDUCTIONS = ("mean", "max")
 
@@ -46,13 +46,13 @@ class LocalSearch:
                                              self.precision)
 
     def top_k(self, x, y, k: int, *, exclude_self: bool):
-        from hyperface_jax.neighbor_lists import top_k_similarities
+        from hyperface_jax.engine.neighbor_lists import top_k_similarities
 
         return top_k_similarities(x, y, k, exclude_self=exclude_self, tile_size=self.tile_size,
                                   precision=self.precision)
 
     def gathered(self, x, y, idx):
-        from hyperface_jax.neighbor_lists import gathered_similarity
+        from hyperface_jax.engine.neighbor_lists import gathered_similarity
 
         return gathered_similarity(x, y, idx, self.tile_size)
 

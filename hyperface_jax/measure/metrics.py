@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hyperface_jax import neighbors, sphere
-from hyperface_jax.objective import reduce_packing
+from hyperface_jax.engine import neighbors, sphere
+from hyperface_jax.engine.objective import reduce_packing
 
 NN_QUANTILES = (1, 50, 99)  # percent
 

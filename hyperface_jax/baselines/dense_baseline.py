@@ -7,7 +7,7 @@ Materialises the n x n and n x m cosine matrices and lets autodiff differentiate
 import jax.numpy as jnp
 from jax import lax
 
-from hyperface_jax.objective import LossTerms, reduce_packing
+from hyperface_jax.engine.objective import LossTerms, reduce_packing
 
 
 def dense_nearest_self_similarity(x, precision=lax.Precision.HIGHEST):
@@ -41,7 +41,7 @@ def make_dense_runner(optimizer, *, alpha, reduce="mean", precision=lax.Precisio
     import jax
     import optax
 
-    from hyperface_jax import sphere
+    from hyperface_jax.engine import sphere
 
     def step(carry, gallery):
         x, opt_state = carry

@@ -48,9 +48,10 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hyperface_jax import metrics, neighbor_lists, neighbors
-from hyperface_jax.files import InputError
-from hyperface_jax.placement import pad_rows
+from hyperface_jax.engine import neighbor_lists, neighbors
+from hyperface_jax.engine.placement import pad_rows
+from hyperface_jax.io.files import InputError
+from hyperface_jax.measure import metrics
 
 AXIS = "rows"
 # Flags that choose where a run executes, not what it computes: a checkpoint written with

@@ -5,7 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hyperface_jax.files import save_figure  # noqa: E402
+from hyperface_jax.io.files import save_figure  # noqa: E402
 
 # The gap-to-bound panel is drawn when the run closed the gap to below this share of where
 # it started: then the linear worst-pair panel shows a flat line at the bound, and only a

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperface_jax import metrics
-from hyperface_jax.search import LocalSearch
+from hyperface_jax.engine.search import LocalSearch
+from hyperface_jax.measure import metrics
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ by one `numpy.random.Generator`, so the same seed gives the same rows.
   to every accepted one is at most `max_similarity`. It was called `vec2face`; that name
   is refused (`RENAMED`) so no figure of ours is mistaken for Vec2Face's method.
 
-`hyperface` (the packing engine) is in `sample.py`, which calls `pack.run`.
+`hyperface` (the packing engine) is in `sample.py`, which calls `packing.run`.
 What each paper specifies and what is our choice is listed per method in `PAPER` and
 `CHOICES` (copied into every `report.json` by `sample.py`).
 
@@ -34,8 +34,8 @@ import dataclasses
 
 import numpy as np
 
-from hyperface_jax import files
-from hyperface_jax.files import InputError
+from hyperface_jax.io import files
+from hyperface_jax.io.files import InputError
 
 METHODS = ("random_margin", "diffr", "perturbed_gallery", "hyperface")
 NEEDS_GALLERY = ("diffr", "perturbed_gallery")

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from hyperface_jax import neighbor_lists, neighbors, objective, sphere
-from hyperface_jax.placement import LOCAL
+from hyperface_jax.engine import neighbor_lists, neighbors, objective, sphere
+from hyperface_jax.engine.placement import LOCAL
 
 MINIBATCH_UPDATES = ("sparse", "dense")
 # When neighbour lists are rebuilt: when the displacement bound says a list may have gone

@@ -27,8 +27,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hyperface_jax import neighbors
-from hyperface_jax.search import PACKING_REDUCTIONS, LocalSearch, mean_rows, reduce_rows
+from hyperface_jax.engine import neighbors
+from hyperface_jax.engine.search import PACKING_REDUCTIONS, LocalSearch, mean_rows, reduce_rows
 
 OBJECTIVES = ("max", "logsumexp", "riesz")
 __all__ = ["OBJECTIVES", "PACKING_REDUCTIONS", "LossTerms", "Partners", "hyperface_loss",

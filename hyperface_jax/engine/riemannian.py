@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hyperface_jax import sphere
+from hyperface_jax.engine import sphere
 
 
 class RiemannianAdamState(NamedTuple):

@@ -12,7 +12,7 @@ import socket
 import warnings
 from pathlib import Path
 
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
 
 LOCK_NAME = ".lock"
 

@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from scipy import stats
 
-from hyperface_jax import neighbors
+from hyperface_jax.engine import neighbors
 
 DEFAULT_CONFIDENCE = 0.99
 

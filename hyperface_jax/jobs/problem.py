@@ -10,12 +10,12 @@ import math
 import jax
 import numpy as np
 
-from hyperface_jax import sphere
-from hyperface_jax.config import PackConfig
-from hyperface_jax.files import InputError, load_embeddings, validated_rows
-from hyperface_jax.neighbors import MATMUL_PRECISIONS
-from hyperface_jax.objective import OBJECTIVES, PACKING_REDUCTIONS
-from hyperface_jax.solver import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
+from hyperface_jax.engine import sphere
+from hyperface_jax.engine.neighbors import MATMUL_PRECISIONS
+from hyperface_jax.engine.objective import OBJECTIVES, PACKING_REDUCTIONS
+from hyperface_jax.engine.solver import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
+from hyperface_jax.io.files import InputError, load_embeddings, validated_rows
+from hyperface_jax.jobs.config import PackConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ class PackConfig:
     packing_reduce: str = _f("mean", "Packing term over identities: 'mean' of nearest-neighbour "
                                      "cosines (the paper's loss) or 'max' (the literal worst "
                                      "pair).")
-    optimizer: str = _f("adam", "A name of hyperface_jax.optimizers.CATALOGUE (optax, "
+    optimizer: str = _f("adam", "A name of hyperface_jax.engine.optimizers.CATALOGUE (optax, "
                                 "optax.contrib, riemannian_adam; docs/optimizers.md) or your "
                                 "own module.path:factory returning an optax "
                                 "GradientTransformation.")

@@ -6,8 +6,9 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from hyperface_jax import integrity, runs, solver
-from hyperface_jax.files import InputError, save_json
+from hyperface_jax.engine import solver
+from hyperface_jax.io import integrity, runs
+from hyperface_jax.io.files import InputError, save_json
 
 RUN_FILE = "run.json"  # beside the step folders: the flags that define the run
 

@@ -9,7 +9,7 @@ folder) to the SHA-256 of every file in it.
 import hashlib
 from pathlib import Path
 
-from hyperface_jax.files import InputError, save_json
+from hyperface_jax.io.files import InputError, save_json
 
 LEDGER = "checksums.json"
 

@@ -21,8 +21,9 @@ import numpy as np
 from absl import flags
 
 from hyperface_jax import pack
-from hyperface_jax.config import config_from_flags
-from hyperface_jax.files import InputError
+from hyperface_jax.io.files import InputError
+from hyperface_jax.jobs import packing
+from hyperface_jax.jobs.config import config_from_flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,6 @@ def pack_references(num_identities: int | None = None, dim: int | None = None,
     c = dataclasses.replace(c, out_dir=out_dir or "")
     # report.json's flags say where the inputs came from.
     c = dataclasses.replace(c, **{name: "<array>" for name in arrays})
-    report, embeddings = pack.run_job(c, log=log, **arrays)
+    report, embeddings = packing.run_job(c, log=log, **arrays)
     return PackResult(embeddings=embeddings, figures=report["figures"],
                       history=report["history"], report=report)

@@ -9,8 +9,8 @@ import numpy as np
 from scipy.stats import qmc
 from scipy.stats import t as student_t
 
-from hyperface_jax import optimizers
-from hyperface_jax.files import InputError
+from hyperface_jax.engine import optimizers
+from hyperface_jax.io.files import InputError
 
 SCALES = ("log", "linear", "log1m")
 TUNABLE = ("learning_rate",) + optimizers.HYPER_FLAGS

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hyperface_jax import neighbors
+from hyperface_jax.engine import neighbors
 
 
 @flax.struct.dataclass
@@ -125,7 +125,7 @@ def search_partners(x, gallery, size: int, gallery_size: int, search, *, spare: 
     of `size` partners among the rows of x and `gallery_size` gallery rows, and each row's
     margins (rows, 2) (`_margin`: packing, gallery). `spare` / `gallery_spare` say that one
     more partner than listed exists and is searched to measure the margin."""
-    from hyperface_jax.objective import Partners
+    from hyperface_jax.engine.objective import Partners
 
     values, packing = search.top_k(x, x, size + spare, exclude_self=True)
     margins = [_margin(values, size, spare, whole_list)]

@@ -19,7 +19,7 @@ import jax
 import optax
 import optax.contrib
 
-from hyperface_jax import riemannian, sphere
+from hyperface_jax.engine import riemannian, sphere
 
 # The common ones (each is tested on a small packing in tests/test_solver.py).
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "lamb", "lion", "adafactor", "nadam",
