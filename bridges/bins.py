@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError, atomic_write
 
 MAX_IMAGES = 100_000
@@ -61,9 +62,7 @@ def read(path, max_images: int = MAX_IMAGES) -> tuple[list[bytes], np.ndarray]:
     """(encoded images, issame (n,) bool) from a `.bin`; `InputError` naming the file if it
     is missing, not a verification pickle, tries to load anything but plain data, or holds
     more than `max_images` images."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"verification file not found: {path}")
+    path = require_path(path, "verification file")
     try:
         with open(path, "rb") as f:
             blob = _RestrictedUnpickler(f, encoding="bytes").load()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bridges import require_torch_extra
+from bridges import require_path, require_torch_extra
 from hyperface_jax import cli
 from hyperface_jax.io.files import InputError, atomic_write, save_embeddings, save_json
 
@@ -87,9 +87,7 @@ def run(fv, *, log=None) -> dict:
         raise InputError(f"--out={out} must end with .npy")
     if bool(fv.detector) == bool(fv.aligned):
         raise InputError("give exactly one of --detector=<SCRFD .onnx> and --aligned")
-    folder = Path(fv.images)
-    if not folder.is_dir():
-        raise InputError(f"--images folder not found: {folder}")
+    folder = require_path(fv.images, "--images folder", "folder")
     paths = find_images(folder)
     if not paths:
         raise InputError(f"--images folder {folder} holds no .jpg/.jpeg/.png files")

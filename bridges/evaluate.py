@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bridges import ijb, require_torch_extra, set_threads
+from bridges import ijb, require_path, require_torch_extra, set_threads
 from hyperface_jax import cli
 from hyperface_jax.io.files import InputError, atomic_write, save_json
 
@@ -74,10 +74,7 @@ def find_bins(spec: str, only: str = "") -> dict[str, Path]:
         if not files:
             raise InputError(f"no .bin files in {parts[0]}")
     else:
-        files = parts
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"verification file not found: {f}")
+        files = [require_path(f, "verification file") for f in parts]
     found = {f.stem: f for f in files}
     if only:
         wanted = [s for s in only.split(",") if s]

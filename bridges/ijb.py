@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError, atomic_write, save_figure, save_json
 
 TARGETS = ("IJBB", "IJBC")
@@ -98,8 +99,7 @@ def find_root(spec: str, target: str) -> Path:
 
 def _table(path: Path, fields: int | None, what: str, *, sep=None) -> list[list[str]]:
     """Rows of a whitespace- (or `sep`-) separated file, checked for their field count."""
-    if not path.is_file():
-        raise InputError(f"IJB {what} file not found: {path}")
+    require_path(path, f"IJB {what} file")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -136,8 +136,7 @@ def read_protocol(root: Path, target: str) -> Protocol:
     pair_path = meta / f"{prefix}_template_pair_label.txt"
     crops = _table(tid_path, 3, "image template media")
     points = _table(pts_path, 12, "image, 5 landmarks, faceness")
-    if not pair_path.is_file():
-        raise InputError(f"IJB template1 template2 label file not found: {pair_path}")
+    require_path(pair_path, "IJB template1 template2 label file")
     if len(points) != len(crops):
         raise InputError(f"{pts_path} lists {len(points)} crops but {tid_path} lists "
                          f"{len(crops)}; they must list the same crops in the same order")
@@ -165,9 +164,11 @@ def read_protocol(root: Path, target: str) -> Protocol:
         raise InputError(f"{pair_path} has no {kind} pairs (label {int(not labels.all())})")
     images = root / "loose_crop"
     for k, name in enumerate(names):
-        if not (images / name).is_file():
-            raise InputError(f"crop not found: {images / name} ({tid_path.name} line "
-                             f"{crops[k][0]})")
+        if not (images / name).is_file():  # the common case fast, the message exact
+            try:
+                require_path(images / name, "crop")
+            except InputError as e:
+                raise InputError(f"{e} ({tid_path.name} line {crops[k][0]})") from None
     return Protocol(root, target, tuple(names), landmarks.astype(np.float32), faceness,
                     ids[:, 0], ids[:, 1], np.asarray(pair_ids, np.int64), labels)
 

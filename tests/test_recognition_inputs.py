@@ -219,3 +219,33 @@ def test_train_leaves_nothing_behind_on_a_bad_image(tmp_path, capsys):
     assert code == 2
     assert "cannot read image" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_device_or_fifo_is_named_as_such_not_as_missing(tmp_path, bin_dir, capsys):
+    import os
+
+    model = _save_model(tmp_path / "m" / "model.pt")
+    (tmp_path / "folder.bin").mkdir()
+    os.mkfifo(tmp_path / "fifo.bin")
+    cases = [
+        (["--model=/dev/zero", f"--bins={bin_dir}"],
+         "model file /dev/zero is a FIFO, device or socket, not a file"),
+        ([f"--model={model}", f"--bins={bin_dir / 'tiny.bin'},{tmp_path / 'folder.bin'}"],
+         f"verification file {tmp_path / 'folder.bin'} is a folder, not a file"),
+        ([f"--model={model}", f"--bins={bin_dir / 'tiny.bin'},{tmp_path / 'fifo.bin'}"],
+         f"verification file {tmp_path / 'fifo.bin'} is a FIFO, device or socket, not a file"),
+        ([f"--model={model}", f"--bins={tmp_path / 'gone.bin'},{bin_dir / 'tiny.bin'}"],
+         f"verification file not found: {tmp_path / 'gone.bin'}"),
+    ]
+    for flags, words in cases:
+        assert _evaluate(*flags, f"--out_dir={tmp_path / 'o'}") == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"error: {words}"], flags
+    with pytest.raises(bins.InputError, match="is a folder, not a file"):
+        bins.read(tmp_path / "folder.bin")
+    data = tmp_path / "data.txt"
+    data.write_text("x")
+    code = train.main(["train", f"--data={data}", f"--out_dir={tmp_path / 'run'}",
+                       "--progress=false"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: training data folder {data} is a file, not a folder")

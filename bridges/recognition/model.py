@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bridges import require_path
 from bridges.recognition.groupface import GroupFace
 from bridges.recognition.heads import HEADS
 from bridges.recognition.iresnet import ARCHS, build_backbone
@@ -48,8 +49,7 @@ def load_model(path, device="cpu") -> FaceModel:
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
-    if not path.is_file():
-        raise InputError(f"model file not found: {path}")
+    require_path(path, "model file")
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
