@@ -13,7 +13,7 @@ import torch
 
 from bridges import bins, evaluate, train
 from bridges.recognition import train as train_lib
-from tests.test_recognition_train import TINY, make_dataset
+from tests.test_recognition_train import TINY, make_dataset, train_with_one_thread
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,13 +23,8 @@ def trained(tmp_path_factory):
     """A one-epoch run (its checkpoint is what the crafted cases start from) and a .bin."""
     root = tmp_path_factory.mktemp("faults")
     data = make_dataset(root / "data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert train.main(["train", f"--data={data}", f"--out_dir={root / 'run'}",
-                           "--epochs=1", *TINY]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert train_with_one_thread(f"--data={data}", f"--out_dir={root / 'run'}", "--epochs=1",
+                                 *TINY) == 0
     rng = np.random.default_rng(0)
     pairs = [(rng.integers(0, 256, (16, 16, 3)), rng.integers(0, 256, (16, 16, 3)))
              for _ in range(10)]
@@ -209,3 +204,19 @@ def test_embeddings_far_beyond_unit_norm_are_normalised_in_float64(trained, tmp_
     raw = a.double() + b.double()
     np.testing.assert_allclose(emb, (raw / raw.norm(dim=1, keepdim=True)).numpy(), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-6)
+
+
+def test_a_checkpoint_of_other_settings_is_named_as_such_before_its_contents(
+        trained, tmp_path, capsys):
+    """The identity is compared first: another batch size also changes the steps per
+    epoch, which the checkpoint's own checks would otherwise report."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    flags = [f for f in TINY if not f.startswith("--batch_size")]
+    code = train.main(["train", f"--data={trained['data']}", f"--out_dir={run}",
+                       "--epochs=2", "--batch_size=8", *flags])
+    assert code == 2
+    line = _one_error(capsys)
+    assert "holds a run with different settings (batch_size: 16 -> 8)" in line, line

@@ -243,7 +243,7 @@ def resume(p: Plan, log) -> History:
     existing = _checkpoints(p.out)
     if not existing:
         return History()
-    blob = _load_checkpoint(existing[-1], p)
+    blob = _load_checkpoint(existing[-1])
     runs.check_identity(blob["identity"], p.identity, p.out, "a run with different settings")
     restore_state(p, blob, existing[-1])
     epoch_rows = blob["epoch_rows"]
@@ -426,10 +426,10 @@ CHECKPOINT_KEYS = ("identity", "trainee", "optimizer", "scaler", "epoch", "step"
                    "step_rows", "epoch_rows")
 
 
-def _load_checkpoint(path: Path, p: Plan) -> dict:
-    """The checkpoint at `path`, verified against checksums.json, its plain entries
-    checked (a file with a matching checksum may still have been crafted); its states
-    are checked as `restore_state` loads them."""
+def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`, verified against checksums.json; the rest of it is
+    checked by `restore_state` (a file with a matching checksum may still be crafted),
+    after the caller has compared its identity with the run's."""
     integrity.verify(path.parent, path.name, path.parent, path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -437,9 +437,9 @@ def _load_checkpoint(path: Path, p: Plan) -> dict:
         raise _bad_checkpoint(path, f"it cannot be read ({type(e).__name__})") from None
     if not isinstance(blob, dict) or any(k not in blob for k in CHECKPOINT_KEYS):
         raise _bad_checkpoint(path, "not a bridges.train checkpoint")
-    problem = checkpoint_problem(blob, p.steps_per_epoch)
-    if problem:
-        raise _bad_checkpoint(path, problem)
+    if not isinstance(blob["identity"], dict):
+        raise _bad_checkpoint(path, f"its identity is a {type(blob['identity']).__name__}, "
+                              "not a dict")
     return blob
 
 
@@ -469,17 +469,19 @@ def checkpoint_problem(blob: dict, steps_per_epoch: int) -> str | None:
                     isinstance(row.get(c), int | float) and not isinstance(row.get(c), bool)
                     and math.isfinite(row[c]) for c in columns)):
                 return f"a row of its {key} is not {', '.join(columns)} as finite numbers"
-    for key in ("identity", "optimizer", "scaler"):
+    for key in ("optimizer", "scaler"):
         if not isinstance(blob[key], dict):
             return f"its {key} is a {type(blob[key]).__name__}, not a dict"
     return None
 
 
 def restore_state(p: Plan, blob: dict, path: Path) -> None:
-    """Load the trainee, optimizer and grad scaler states of a checked checkpoint; an
-    optimizer state that does not fit this run's parameters and settings is refused."""
-    problem = weights_problem(blob["trainee"], p.trainee.state_dict(),
-                              "its model and head weights", "this run's model")
+    """Load the trainee, optimizer and grad scaler states of a checkpoint of this run
+    (same identity), each checked first: counts and rows (`checkpoint_problem`), weights
+    (`weights_problem`), the optimizer's settings and momentum buffers."""
+    problem = checkpoint_problem(blob, p.steps_per_epoch) or weights_problem(
+        blob["trainee"], p.trainee.state_dict(), "its model and head weights",
+        "this run's model")
     if problem:
         raise _bad_checkpoint(path, problem)
     fresh = [{k: v for k, v in g.items() if k not in ("params", "lr")}
