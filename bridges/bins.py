@@ -16,9 +16,10 @@ refuses, each with one line saying which bound:
 - any image whose header declares more than MAX_IMAGE_PIXELS pixels;
 - a set whose headers declare more pixels in all (every reference counted) than its
   decoding budget, `pixel_budget(file size)`: PIXELS_PER_FILE_BYTE per byte of the file,
-  at least MIN_PIXEL_BUDGET, at most MAX_SET_PIXELS. Published sets hold JPEGs of about
-  3 pixels per byte; 100,000 references to one 4096 x 4096 PNG (a 300 KB file declaring
-  1.7 T pixels, about a day of decoding) are refused after reading the headers only.
+  at least MIN_PIXEL_BUDGET, at most MAX_SET_PIXELS. Colour photos compress to far
+  fewer pixels per byte; 100,000 references to one 4096 x 4096 PNG (a 300 KB file
+  declaring 1.7 T pixels, about half a day of decoding) are refused after reading the
+  headers only.
 `decode` refuses a decoded array above MAX_DECODED_BYTES and oversized images as well.
 """
 
@@ -36,7 +37,7 @@ from hyperface_jax.io.files import InputError, atomic_write
 MAX_IMAGES = 100_000
 MAX_DECODED_BYTES = 8 << 30
 MAX_IMAGE_PIXELS = 4096 * 4096
-PIXELS_PER_FILE_BYTE = 1000  # deflate packs at most ~1000 raw bytes into one
+PIXELS_PER_FILE_BYTE = 1000  # a blank 4096 x 4096 RGB PNG: 343 pixels per byte
 MIN_PIXEL_BUDGET = 1 << 26   # small sets: ~5,000 images of 112 x 112, a few seconds
 MAX_SET_PIXELS = 1 << 33     # ~700,000 images of 112 x 112, minutes of decoding
 

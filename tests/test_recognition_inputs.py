@@ -110,7 +110,7 @@ def _png(width, height, mode="RGB") -> bytes:
 
 def test_a_bin_of_references_to_one_huge_png_is_refused_within_seconds(tmp_path, capsys):
     """The tester's file: 100,000 memo references to one 4096 x 4096 PNG (~300 KB; each
-    decode ~0.5 s, about a day in all) passes the image count and per-image bounds; the
+    decode ~0.5 s, about 13 hours in all) passes the image count and per-image bounds; the
     pixels its headers declare in all exceed the budget of its file size."""
     import time
 
