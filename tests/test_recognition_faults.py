@@ -220,3 +220,26 @@ def test_a_checkpoint_of_other_settings_is_named_as_such_before_its_contents(
     assert code == 2
     line = _one_error(capsys)
     assert "holds a run with different settings (batch_size: 16 -> 8)" in line, line
+
+
+def test_nan_weights_at_an_epoch_end_stop_the_run_before_anything_is_saved(tmp_path):
+    """A step's loss is taken before its update, so the last step of an epoch can leave
+    NaN weights behind a finite loss: the epoch-end save and the final outputs check the
+    weights first, and the message names the checkpoints that are kept."""
+    from types import SimpleNamespace
+
+    from hyperface_jax.io.files import RunFailed
+
+    trainee = torch.nn.Linear(2, 2)
+    p = SimpleNamespace(trainee=trainee, out=tmp_path, config=SimpleNamespace(lr=1e30))
+    train_lib.check_finite_weights(p, 4)  # finite: nothing raised
+    with torch.no_grad():
+        trainee.bias[1] = math.inf
+    with pytest.raises(RunFailed, match=r"^training diverged: bias holds NaN or Inf after step "
+                                        r"4 \(--lr=1e\+30\); lower --lr$"):
+        train_lib.check_finite_weights(p, 4)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch_002.pt").write_bytes(b"")
+    with pytest.raises(RunFailed, match="lower --lr in a new --out_dir .* keeps its "
+                                        "checkpoints up to epoch_002"):
+        train_lib.check_finite_weights(p, 4)
