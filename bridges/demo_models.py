@@ -449,4 +449,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hyperface_jax import cli
+
+    cli.exit_process(main())

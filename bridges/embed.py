@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bridges import require_torch_extra
+from bridges import require_path, require_torch_extra
 from hyperface_jax import cli
 from hyperface_jax.io.files import InputError, atomic_write, save_embeddings, save_json
 
@@ -103,9 +103,7 @@ def run(fv, *, log=None) -> dict:
     if bool(fv.detector) == bool(fv.aligned):
         raise InputError("give exactly one of --detector (mtcnn or an SCRFD .onnx) and "
                          "--aligned")
-    folder = Path(fv.images)
-    if not folder.is_dir():
-        raise InputError(f"--images folder not found: {folder}")
+    folder = require_path(fv.images, "--images folder", "folder")
     paths = find_images(folder)
     if not paths:
         raise InputError(f"--images folder {folder} holds no .jpg/.jpeg/.png files")
@@ -187,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

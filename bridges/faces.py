@@ -9,10 +9,9 @@ and tries to download missing packs. Images are BGR uint8 arrays, as OpenCV read
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError
 
 ALIGNED_SIZE = 112
@@ -28,9 +27,7 @@ def _providers() -> list[str]:
 def _load(path, what: str):
     from insightface.model_zoo import get_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
+    path = require_path(path, what)
     try:
         return get_model(str(path), providers=_providers())
     except Exception as e:  # noqa: BLE001 - onnxruntime/onnx raise many kinds

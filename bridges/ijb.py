@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError, atomic_write, save_figure, save_json
 
 TARGETS = ("IJBB", "IJBC")
@@ -111,8 +112,7 @@ def find_root(spec: str, target: str) -> Path:
 
 def _table(path: Path, fields: int | None, what: str, *, sep=None) -> list[list[str]]:
     """Rows of a whitespace- (or `sep`-) separated file, checked for their field count."""
-    if not path.is_file():
-        raise InputError(f"IJB {what} file not found: {path}")
+    require_path(path, f"IJB {what} file")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -140,15 +140,16 @@ def _integers(path: Path, number: int, values: list[str], what: str) -> list[int
 
 
 def read_protocol(root: Path, target: str) -> Protocol:
-    """The crop list, landmarks and template pairs; `InputError` on the first problem."""
+    """The crop list, landmarks and template pairs, validated (see `check_crops`,
+    `check_landmarks`, `check_pairs`); `InputError` naming the file and line of the first
+    problem."""
     meta, prefix = root / "meta", target.lower()
     tid_path = meta / f"{prefix}_face_tid_mid.txt"
     pts_path = meta / f"{prefix}_name_5pts_score.txt"
     pair_path = meta / f"{prefix}_template_pair_label.txt"
     crops = _table(tid_path, 3, "image template media")
     points = _table(pts_path, 12, "image, 5 landmarks, faceness")
-    if not pair_path.is_file():
-        raise InputError(f"IJB template1 template2 label file not found: {pair_path}")
+    require_path(pair_path, "IJB template1 template2 label file")
     if len(points) != len(crops):
         raise InputError(f"{pts_path} lists {len(points)} crops but {tid_path} lists "
                          f"{len(crops)}; they must list the same crops in the same order")
@@ -156,20 +157,19 @@ def read_protocol(root: Path, target: str) -> Protocol:
     for number, (name, t, m) in crops:
         names.append(name)
         ids.append(_integers(tid_path, number, [t, m], "template and media ids"))
-    landmarks, faceness = [], []
+    check_crops(names, [number for number, _ in crops], tid_path)
+    values = []
     for k, (number, row) in enumerate(points):
         if row[0] != names[k]:
             raise InputError(f"{pts_path}:{number}: crop {row[0]!r} where {tid_path.name} "
                              f"has {names[k]!r}; the files must list the same crops in order")
         try:
-            values = np.array([float(v) for v in row[1:]])
+            values.append([float(v) for v in row[1:]])
         except ValueError:
             raise InputError(f"{pts_path}:{number}: landmarks and score must be numbers") from None
-        if not np.isfinite(values).all() or values[-1] < 0:
-            raise InputError(f"{pts_path}:{number}: landmarks must be finite and the "
-                             f"faceness score >= 0, got {' '.join(row[1:])!r}")
-        landmarks.append(values[:10].reshape(5, 2))
-        faceness.append(values[10])
+    values = np.asarray(values, np.float64)
+    landmarks, faceness = values[:, :10].reshape(-1, 5, 2), values[:, 10]
+    check_landmarks(landmarks, faceness, [number for number, _ in points], pts_path)
     ids = np.asarray(ids, np.int64)
     pair_ids, labels = read_pairs(pair_path, np.unique(ids[:, 0]), tid_path.name)
     if labels.all() or not labels.any():
@@ -177,18 +177,62 @@ def read_protocol(root: Path, target: str) -> Protocol:
         raise InputError(f"{pair_path} has no {kind} pairs (label {int(not labels.all())})")
     images = root / "loose_crop"
     for k, name in enumerate(names):
-        if not (images / name).is_file():
-            raise InputError(f"crop not found: {images / name} ({tid_path.name} line "
-                             f"{crops[k][0]})")
-    return Protocol(root, target, tuple(names), np.asarray(landmarks, np.float32),
-                    np.asarray(faceness, np.float64), ids[:, 0], ids[:, 1],
-                    np.asarray(pair_ids, np.int64), labels)
+        if not (images / name).is_file():  # the common case fast, the message exact
+            try:
+                require_path(images / name, "crop")
+            except InputError as e:
+                raise InputError(f"{e} ({tid_path.name} line {crops[k][0]})") from None
+    return Protocol(root, target, tuple(names), landmarks.astype(np.float32), faceness,
+                    ids[:, 0], ids[:, 1], np.asarray(pair_ids, np.int64), labels)
+
+
+# Landmarks are pixel positions in a loose crop: beyond MAX_LANDMARK pixels (any photo's
+# size) they are not positions; five points within MIN_LANDMARK_SPREAD pixels of their
+# centre (RMS) leave the alignment's scale undefined.
+MAX_LANDMARK = 1e5
+MIN_LANDMARK_SPREAD = 1.0
+
+
+def check_crops(names: list[str], lines: list[int], path: Path) -> None:
+    """Each crop listed once, by a name inside loose_crop/ (no absolute path, no `..`)."""
+    first: dict[str, int] = {}
+    for name, number in zip(names, lines, strict=True):
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts:
+            raise InputError(f"{path}:{number}: crop name {name!r} leaves loose_crop/ "
+                             "(an absolute path or '..'); names are relative to loose_crop/")
+        if first.setdefault(name, number) != number:
+            raise InputError(f"{path}:{number}: crop {name!r} is listed again (first at "
+                             f"line {first[name]}); each crop belongs to one template once")
+
+
+def check_landmarks(landmarks: np.ndarray, faceness: np.ndarray, lines: list[int],
+                    path: Path) -> None:
+    """Five finite landmarks within MAX_LANDMARK pixels that do not (nearly) coincide, and
+    a faceness score in [0, 1] (a detector's probability; it weights the crop)."""
+    spread = np.sqrt(((landmarks - landmarks.mean(axis=1, keepdims=True)) ** 2)
+                     .sum(axis=2).mean(axis=1))
+    checks = [
+        (np.isfinite(landmarks).all(axis=(1, 2)) & (np.abs(landmarks) <= MAX_LANDMARK)
+         .all(axis=(1, 2)), f"landmarks must be finite pixel positions within "
+                            f"{MAX_LANDMARK:g} of the crop's corner"),
+        (spread >= MIN_LANDMARK_SPREAD, f"the five landmarks lie within "
+                                        f"{MIN_LANDMARK_SPREAD:g} pixel of their centre "
+                                        "(degenerate: no alignment)"),
+        ((faceness >= 0) & (faceness <= 1), "the faceness score must be in [0, 1]"),
+    ]
+    for ok, problem in checks:
+        if not ok.all():
+            k = int(np.argmin(ok))
+            shown = " ".join(f"{v:g}" for v in [*landmarks[k].ravel(), faceness[k]])
+            raise InputError(f"{path}:{lines[k]}: {problem}, got {shown!r}")
 
 
 def read_pairs(path: Path, known: np.ndarray, crop_list: str) -> tuple[np.ndarray, np.ndarray]:
     """((pairs, 2) template ids, (pairs,) bool labels) of a `t1 t2 label` file whose
-    templates are all in `known` (sorted). IJB-C lists 15.6 M pairs: NumPy's C reader
-    reads a well-formed file; any problem is then located line by line for the message."""
+    templates are all in `known` (sorted), checked by `check_pairs`. IJB-C lists 15.6 M
+    pairs: NumPy's C reader reads a well-formed file; any problem is then located line by
+    line for the message."""
     import warnings
 
     try:
@@ -200,7 +244,14 @@ def read_pairs(path: Path, known: np.ndarray, crop_list: str) -> tuple[np.ndarra
     except (ValueError, UserWarning, OSError):
         fast = False
     if fast:
-        return data[:, :2], data[:, 2] == 1
+        pairs, labels = data[:, :2], data[:, 2] == 1
+    else:
+        pairs, labels = _read_pairs_by_line(path, known, crop_list)
+    check_pairs(pairs, known, path)
+    return pairs, labels
+
+
+def _read_pairs_by_line(path: Path, known: np.ndarray, crop_list: str):
     pairs, labels, known_set = [], [], set(known.tolist())
     for number, row in _table(path, 3, "template1 template2 label"):
         t1, t2, label = _integers(path, number, row, "template ids and label")
@@ -212,6 +263,39 @@ def read_pairs(path: Path, known: np.ndarray, crop_list: str) -> tuple[np.ndarra
         pairs.append((t1, t2))
         labels.append(bool(label))
     return np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(labels, bool)
+
+
+def check_pairs(pairs: np.ndarray, known: np.ndarray, path: Path) -> None:
+    """No template paired with itself, no pair listed twice (in either order): a repeated
+    pair would count twice in TAR and FAR. Vectorised (IJB-C: 15.6 M pairs); the line of
+    a problem is found by reading the file again."""
+    same = np.flatnonzero(pairs[:, 0] == pairs[:, 1])
+    if len(same):
+        raise InputError(f"{path}:{_line_of_row(path, same[0])}: template {pairs[same[0], 0]} "
+                         "is paired with itself")
+    a, b = np.searchsorted(known, pairs[:, 0]), np.searchsorted(known, pairs[:, 1])
+    keys = np.minimum(a, b) * len(known) + np.maximum(a, b)
+    ordered = np.sort(keys)
+    if (ordered[1:] == ordered[:-1]).any():  # then find the lines (slower, rare)
+        order = np.argsort(keys, kind="stable")
+        repeat = keys[order][1:] == keys[order][:-1]
+        again = order[1:][repeat].min()  # the earliest row repeating an earlier one
+        first = order[np.searchsorted(keys[order], keys[again])]
+        t1, t2 = pairs[again]
+        raise InputError(f"{path}:{_line_of_row(path, again)}: the pair of templates {t1} "
+                         f"and {t2} is listed again (first at line "
+                         f"{_line_of_row(path, first)}); each pair counts once")
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """The line number of the `row`-th non-blank line of `path` (0-based row)."""
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                if row == 0:
+                    return number
+                row -= 1
+    return -1
 
 
 def identification_files(root: Path, target: str) -> dict[str, Path] | None:
@@ -234,8 +318,18 @@ def identification_files(root: Path, target: str) -> dict[str, Path] | None:
 def read_subjects(path: Path, known: set[int]) -> tuple[np.ndarray, np.ndarray]:
     """(template ids, subject ids), one per template, of a 1:N csv (TEMPLATE_ID,SUBJECT_ID,
     ... per crop, a header line first)."""
+    return _as_arrays(_subject_rows(path, known))
+
+
+def _as_arrays(rows: dict[int, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    templates = np.asarray(sorted(rows), np.int64)
+    return templates, np.asarray([rows[t][0] for t in templates], np.int64)
+
+
+def _subject_rows(path: Path, known: set[int]) -> dict[int, tuple[int, int]]:
+    """{template: (subject, first line)} of a 1:N csv; one subject per template."""
     rows = _table(path, None, "1:N template list", sep=",")
-    subject_of: dict[int, int] = {}
+    subject_of: dict[int, tuple[int, int]] = {}
     for number, row in rows:
         if number == rows[0][0] and not row[0].lstrip("-").isdigit():
             continue  # the header
@@ -245,13 +339,35 @@ def read_subjects(path: Path, known: set[int]) -> tuple[np.ndarray, np.ndarray]:
         if t not in known:
             raise InputError(f"{path}:{number}: template {t} has no crop in the "
                              "face_tid_mid list")
-        if subject_of.setdefault(t, s) != s:
-            raise InputError(f"{path}:{number}: template {t} belongs to subjects "
-                             f"{subject_of[t]} and {s}")
+        subject, line = subject_of.setdefault(t, (s, number))
+        if subject != s:
+            raise InputError(f"{path}:{number}: template {t} belongs to subject {s} here "
+                             f"and to subject {subject} at line {line}")
     if not subject_of:
         raise InputError(f"1:N template list {path} has no templates")
-    templates = np.asarray(sorted(subject_of), np.int64)
-    return templates, np.asarray([subject_of[t] for t in templates], np.int64)
+    return subject_of
+
+
+def read_identification(files: dict[str, Path], known: set[int]
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{list name: (template ids, subject ids)} of the 1:N lists `files` (galleries and
+    "probe"), each read by `read_subjects`; a template may appear in one list only (the
+    galleries are disjoint and the probes are not gallery templates: a probe found in
+    the gallery would be its own mate)."""
+    rows = {name: _subject_rows(path, known) for name, path in files.items()}
+    seen: dict[int, str] = {}
+    for name, path in files.items():
+        for t, (s, line) in rows[name].items():
+            other = seen.setdefault(t, name)
+            if other == name:
+                continue
+            s0, line0 = rows[other][t]
+            if s0 != s:
+                raise InputError(f"{path}:{line}: template {t} belongs to subject {s} here "
+                                 f"and to subject {s0} in {files[other]}:{line0}")
+            raise InputError(f"{path}:{line}: template {t} is also in {files[other]}:"
+                             f"{line0}; each template belongs to one 1:N list")
+    return {name: _as_arrays(table) for name, table in rows.items()}
 
 
 # ----------------------------------------------------------------------------- features
@@ -337,9 +453,10 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
         pooled += w[:, s:s + chunk] @ np.asarray(features[s:s + chunk], np.float64)
     norms = np.linalg.norm(pooled, axis=1)
     if not (np.isfinite(norms).all() and (norms > 0).all()):
-        bad = int(ids[np.argmax(~(np.isfinite(norms) & (norms > 0)))])
-        raise InputError(f"template {bad} has a zero or non-finite feature (are all its "
-                         "faceness scores 0? --noijb_detector_score ignores them)")
+        k = int(np.argmax(~(np.isfinite(norms) & (norms > 0))))
+        own = crops[row[crops] == k]
+        raise InputError(f"template {int(ids[k])} has no feature: "
+                         f"{_why_no_feature(features[own], weight[own], norms[k])}")
     return ids, pooled / norms[:, None]
 
 
@@ -362,6 +479,20 @@ def pooled(protocol: Protocol, feats, scale, inter=None, inter_scale=None, chose
         return ids, final, None
     return ids, final, template_features(inter, protocol.templates, protocol.medias, chosen,
                                          inter_scale)[1]
+
+
+def _why_no_feature(features, weights, norm) -> str:
+    """The cause of a template's zero or non-finite pooled feature, from its crops."""
+    if not np.isfinite(features).all():
+        return "the model's features of its crops hold NaN or Inf"
+    if not np.isfinite(weights).all():
+        return "its crops' weights (faceness score / feature norm) are not finite"
+    if not np.isfinite(norm):
+        return "its weighted crop features overflow"
+    if not weights.any():
+        return ("the faceness scores of all its crops are 0 (--noijb_detector_score "
+                "ignores them)")
+    return "its crops' weighted features sum to zero"
 
 
 def pair_scores(ids: np.ndarray, feats: np.ndarray, pairs: np.ndarray,
@@ -528,7 +659,7 @@ def run(fv, names: dict[str, str]) -> dict:
     known = set(np.unique(protocol.templates).tolist())
     one_n = None
     if lists:
-        one_n = {name: read_subjects(path, known) for name, path in lists.items()}
+        one_n = read_identification(lists, known)
     device = torch.device("cuda" if fv.device == "cuda" or (
         fv.device == "auto" and torch.cuda.is_available()) else "cpu")
     models = {name: load_model(path, device) for name, path in names.items()}
@@ -549,9 +680,10 @@ def run(fv, names: dict[str, str]) -> dict:
         scale = weights.copy()
         if not fv.ijb_feature_norm:
             norms = np.linalg.norm(feats, axis=1).astype(np.float64)
-            if not (norms > 0).all():
-                raise InputError(f"{name}: zero feature for crop "
-                                 f"{protocol.names[int(np.argmin(norms > 0))]}")
+            if not (norms > 0).all():  # NaN norms too
+                k = int(np.argmin(norms > 0))
+                raise InputError(f"{name}: the feature of crop {protocol.names[k]} is "
+                                 f"{'zero' if norms[k] == 0 else 'NaN or Inf'}")
             scale /= norms
         inter_scale = None
         if group:  # unit crop intermediate features, weighted like the final ones

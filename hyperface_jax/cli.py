@@ -36,7 +36,7 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
 
     `output` names the flag of the job's output folder (or file, `output_is_file`): it is
     required, checked and locked before `job` runs, and folders created for it are removed
-    again if the job then refuses its input.
+    again if the job then refuses its input or fails (`RunFailed`) before writing to them.
     """
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
@@ -74,6 +74,7 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
     except KeyboardInterrupt:
         return 130
     except RunFailed as e:  # the run could not deliver; finished work (checkpoints) is kept
+        runs.remove_created(created)  # only folders still empty: nothing was finished
         return _error(str(e), code=1)
     except Exception as e:
         if isinstance(e, DiskFullError):
@@ -85,6 +86,17 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
         where = getattr(e, "filename", None) or location or "."
         return _error(disk_full(where, OSError(full, os.strerror(full))).strerror, code=1)
     return 0
+
+
+def exit_process(code: int) -> typing.NoReturn:
+    """End a `python -m` process with `code` (its `__main__` block). After an interrupt
+    (130) the process is already stopping; a second Ctrl-C or SIGTERM during the
+    interpreter's teardown (over a second once torch is loaded) would kill it with 143
+    or print a traceback instead, so both are ignored from here on."""
+    if code == 130 and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
 
 
 _DISK_FULL_TEXT = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}

@@ -13,6 +13,7 @@ from PIL import Image
 
 from bridges import evaluate
 from bridges.recognition.model import FaceModel
+from hyperface_jax.io.files import InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -396,7 +397,7 @@ def test_bad_ijb_metadata_exits_2_with_one_line(ijb_set, tmp_path, capsys):
         "unreadable crop": (garbage_crop, "not a readable image"),
         "lists disagree": (lambda m: _replace(m / "ijbc_name_5pts_score.txt", first_crop + " ",
                                               "other.png "), "same crops"),
-        "negative faceness": (_negative_faceness, "faceness score >= 0"),
+        "negative faceness": (_negative_faceness, "faceness score must be in [0, 1]"),
         "one gallery missing": (lambda m: (m / "ijbc_1N_gallery_G2.csv").unlink(),
                                 "1:N list not found"),
         "gallery template unknown": (lambda m: _replace(m / "ijbc_1N_gallery_G1.csv",
@@ -456,3 +457,165 @@ def test_identification_blocks_and_subjects_with_several_templates():
     assert twice["rank_1"] is None and "not exactly once" in twice["undefined"]
     scores = ijb.pair_scores(np.arange(6), gallery, np.array([[0, 1], [2, 5], [3, 3]]), block=2)
     np.testing.assert_allclose(scores, [gallery[0] @ gallery[1], gallery[2] @ gallery[5], 1.0])
+
+
+def _append(path: Path, line: str) -> int:
+    """Append `line`; return its line number."""
+    text = path.read_text()
+    path.write_text(text + line + "\n")
+    return len(text.splitlines()) + 1
+
+
+def _first_line(path: Path, skip_header: bool = False) -> str:
+    return path.read_text().splitlines()[1 if skip_header else 0]
+
+
+def _set_first_points(meta: Path, values: str) -> None:
+    path = meta / "ijbc_name_5pts_score.txt"
+    first, rest = path.read_text().split("\n", 1)
+    path.write_text(first.split(" ", 1)[0] + " " + values + "\n" + rest)
+
+
+def _rename_first_crop(meta: Path, name: str) -> None:
+    for file in ("ijbc_face_tid_mid.txt", "ijbc_name_5pts_score.txt"):
+        first, rest = (meta / file).read_text().split("\n", 1)
+        (meta / file).write_text(name + " " + first.split(" ", 1)[1] + "\n" + rest)
+
+
+def _duplicate_crop(meta: Path) -> tuple[str, int, str]:
+    for file in ("ijbc_name_5pts_score.txt", "ijbc_face_tid_mid.txt"):
+        line = _append(meta / file, _first_line(meta / file))
+    name = _first_line(meta / "ijbc_face_tid_mid.txt").split()[0]
+    return "ijbc_face_tid_mid.txt", line, f"crop {name!r} is listed again (first at line 1)"
+
+
+def _doubled_pairs(meta: Path) -> tuple[str, int, str]:
+    """The tester's case: every pair line twice (378 -> 756 pairs)."""
+    path = meta / "ijbc_template_pair_label.txt"
+    text = path.read_text()
+    assert len(text.splitlines()) == 378
+    path.write_text(text + text)
+    a, b, _ = _first_line(path).split()
+    return path.name, 379, f"the pair of templates {a} and {b} is listed again (first at line 1)"
+
+
+def _reversed_pair(meta: Path) -> tuple[str, int, str]:
+    path = meta / "ijbc_template_pair_label.txt"
+    a, b, y = _first_line(path).split()
+    line = _append(path, f"{b} {a} {y}")
+    return path.name, line, f"the pair of templates {b} and {a} is listed again (first at line 1)"
+
+
+def _self_pair(meta: Path) -> tuple[str, int, str]:
+    path = meta / "ijbc_template_pair_label.txt"
+    first = _first_line(path)
+    a = first.split()[0]
+    _replace(path, first, f"{a} {a} 1")
+    return path.name, 1, f"template {a} is paired with itself"
+
+
+def _in_both_galleries(meta: Path) -> tuple[str, int, str]:
+    g1 = _first_line(meta / "ijbc_1N_gallery_G1.csv", skip_header=True)
+    line = _append(meta / "ijbc_1N_gallery_G2.csv", g1)
+    return ("ijbc_1N_gallery_G2.csv", line, f"template {g1.split(',')[0]} is also in "
+            f"{meta / 'ijbc_1N_gallery_G1.csv'}:2; each template belongs to one 1:N list")
+
+
+def _gallery_as_probe(meta: Path) -> tuple[str, int, str]:
+    g1 = _first_line(meta / "ijbc_1N_gallery_G1.csv", skip_header=True)
+    line = _append(meta / "ijbc_1N_probe_mixed.csv", g1)
+    return ("ijbc_1N_probe_mixed.csv", line, f"template {g1.split(',')[0]} is also in "
+            f"{meta / 'ijbc_1N_gallery_G1.csv'}:2")
+
+
+def _two_subjects(meta: Path) -> tuple[str, int, str]:
+    t, s, name = _first_line(meta / "ijbc_1N_gallery_G1.csv", skip_header=True).split(",")
+    line = _append(meta / "ijbc_1N_probe_mixed.csv", f"{t},{int(s) + 100},{name}")
+    return ("ijbc_1N_probe_mixed.csv", line, f"template {t} belongs to subject "
+            f"{int(s) + 100} here and to subject {s} in {meta / 'ijbc_1N_gallery_G1.csv'}:2")
+
+
+def _points(values: str, words: str):
+    def edit(meta):
+        _set_first_points(meta, values)
+        return "ijbc_name_5pts_score.txt", 1, words
+    return edit
+
+
+def _crop_name(name, words):
+    def edit(meta):
+        outside = meta.parent.parent / "outside.png"  # a real image out of loose_crop/
+        first = _first_line(meta / "ijbc_face_tid_mid.txt").split()[0]
+        outside.write_bytes((meta.parent / "loose_crop" / first).read_bytes())
+        shown = name.replace("OUTSIDE", str(outside))
+        _rename_first_crop(meta, shown)
+        return "ijbc_face_tid_mid.txt", 1, f"crop name {shown!r} {words}"
+    return edit
+
+
+LANDMARKS = " ".join(f"{v:.4f}" for v in (TEMPLATE + 3).ravel())
+METADATA_CASES = {
+    "duplicate crop line": _duplicate_crop,
+    "duplicate pair lines (378 -> 756)": _doubled_pairs,
+    "a pair listed again reversed": _reversed_pair,
+    "a template paired with itself": _self_pair,
+    "a template in G1 and G2": _in_both_galleries,
+    "a gallery template also a probe": _gallery_as_probe,
+    "a template with two subjects across files": _two_subjects,
+    "degenerate landmarks": _points("50 60 " * 5 + "0.9", "the five landmarks lie within 1 "
+                                    "pixel of their centre (degenerate: no alignment)"),
+    "1e30 landmarks": _points("1e30 " + LANDMARKS.split(" ", 1)[1] + " 0.9",
+                              "landmarks must be finite pixel positions within 100000"),
+    "faceness 1e308": _points(LANDMARKS + " 1e308", "the faceness score must be in [0, 1]"),
+    "crop name with ../": _crop_name("../../outside.png", "leaves loose_crop/"),
+    "absolute crop name": _crop_name("OUTSIDE", "leaves loose_crop/"),
+}
+
+
+@pytest.mark.parametrize("case", list(METADATA_CASES))
+def test_inconsistent_ijb_metadata_is_refused_naming_file_and_line(ijb_set, tmp_path, capsys,
+                                                                   case):
+    found = {}
+    root = _variant(ijb_set["root"], tmp_path / "IJBC",
+                    lambda meta: found.update(zip(("file", "line", "words"),
+                                                  METADATA_CASES[case](meta))))
+    out = tmp_path / "out"
+    code = evaluate.main(["evaluate", f"--model={ijb_set['model_path']}", f"--ijb={root}",
+                          f"--out_dir={out}", "--progress=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"error: {root / 'meta' / found['file']}:{found['line']}: {found['words']}" in err[0], \
+        err
+    assert not out.exists()
+
+
+def test_a_template_whose_faceness_scores_are_all_0_is_named_as_such(ijb_set, tmp_path,
+                                                                     capsys):
+    """The cause of a template without a feature is read from its crops: all faceness
+    scores 0 (--noijb_detector_score then evaluates it) vs a model giving NaN."""
+    crops = ijb_set["meta"]["crops"]
+    template = crops[0]["template"]
+    own = {c["name"] for c in crops if c["template"] == template}
+
+    def zero_faceness(meta):
+        path = meta / "ijbc_name_5pts_score.txt"
+        path.write_text("".join(
+            line.rsplit(" ", 1)[0] + " 0\n" if line.split()[0] in own else line + "\n"
+            for line in path.read_text().splitlines()))
+
+    root = _variant(ijb_set["root"], tmp_path / "IJBC", zero_faceness)
+    args = ["evaluate", f"--model={ijb_set['model_path']}", f"--ijb={root}", "--noijb_1n",
+            "--progress=false"]
+    assert evaluate.main([*args, f"--out_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: template {template} has no feature: the faceness scores of all "
+                   "its crops are 0 (--noijb_detector_score ignores them)"]
+    assert evaluate.main([*args, f"--out_dir={tmp_path / 'plain'}",
+                          "--noijb_detector_score"]) == 0
+    from bridges import ijb
+
+    features = np.ones((3, 2))
+    features[1, 0] = np.nan
+    with pytest.raises(InputError, match="template 7 has no feature: the model's features "
+                                           "of its crops hold NaN or Inf"):
+        ijb.template_features(features, np.array([5, 7, 7]), np.array([1, 2, 3]))
