@@ -1,9 +1,11 @@
 """`python -m hyperface_jax.compare`: variants on the same init, mean/std over seeds, resume."""
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +306,48 @@ def test_help_imports_no_jax():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--tune_trials" in done.stdout and "--suite" in done.stdout
+
+
+def _children(pid):
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_sweep_leaves_no_worker_running(tmp_path):
+    # Issue 23's command at a tiny size: kill -9 of the parent while 2 workers run trials.
+    command = [sys.executable, "-m", "hyperface_jax.compare", "--num_identities=60", "--dim=8",
+               "--alpha=0", "--schedule=cosine", "--steps=100000", "--log_every=1000",
+               "--checkpoint_every=1000", "--progress=false", "--optimizers=adam",
+               "--tune_trials=4", "--final_seeds=1", "--workers=2",
+               f"--out_dir={tmp_path / 't'}"]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        workers = []
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.5)
+            workers = [p for p in _children(parent.pid)
+                       if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(workers) == 2, "the sweep never started its 2 workers"
+        time.sleep(2)  # the workers are inside their pack runs
+        everyone = workers + [q for p in workers for q in _children(p)]
+        everyone += [p for p in _children(parent.pid) if p not in everyone]
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(p) for p in everyone):
+        time.sleep(0.1)
+    assert not [p for p in everyone if _alive(p)], "orphaned workers still running"

@@ -33,6 +33,7 @@ from hyperface_jax.engine.objective import OBJECTIVES
 from hyperface_jax.io.files import InputError, atomic_write, load_embeddings, save_json
 from hyperface_jax.jobs import packing, problem
 from hyperface_jax.jobs.config import PackConfig
+from hyperface_jax.jobs.workers import start_sweep_worker
 from hyperface_jax.measure import bounds
 from hyperface_jax.research import compare_tables, search_spaces, suite, tuning
 
@@ -166,7 +167,7 @@ def _compilation_cache(out: Path):
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     saved = {name: getattr(jax.config, name) for name in names}
-    _use_cache(str((out / "jax_cache").absolute()))
+    use_cache(str((out / "jax_cache").absolute()))
     try:
         yield
     finally:
@@ -175,7 +176,7 @@ def _compilation_cache(out: Path):
         compilation_cache.reset_cache()
 
 
-def _use_cache(directory: str) -> None:
+def use_cache(directory: str) -> None:
     compilation_cache.reset_cache()  # (re)initialised at the first compile, in this folder
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -361,26 +362,6 @@ def _clean(figures: dict) -> dict:
             for k, v in figures.items()}
 
 
-def _worker_start(cache: str, parent: int) -> None:
-    """In each worker process: die with the parent (a killed sweep leaves no orphan
-    writing trial folders), and share the compilation cache."""
-    die_with_parent(parent)
-    _use_cache(cache)
-
-
-def die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (PR_SET_PDEATHSIG); if the
-    parent is already gone, exit now. Elsewhere a no-op."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _run_jobs(jobs: list[tuple[PackConfig, Path]], workers: int, cache: str, log,
               label: str) -> tuple[list[dict], list[list[dict] | None]]:
     """Each job's run entry (finished runs are read back, not re-run) and its history;
@@ -421,8 +402,8 @@ def _run_jobs(jobs: list[tuple[PackConfig, Path]], workers: int, cache: str, log
     else:
         context = multiprocessing.get_context("spawn")  # JAX does not survive fork
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
-                                 initializer=_worker_start,
-                                 initargs=(cache, os.getpid())) as pool:
+                                 initializer=start_sweep_worker,
+                                 initargs=(os.getpid(), cache)) as pool:
             futures = {pool.submit(_pack_job, jobs[i][0]): i for i in todo}
             for future in as_completed(futures):
                 record(futures[future], future.result(), False)
