@@ -351,3 +351,35 @@ def test_killing_the_sweep_leaves_no_worker_running(tmp_path):
     while time.time() < deadline and any(_alive(p) for p in everyone):
         time.sleep(0.1)
     assert not [p for p in everyone if _alive(p)], "orphaned workers still running"
+
+
+@pytest.mark.slow  # 12 runs, ~2 min on 2 loaded cores; tuning.time_selection_figure is in CI
+def test_algoperf_mode_selects_by_time_and_reports_the_median_study(tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"adam": {"learning_rate": [0.01, 0.3, "linear"]}}))
+    out = tmp_path / "algoperf"
+    assert compare.main(["compare", f"--out_dir={out}", f"--search_space={space}",
+                         *TUNE[:-4], "--optimizers=adam", "--tune_trials=2",
+                         "--final_seeds=2", "--selection=time", "--selection_target=0.5",
+                         "--studies=3"]) == 0
+    result = _strict_json(out / "compare.json")
+    # Three independent studies: their own Halton draws and tuning seeds.
+    assert result["tuning"]["study_seeds"] == [[0], [1], [2]]
+    assert result["tuning"]["fresh_seeds"] == [3, 4]
+    studies = result["tuned"]["adam"]["studies"]
+    assert len(studies) == 3 and (out / "tune" / "adam" / "study2" / "trial0").is_dir()
+    # Each study's score: the median steps to the 50 % target on the fresh seeds.
+    target = result["targets"]["list"][0]["max_cos"]
+    scores = []
+    for s in studies:
+        base = out / "final" / "adam" / (f"study{s['study']}" if s["study"] else "")
+        steps = []
+        for k in range(2):
+            hits = [h["step"] for h in _report(base / f"seed{k}")["history"]
+                    if h["max_cos"] <= target]
+            steps.append(hits[0] if hits else np.inf)
+        scores.append(np.median(steps))
+        assert s["score"] == (scores[-1] if np.isfinite(scores[-1]) else None)
+    median_study = sorted(range(3), key=lambda s: scores[s])[1]
+    assert result["tuned"]["adam"]["study"] == median_study
+    assert "Studies (the headline row is the median study" in (out / "compare.md").read_text()

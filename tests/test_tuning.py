@@ -124,3 +124,21 @@ def test_recipe_flags_can_be_searched():
 def test_workload_targets_lie_between_the_start_and_the_goal():
     targets = tuning.workload_targets(0.42, 0.06, (0.5, 0.8, 0.95))
     assert [t["max_cos"] for t in targets] == pytest.approx([0.24, 0.132, 0.078])
+
+
+def test_time_selection_prefers_the_earlier_arrival_then_the_lower_final():
+    def runs(final):
+        return [{"figures": {"max_cos": final}}]
+
+    def history(*values):
+        return [[{"step": 10 * (i + 1), "seconds": 0.1 * (i + 1), "max_cos": v}
+                 for i, v in enumerate(values)]]
+
+    early = tuning.time_selection_figure(runs(0.3), history(0.6, 0.4, 0.3), 0.45, 30)
+    late = tuning.time_selection_figure(runs(0.2), history(0.6, 0.5, 0.2), 0.45, 30)
+    never = tuning.time_selection_figure(runs(0.46), history(0.6, 0.5, 0.46), 0.45, 30)
+    never_worse = tuning.time_selection_figure(runs(0.5), history(0.6, 0.5, 0.5), 0.45, 30)
+    assert early < late < never < never_worse  # steps first, the final figure breaks ties
+    assert early == pytest.approx(20 + 1.3 / 4)
+    failed = tuning.time_selection_figure([{"error": "x"}], [None], 0.45, 30)
+    assert failed == math.inf
