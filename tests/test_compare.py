@@ -383,3 +383,33 @@ def test_algoperf_mode_selects_by_time_and_reports_the_median_study(tmp_path):
     median_study = sorted(range(3), key=lambda s: scores[s])[1]
     assert result["tuned"]["adam"]["study"] == median_study
     assert "Studies (the headline row is the median study" in (out / "compare.md").read_text()
+
+
+def test_the_documented_suite_command_at_a_tiny_size(tmp_path):
+    # docs/optimizers.md's suite command, shrunk: every workload of the minimal suite at
+    # 2 % of its identities, 10 steps, one optimizer, 2 trials, 2 fresh seeds; a linear
+    # range (no widening): 20 short runs.
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"adam": {"learning_rate": [0.01, 0.3, "linear"]}}))
+    out = tmp_path / "suite"
+    assert compare.main(["compare", "--suite=minimal", "--suite_scale=0.02", "--steps=10",
+                         "--tune_trials=2", "--final_seeds=2", "--optimizers=adam",
+                         "--profile_target=0.5", f"--search_space={space}",
+                         f"--out_dir={out}"]) == 0
+    names = ["pack_300x16", "pack_1000x64", "paper_512d", "minibatch_1000x64",
+             "neighbors_10k"]
+    summary = _strict_json(out / "suite.json")
+    assert list(summary["costs"]) == names
+    for name in names:
+        result = _strict_json(out / name / "compare.json")
+        for opt, cost in summary["costs"][name].items():
+            hit = result["tuned"][opt]["time_to_target"][0]
+            assert hit["label"] == "50 %" and cost == hit["median_steps"]
+    paper = _strict_json(out / "paper_512d" / "compare.json")["flags"]
+    assert paper["dim"] == 512 and paper["alpha"] == 0.5 and paper["gallery"]
+    lists = _strict_json(out / "neighbors_10k" / "compare.json")["flags"]
+    assert lists["num_identities"] == 200 and lists["neighbor_list_size"] == 16
+    assert _strict_json(out / "minibatch_1000x64" / "compare.json")["flags"]["batch_size"] == 20
+    assert (out / "profile.png").stat().st_size > 10_000
+    table = (out / "suite.md").read_text()
+    assert all(f"| {name} |" in table for name in names) and "adam: " in table

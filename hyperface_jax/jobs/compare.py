@@ -154,11 +154,15 @@ def _summarise(v: Variant, runs: list[dict]) -> dict:
     return entry
 
 
-def _nn_cosines(directory: Path) -> np.ndarray:
-    x = load_embeddings(directory / "embeddings.npy")
-    nn, _ = neighbors.nearest_neighbors(jax.numpy.asarray(x), jax.numpy.asarray(x),
-                                        exclude_self=True)
+def nearest_cosines(x: np.ndarray) -> np.ndarray:
+    """Each row's cosine to its nearest other row."""
+    x = jax.numpy.asarray(x)
+    nn, _ = neighbors.nearest_neighbors(x, x, exclude_self=True)
     return np.asarray(nn)
+
+
+def _nn_cosines(directory: Path) -> np.ndarray:
+    return nearest_cosines(load_embeddings(directory / "embeddings.npy"))
 
 
 @contextlib.contextmanager
@@ -410,19 +414,12 @@ def _run_jobs(jobs: list[tuple[PackConfig, Path]], workers: int, cache: str, log
     return entries, histories
 
 
-def start_worst_pair(x: np.ndarray) -> float:
-    """The worst pair (largest cosine between two rows) of `x`."""
-    x = jax.numpy.asarray(x)
-    nn, _ = neighbors.nearest_neighbors(x, x, exclude_self=True)
-    return float(np.max(np.asarray(nn)))
-
-
 def fixed_targets(c: PackConfig, t: Tuning) -> dict:
     """The workload's targets, fixed before any contender runs: `t.targets` fractions of
     the way from the start's worst pair (at --seed) to the goal (the Levenshtein bound on
     the worst pair of n points in d dimensions, or --best_known), plus --target if given."""
     built = problem.build_problem(c)
-    start, n, d = start_worst_pair(built.init), built.n, built.d
+    start, n, d = float(nearest_cosines(built.init).max()), built.n, built.d
     if t.best_known is not None:
         goal, source = t.best_known, "--best_known"
     elif d >= 3:
