@@ -41,7 +41,8 @@ def _ranked(result: dict) -> list[str]:
 
 
 def verdict_lines(result: dict) -> str:
-    """One line per optimizer: its verdict against the best (printed by the tool)."""
+    """One line per optimizer: its verdict against the best (printed by the tool), then
+    every search range that was widened."""
     best = result["best"]
     lines = []
     for name in _ranked(result):
@@ -61,6 +62,10 @@ def verdict_lines(result: dict) -> str:
             lines.append(f"  {name}: best (lowest mean final max_cos, failures counted)")
         else:
             lines.append(f"  {name}: {word}")
+    for name in _ranked(result):
+        for w in result["tuned"][name].get("widened", []):
+            lines.append(f"  {name}: {w['flag']} range widened {w['from'][:2]} -> "
+                         f"{w['to'][:2]} (its best sat at the {w['side']} edge)")
     return "\n".join(lines)
 
 
