@@ -68,10 +68,11 @@ TUNING_FLAGS = {
     "best_known": ("float", None, "The best known worst pair for this workload: the goal of "
                                   "--targets instead of the Levenshtein bound."),
     "selection": ("string", "final", "How a study chooses a setting: 'final' (lowest final "
-                                     "max_cos over the tuning seeds) or 'time' (AlgoPerf: "
+                                     "max_cos over the tuning seeds), 'time' (AlgoPerf: "
                                      "fewest steps to the --selection_target target within "
-                                     "--steps)."),
-    "selection_target": ("float", 0.8, "With --selection=time: the fraction of --targets "
+                                     "--steps) or 'seconds' (fewest stepping seconds to it)."),
+    "selection_target": ("float", 0.8, "With --selection=time or seconds: the fraction of "
+                                       "--targets "
                                        "whose target is timed."),
     "studies": ("integer", 1, "Independent tuning studies per optimizer (AlgoPerf uses >= 3); "
                               "the headline row is the median study."),

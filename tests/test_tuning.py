@@ -134,11 +134,14 @@ def test_time_selection_prefers_the_earlier_arrival_then_the_lower_final():
         return [[{"step": 10 * (i + 1), "seconds": 0.1 * (i + 1), "max_cos": v}
                  for i, v in enumerate(values)]]
 
-    early = tuning.time_selection_figure(runs(0.3), history(0.6, 0.4, 0.3), 0.45, 30)
-    late = tuning.time_selection_figure(runs(0.2), history(0.6, 0.5, 0.2), 0.45, 30)
-    never = tuning.time_selection_figure(runs(0.46), history(0.6, 0.5, 0.46), 0.45, 30)
-    never_worse = tuning.time_selection_figure(runs(0.5), history(0.6, 0.5, 0.5), 0.45, 30)
+    early = tuning.time_selection_figure(runs(0.3), history(0.6, 0.4, 0.3), 0.45)
+    late = tuning.time_selection_figure(runs(0.2), history(0.6, 0.5, 0.2), 0.45)
+    never = tuning.time_selection_figure(runs(0.46), history(0.6, 0.5, 0.46), 0.45)
+    never_worse = tuning.time_selection_figure(runs(0.5), history(0.6, 0.5, 0.5), 0.45)
     assert early < late < never < never_worse  # steps first, the final figure breaks ties
     assert early == pytest.approx(20 + 1.3 / 4)
-    failed = tuning.time_selection_figure([{"error": "x"}], [None], 0.45, 30)
+    assert never == tuning.MISSED + 0.46
+    seconds = tuning.time_selection_figure(runs(0.3), history(0.6, 0.4, 0.3), 0.45, "seconds")
+    assert seconds == pytest.approx(0.2)  # the wall-clock variant: stepping seconds
+    failed = tuning.time_selection_figure([{"error": "x"}], [None], 0.45)
     assert failed == math.inf

@@ -203,7 +203,8 @@ class Tuning:
     workers: int = 1
 
 
-SELECTIONS = ("final", "time")
+SELECTIONS = ("final", "time", "seconds")
+TIME_KEYS = {"time": "step", "seconds": "seconds"}  # selection -> time_to_target key
 
 
 def run(c: PackConfig, *, optimizers: list[str], objectives: list[str], methods: list[str],
@@ -326,7 +327,7 @@ def validate_tuning(c: PackConfig, vs: list[Variant], t: Tuning, objectives: lis
                          f"{', '.join(SELECTIONS)}")
     if not t.targets or not all(0 < f <= 1 for f in t.targets):
         raise InputError(f"--targets must be fractions in (0, 1], got {list(t.targets)}")
-    if t.selection == "time" and t.selection_target not in t.targets:
+    if t.selection in TIME_KEYS and t.selection_target not in t.targets:
         raise InputError(f"--selection_target={t.selection_target} must be one of --targets "
                          f"({', '.join(map(str, t.targets))})")
     for name, value in (("--target", t.target), ("--best_known", t.best_known)):
@@ -482,9 +483,10 @@ def _search_all(c: PackConfig, vs: list[Variant], t: Tuning, table: dict, seeds:
             for i, setting in enumerate(settings):
                 at = spans[key] + i * seeds
                 group, group_histories = runs[at:at + seeds], histories[at:at + seeds]
-                if t.selection == "time":
+                if t.selection in TIME_KEYS:
                     score = tuning.time_selection_figure(group, group_histories,
-                                                         selection_target, c.steps)
+                                                         selection_target,
+                                                         TIME_KEYS[t.selection])
                 else:
                     score = tuning.validation_figure(group)
                 scores.append(score)
@@ -537,8 +539,9 @@ def _time_to_targets(histories: list, targets: list[dict]) -> list[dict]:
 
 def _study_score(entry_runs: list[dict], histories: list, worst: float, t: Tuning,
                  selection_target: float) -> float:
-    if t.selection == "time":
-        hits = [tuning.time_to_target(h or [], selection_target)["step"] for h in histories]
+    if t.selection in TIME_KEYS:
+        key = TIME_KEYS[t.selection]
+        hits = [tuning.time_to_target(h or [], selection_target)[key] for h in histories]
         steps = [math.inf if h is None else h for h in hits]
         return float(np.median(steps))
     return float(np.mean(tuning.finals_counting_failures(entry_runs, worst)))
@@ -611,8 +614,9 @@ def tune(c: PackConfig, vs: list[Variant], t: Tuning, table: dict, *, seeds: int
             "tuning_seeds": tuning_seeds[0], "study_seeds": tuning_seeds,
             "fresh_seeds": fresh_seeds, "selection": t.selection,
             "validation": tuning.VALIDATION if t.selection == "final" else
-            f"AlgoPerf-style: median steps to the {100 * t.selection_target:g} % target over "
-            "the tuning seeds, ties broken by the final max_cos",
+            f"AlgoPerf-style: median {'steps' if t.selection == 'time' else 'stepping seconds'} "
+            f"to the {100 * t.selection_target:g} % target over the tuning seeds within "
+            "--steps, ties broken by the final max_cos",
             "search": "adaptive: a coarse scrambled-Halton pass over half the budget, the "
                       "range widened past an edge holding the best (said in the table), the "
                       "rest refining around the best",

@@ -114,11 +114,12 @@ def profile(out: Path, results: dict[str, dict], fraction: float, cost: str) -> 
     lines = [f"# Suite: {len(results)} workloads", "",
              f"Median {cost} to each workload's {100 * fraction:g} % target (fixed before "
              "the sweep from the workload: see each workload's compare.md); '-': half the "
-             "fresh seeds or more never reached it, or a lower-bound row.", "",
+             "fresh seeds or more never reached it, or a lower-bound row; 'n/a': not run "
+             "there (counted as not reaching it in the profile).", "",
              "| workload | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for workload, row in table.items():
-        cells = ["-" if row.get(o) is None or not math.isfinite(row[o]) else f"{row[o]:.4g}"
-                 for o in names]
+        cells = ["n/a" if o not in row else "-" if row[o] is None or not math.isfinite(row[o])
+                 else f"{row[o]:.4g}" for o in names]
         lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     lines += ["", "Verdicts on the final worst pair, per workload (paired over the fresh "
               "seeds):", ""]

@@ -230,19 +230,27 @@ def validation_figure(runs: list[dict]) -> float:
     return float(np.mean(values))
 
 
+MISSED = 1e9  # the score of a trial that (on half its seeds or more) never got there
+
+
 def time_selection_figure(runs: list[dict], histories: list, target: float,
-                          total_steps: int) -> float:
-    """AlgoPerf-style choice: the median over the tuning seeds of the steps to `target`
-    (a seed that misses counts as 10 x the budget, ordered by its final max_cos), ties
-    broken by the final max_cos; a failed run makes the trial +inf."""
+                          key: str = "step") -> float:
+    """AlgoPerf-style choice: the median over the tuning seeds of the steps (key "step")
+    or stepping seconds (key "seconds") to `target`, a seed that misses counting as
+    infinite; steps are tied more often than not, so the final max_cos breaks their ties.
+    A trial whose median is infinite scores MISSED + its final max_cos (after every trial
+    that got there, among themselves by the final figure); a failed run makes it +inf."""
     final = validation_figure(runs)
     if not math.isfinite(final):
         return math.inf
-    steps = []
+    times = []
     for history in histories:
-        hit = time_to_target(history or [], target)["step"]
-        steps.append(hit if hit is not None else 10 * total_steps)
-    return float(np.median(steps)) + (final + 1) / 4
+        hit = time_to_target(history or [], target)[key]
+        times.append(math.inf if hit is None else hit)
+    median = float(np.median(times))
+    if not math.isfinite(median):
+        return MISSED + final
+    return median + ((final + 1) / 4 if key == "step" else 0.0)
 
 
 def best_trial(scores: list[float]) -> int | None:
