@@ -48,7 +48,8 @@ COMPARE_FLAGS = {  # name: (kind, default, help)
 }
 TUNING_FLAGS = {
     "tune": ("bool", False, "Tune each optimizer (adaptive search of --tune_trials settings, "
-                            "then --final_seeds fresh seeds); implied by --tune_trials."),
+                            "then --final_seeds fresh seeds); implied by --tune_trials "
+                            "other than 0."),
     "tune_trials": ("integer", 16, "Settings per optimizer and study: half a coarse pass "
                                    "over its search space, the rest refining around the "
                                    "best; a range is widened (and said so) when the best "
@@ -169,7 +170,8 @@ def tuning_of(fv: flags.FlagValues):
     """The Tuning options of the flags, or None without --tune / --tune_trials / --suite."""
     from hyperface_jax.jobs.compare import Tuning
 
-    if not (fv["tune"].value or fv["tune_trials"].present or fv["suite"].value):
+    asked = fv["tune_trials"].present and fv["tune_trials"].value != 0  # 0: no tuning
+    if not (fv["tune"].value or asked or fv["suite"].value):
         return None
     return Tuning(trials=fv["tune_trials"].value, final_seeds=fv["final_seeds"].value,
                   search_space=fv["search_space"].value, targets=_fractions(fv["targets"].value),

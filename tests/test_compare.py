@@ -417,3 +417,16 @@ def test_the_documented_suite_command_at_a_tiny_size(tmp_path):
     assert (out / "profile.png").stat().st_size > 10_000
     table = (out / "suite.md").read_text()
     assert all(f"| {name} |" in table for name in names) and "adam: " in table
+
+
+def test_tuning_defaults_and_tune_trials_0_meaning_no_tuning():
+    def tuning_of(*args):
+        fv = compare.make_flag_values()
+        fv(["compare", *args])
+        return compare.tuning_of(fv)
+
+    assert tuning_of() is None and tuning_of("--tune_trials=0") is None
+    default = tuning_of("--tune")
+    assert (default.trials, default.final_seeds, default.targets) == (16, 10, (0.5, 0.8, 0.95))
+    assert tuning_of("--tune_trials=24").trials == 24
+    assert tuning_of("--suite=minimal").trials == 16
