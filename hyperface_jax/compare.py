@@ -29,6 +29,7 @@ from hyperface_jax import cli
 from hyperface_jax.baselines import samplers
 from hyperface_jax.io.files import InputError
 from hyperface_jax.jobs import sampler_flags
+from hyperface_jax.jobs.compare_config import DEFAULT, PROFILE_TARGET
 from hyperface_jax.jobs.config import HELP_GROUPS, config_from_flags, define_flags
 
 ARGUMENTS = "compare_args.json"  # the sweep's flags, read back by --resume (= jobs.compare's)
@@ -46,52 +47,58 @@ COMPARE_FLAGS = {  # name: (kind, default, help)
     "samplers": ("string", "", "Comma-separated identity samplers to compare at equal "
                                f"--num_identities: {', '.join(samplers.METHODS)}."),
 }
+D = DEFAULT
 TUNING_FLAGS = {
-    "tune": ("bool", False, "Tune each optimizer (adaptive search of --tune_trials settings, "
-                            "then --final_seeds fresh seeds); implied by --tune_trials "
-                            "other than 0."),
-    "tune_trials": ("integer", 16, "Settings per optimizer and study: half a coarse pass "
-                                   "over its search space, the rest refining around the "
-                                   "best; a range is widened (and said so) when the best "
-                                   "sits at its edge."),
-    "final_seeds": ("integer", 10, "Fresh seeds (never used in tuning) on which every "
-                                   "optimizer's chosen setting runs; paired verdicts over "
-                                   "them."),
-    "search_space": ("string", "", "A JSON search-space table (empty: the built-in one, "
-                                   "hyperface_jax/research/search_spaces.py); may tune recipe "
-                                   "flags too (schedule, temperature_*, neighbor_refresh_every "
-                                   "...)."),
-    "targets": ("string", "0.5,0.8,0.95", "Targets as fractions of the way from the start's "
-                                          "worst pair to the Levenshtein bound (or "
-                                          "--best_known), fixed before the sweep."),
-    "target": ("float", None, "An extra absolute max_cos target (fixed by you, not by a "
-                              "contender)."),
-    "best_known": ("float", None, "The best known worst pair for this workload: the goal of "
-                                  "--targets instead of the Levenshtein bound."),
-    "selection": ("string", "final", "How a study chooses a setting: 'final' (lowest final "
-                                     "max_cos over the tuning seeds), 'time' (AlgoPerf: "
-                                     "fewest steps to the --selection_target target within "
-                                     "--steps) or 'seconds' (fewest stepping seconds to it)."),
-    "selection_target": ("float", 0.8, "With --selection=time or seconds: the fraction of "
-                                       "--targets "
-                                       "whose target is timed."),
-    "studies": ("integer", 1, "Independent tuning studies per optimizer (AlgoPerf uses >= 3); "
-                              "the headline row is the median study."),
-    "workers": ("integer", 1, "Tuning runs in this many processes at once (the fresh-seed "
-                              "runs run one at a time); workers die with the sweep."),
-    "resume": ("bool", False, f"Continue the sweep recorded in --out_dir ({ARGUMENTS}) with "
-                              "its own flags; only --workers and --progress may be given "
-                              "(and a sweep of a module:factory optimizer needs its "
-                              "--optimizers again)."),
+    "tune": ("bool", False,
+             "Tune each optimizer (adaptive search of --tune_trials settings, then "
+             "--final_seeds fresh seeds); implied by --tune_trials other than 0."),
+    "tune_trials": ("integer", D.trials,
+                    "Settings per optimizer and study: half a coarse pass over its search "
+                    "space, the rest refining around the best; a range is widened (and said "
+                    "so) when the best sits at its edge."),
+    "final_seeds": ("integer", D.final_seeds,
+                    "Fresh seeds (never used in tuning) on which every optimizer's chosen "
+                    "setting runs; paired verdicts over them."),
+    "search_space": ("string", D.search_space,
+                     "A JSON search-space table (empty: the built-in one, hyperface_jax/"
+                     "research/search_spaces.py); may tune recipe flags too (schedule, "
+                     "temperature_*, neighbor_refresh_every ...)."),
+    "targets": ("string", ",".join(map(str, D.targets)),
+                "Targets as fractions of the way from the start's worst pair to the "
+                "Levenshtein bound (or --best_known), fixed before the sweep."),
+    "target": ("float", D.target,
+               "An extra absolute max_cos target (fixed by you, not by a contender)."),
+    "best_known": ("float", D.best_known,
+                   "The best known worst pair for this workload: the goal of --targets "
+                   "instead of the Levenshtein bound."),
+    "selection": ("string", D.selection,
+                  "How a study chooses a setting: 'final' (lowest final max_cos over the "
+                  "tuning seeds), 'time' (AlgoPerf: fewest steps to the --selection_target "
+                  "target within --steps) or 'seconds' (fewest stepping seconds to it)."),
+    "selection_target": ("float", D.selection_target,
+                         "With --selection=time or seconds: the fraction of --targets whose "
+                         "target is timed."),
+    "studies": ("integer", D.studies,
+                "Independent tuning studies per optimizer (AlgoPerf uses >= 3); the headline "
+                "row is the median study."),
+    "workers": ("integer", D.workers,
+                "Tuning runs in this many processes at once (the fresh-seed runs run one at "
+                "a time); workers die with the sweep."),
+    "resume": ("bool", False,
+               f"Continue the sweep recorded in --out_dir ({ARGUMENTS}) with its own flags; "
+               "only --workers and --progress may be given (and a sweep of a module:factory "
+               "optimizer needs its --optimizers again)."),
 }
 SUITE_FLAGS = {
-    "suite": ("string", "", "Run the workload suite: 'minimal' or comma-separated workload "
-                            "names (research/suite.py), each a tuned comparison in "
-                            "<out_dir>/<workload>, then profile.png."),
-    "suite_scale": ("float", 1.0, "Multiply every suite workload's identities (and gallery "
-                                  "rows) by this."),
-    "profile_target": ("float", 0.8, "The fraction of --targets whose time to target the "
-                                     "performance profile compares."),
+    "suite": ("string", "",
+              "Run the workload suite: 'minimal' or comma-separated workload names "
+              "(research/suite.py), each a tuned comparison in <out_dir>/<workload>, then "
+              "profile.png."),
+    "suite_scale": ("float", 1.0,
+                    "Multiply every suite workload's identities (and gallery rows) by this."),
+    "profile_target": ("float", PROFILE_TARGET,
+                       "The fraction of --targets whose time to target the performance "
+                       "profile compares."),
     "profile_cost": ("string", "steps", "Cost of the profile: steps or seconds to target."),
 }
 
@@ -168,7 +175,7 @@ def _resumed_flags(fv: flags.FlagValues) -> flags.FlagValues:
 
 def tuning_of(fv: flags.FlagValues):
     """The Tuning options of the flags, or None without --tune / --tune_trials / --suite."""
-    from hyperface_jax.jobs.compare import Tuning
+    from hyperface_jax.jobs.compare_config import Tuning
 
     asked = fv["tune_trials"].present and fv["tune_trials"].value != 0  # 0: no tuning
     if not (fv["tune"].value or asked or fv["suite"].value):

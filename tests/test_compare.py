@@ -215,7 +215,7 @@ def test_targets_come_from_the_workload_before_the_sweep(sweep):
     assert targets["start"] == pytest.approx(first["initial_figures"]["max_cos"], abs=1e-5)
     assert targets["goal"] == pytest.approx(bounds.bound_max_cos(24, 4))
     wanted = [targets["start"] - f * (targets["start"] - targets["goal"])
-              for f in (0.5, 0.8, 0.95)]
+              for f in (0.5, 0.7, 0.75, 0.8, 0.95)]
     assert [t["max_cos"] for t in targets["list"]] == pytest.approx(wanted)
     table = (out / "compare.md").read_text()
     assert "80 % of the way from the start's worst pair" in table
@@ -427,6 +427,7 @@ def test_tuning_defaults_and_tune_trials_0_meaning_no_tuning():
 
     assert tuning_of() is None and tuning_of("--tune_trials=0") is None
     default = tuning_of("--tune")
-    assert (default.trials, default.final_seeds, default.targets) == (16, 10, (0.5, 0.8, 0.95))
+    assert (default.trials, default.final_seeds, default.targets) == (16, 10,
+                                                                   (0.5, 0.7, 0.75, 0.8, 0.95))
     assert tuning_of("--tune_trials=24").trials == 24
     assert tuning_of("--suite=minimal").trials == 16

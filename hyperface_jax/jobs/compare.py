@@ -32,6 +32,7 @@ from hyperface_jax.engine import neighbors
 from hyperface_jax.engine.objective import OBJECTIVES
 from hyperface_jax.io.files import InputError, atomic_write, load_embeddings, save_json
 from hyperface_jax.jobs import packing, problem
+from hyperface_jax.jobs.compare_config import SELECTIONS, TIME_KEYS, Tuning
 from hyperface_jax.jobs.config import PackConfig
 from hyperface_jax.jobs.workers import start_sweep_worker
 from hyperface_jax.measure import bounds
@@ -186,25 +187,6 @@ def use_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-
-
-@dataclasses.dataclass(frozen=True)
-class Tuning:
-    """A tuned comparison's budget and protocol (docs/optimizers.md)."""
-    trials: int = 16  # settings per optimizer and study (coarse half, then refinement)
-    final_seeds: int = 10  # fresh seeds shared by every optimizer (never used in tuning)
-    search_space: str = ""  # a JSON file; empty: search_spaces.SEARCH_SPACES
-    targets: tuple[float, ...] = (0.5, 0.8, 0.95)  # fractions start -> goal
-    target: float | None = None  # an extra absolute max_cos target, fixed by the user
-    best_known: float | None = None  # the goal instead of the Levenshtein bound
-    selection: str = "final"  # "final": lowest final max_cos; "time": AlgoPerf's
-    selection_target: float = 0.8  # with "time": the fraction whose target is timed
-    studies: int = 1  # independent tuning studies; the headline is the median study
-    workers: int = 1
-
-
-SELECTIONS = ("final", "time", "seconds")
-TIME_KEYS = {"time": "step", "seconds": "seconds"}  # selection -> time_to_target key
 
 
 def run(c: PackConfig, *, optimizers: list[str], objectives: list[str], methods: list[str],
