@@ -204,6 +204,8 @@ def test_fresh_seeds_are_shared_and_every_row_has_a_paired_verdict(sweep):
     assert verdict["verdict"] == word and result["tuned"][best]["verdict"]["verdict"] == "best"
     table = (out / "compare.md").read_text()
     assert f"| {word} |" in table and "| 0/3 |" in table
+    per_seed = "| " + " | ".join([other] + [f"{d:+.5f}" for d in verdict["differences"]])
+    assert per_seed + " |" in table
 
 
 def test_targets_come_from_the_workload_before_the_sweep(sweep):

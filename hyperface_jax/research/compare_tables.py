@@ -124,6 +124,16 @@ def tuned_markdown(result: dict) -> str:
             cells.append(f"{steps} / {secs} / {hit['reached']}/{hit['of']}")
         label = name + (f" ({LOWER_BOUND})" if e["lower_bound"] else "")
         lines.append("| " + " | ".join([label] + cells) + " |")
+    paired = [n for n in _ranked(result) if tuned[n].get("verdict", {}).get("differences")
+              and n != best]
+    if paired:
+        lines += ["", f"Paired differences in final max_cos to {best}, per fresh seed (a "
+                  "failed run enters at the failure value):", "",
+                  "| optimizer | " + " | ".join(f"seed {k}" for k in fresh) + " |",
+                  "|---|" + "---|" * len(fresh)]
+        for name in paired:
+            cells = [f"{d:+.5f}" for d in tuned[name]["verdict"]["differences"]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     widened = [(n, w) for n in tuned for w in tuned[n].get("widened", [])]
     if widened:
         lines += ["", "Search ranges widened because the best setting sat at their edge:", ""]
