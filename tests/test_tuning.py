@@ -102,6 +102,15 @@ def test_an_edge_of_range_best_triggers_widening():
         "learning_rate (high)"]
     low = tuning.run_search(tuning.adaptive_search(SPACE, 16, 0), _distance_to(1e-6))
     assert low["widened"][0]["side"] == "low" and low["space"]["learning_rate"][0] < 1e-6
+    for search in (beyond, low):  # the extension's settings lie in the new slice, spread
+        first = search["widened"][0]
+        rates = [s["learning_rate"] for s, p in zip(search["settings"], search["phases"])
+                 if p == "widened learning_rate (" + first["side"] + ")"][:2]  # 1st round
+        lo, hi = sorted([first["from"][0 if first["side"] == "low" else 1],
+                         first["to"][0 if first["side"] == "low" else 1]])
+        assert len(set(rates)) == 2
+        assert all(lo <= r <= hi for r in rates)
+    assert abs(math.log10(low["settings"][low["best"]]["learning_rate"] / 1e-6)) < 0.25
 
 
 def test_recipe_flags_can_be_searched():

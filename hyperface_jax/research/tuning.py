@@ -187,7 +187,7 @@ def adaptive_search(space: dict, budget: int, seed: int):
             old = spec[flag]
             spec[flag] = _widened(old, side)
             extension = dict(spec)
-            extension[flag] = (old[0], spec[flag][0], old[2]) if side == "low" else \
+            extension[flag] = (spec[flag][0], old[0], old[2]) if side == "low" else \
                 (old[1], spec[flag][1], old[2])
             widenings.append({"flag": flag, "side": side, "from": list(old),
                               "to": list(spec[flag])})
