@@ -290,7 +290,7 @@ def test_tuning_and_resume_bad_input_exit_2(tmp_path, capsys):
         (["--tune_trials=1"], "--tune_trials must be >= 2"),
         (["--tune", "--targets=0.5,1.5"], "--targets must be fractions"),
         (["--tune", "--selection=fastest"], "unknown --selection"),
-        (["--tune", "--selection=time", "--selection_target=0.7"], "--selection_target"),
+        (["--tune", "--selection=time", "--selection_target=0.6"], "--selection_target"),
         (["--resume"], "no sweep was started"),
         (["--tune_trials=2", "--optimizers=sgd,sgd"], "names one optimizer twice"),
         (["--suite=pack_300x16,nowhere"], "unknown workload 'nowhere'"),
