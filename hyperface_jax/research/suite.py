@@ -3,8 +3,8 @@ Dolan-More performance profile over them (docs/optimizers.md, "The workload suit
 
 A workload is a set of PackConfig values; `--suite_scale` multiplies its identities (and
 gallery rows), so the same suite that runs within the hour on a 2-core CPU at scale 1 (33
-minutes measured, docs/optimizers.md) grows by one flag on an accelerator. Flags given on the command line (e.g. --steps)
-override every workload's own.
+minutes measured, docs/optimizers.md) grows by one flag on an accelerator. Flags given
+on the command line (e.g. --steps) override every workload's own.
 """
 
 import dataclasses
