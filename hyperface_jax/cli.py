@@ -51,25 +51,19 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
         return _error(f"a --flagfile is not UTF-8 text ({e.reason} at byte {e.start})")
     if len(rest) > 1:
         return _error(f"unexpected arguments {rest[1:]}")
-    created = []
     location = fv[output].value if output and output in fv else ""
     if output and output in fv and not location:
         return _error(f"--{output} is required")
     try:
         with sigterm_as_interrupt():
-            lock = None
-            if location:
-                process_id = fv["process_id"].value if "process_id" in fv else None
-                created, lock = runs.claim_output(location, f"--{output}",
-                                                  is_file=output_is_file,
-                                                  process_id=process_id)
-            try:
+            # A multi-process job locks its folder itself once it knows its process index
+            # (runs.joins_other_processes); here the folder is only checked for it.
+            claim = (runs.claimed(location, f"--{output}", is_file=output_is_file,
+                                  primary=not runs.joins_other_processes(fv))
+                     if location else contextlib.nullcontext())
+            with claim:
                 job(fv)
-            finally:
-                if lock is not None:
-                    lock.release()
     except InputError as e:
-        runs.remove_created(created)
         return _error(describe(e))
     except KeyboardInterrupt:
         return 130

@@ -185,14 +185,58 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     assert not (out / runs.LOCK_NAME).exists()  # and removed at the end
 
 
-def test_secondary_processes_of_one_job_do_not_take_the_lock(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variable", ["RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"])
+def test_a_stray_rank_variable_does_not_switch_the_lock_off(tmp_path, monkeypatch, capsys,
+                                                             variable):
+    # The reproduction: `RANK=1 python -m hyperface_jax.pack ...` on a held folder.
+    from hyperface_jax import pack
+
     out = tmp_path / "run"
     out.mkdir()
-    with runs.OutputLock(out):
-        monkeypatch.setenv("RANK", "1")
-        assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: None) == 0
-        monkeypatch.setenv("RANK", "0")
-        assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: None) == 2
+    holder = _holder(out)
+    try:
+        monkeypatch.setenv(variable, "1")
+        code = pack.main(["pack", f"--out_dir={out}", "--num_identities=10", "--dim=4",
+                          "--alpha=0", "--steps=1", "--noprogress"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"process {holder.pid}" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_only_the_first_process_of_a_multi_process_job_locks(tmp_path):
+    out = tmp_path / "run"
+    with runs.claimed(out, primary=False):  # a secondary process: checks, creates, no lock
+        assert out.is_dir() and not (out / runs.LOCK_NAME).exists()
+        with runs.claimed(out):  # the first process locks
+            assert (out / runs.LOCK_NAME).exists()
+            with runs.claimed(out):  # the job's own claim inside the CLI's: nested
+                pass
+            assert (out / runs.LOCK_NAME).exists()
+        assert not (out / runs.LOCK_NAME).exists()
+    multi = flags.FlagValues()
+    flags.DEFINE_string("coordinator_address", "", "", flag_values=multi)
+    multi(["prog", "--coordinator_address=127.0.0.1:1234"])
+    assert runs.joins_other_processes(multi) and not runs.joins_other_processes(_fv())
+
+
+def test_a_lock_held_by_another_thread_of_the_process_is_refused(tmp_path):
+    errors = []
+
+    def other():
+        try:
+            with runs.claimed(tmp_path):
+                pass
+        except InputError as e:
+            errors.append(str(e))
+
+    with runs.claimed(tmp_path):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert len(errors) == 1 and "another thread" in errors[0]
 
 
 def test_sigterm_becomes_an_interrupt_in_the_main_thread_only():

@@ -15,6 +15,7 @@ with `out_dir`, the run checkpoints there and resumes like the CLI.
 """
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,9 @@ def pack_references(num_identities: int | None = None, dim: int | None = None,
         else:
             arrays[name] = np.asarray(value)
     c = pack_config(flagfile, num_identities=num_identities, dim=dim, **options)
-    c = dataclasses.replace(c, out_dir=out_dir or "")
+    # out_dir (a str or a path) is claimed by the job itself: checked and locked like the
+    # CLI's, so a notebook run and a CLI run never write one folder at once.
+    c = dataclasses.replace(c, out_dir=os.fspath(out_dir) if out_dir else "")
     # report.json's flags say where the inputs came from.
     c = dataclasses.replace(c, **{name: "<array>" for name in arrays})
     report, embeddings = packing.run_job(c, log=log, **arrays)
