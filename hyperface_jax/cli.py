@@ -43,12 +43,9 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
         print(help_text(fv, help_groups))
         return 0
     try:
-        check_flagfiles(argv[1:])
-        rest = fv(argv)
-    except (flags.Error, InputError) as e:
+        rest = parse_flags(fv, argv)
+    except InputError as e:
         return _error(e)
-    except UnicodeDecodeError as e:  # a flagfile read by another flagfile
-        return _error(f"a --flagfile is not UTF-8 text ({e.reason} at byte {e.start})")
     if len(rest) > 1:
         return _error(f"unexpected arguments {rest[1:]}")
     location = fv[output].value if output and output in fv else ""
@@ -103,6 +100,19 @@ def _error(message, code: int = 2) -> int:
     text = " ".join(str(message).split("\n")).strip() or "failed"
     print(f"error: {text}", file=sys.stderr)
     return code
+
+
+def parse_flags(fv: flags.FlagValues, argv: list[str]) -> list[str]:
+    """`fv(argv)` (the arguments it leaves), each --flagfile checked first; every flag
+    error raises `InputError` with one line (the CLIs and the Python API share this)."""
+    check_flagfiles(argv[1:])
+    try:
+        return fv(argv)
+    except flags.Error as e:
+        raise InputError(str(e)) from None
+    except UnicodeDecodeError as e:  # a flagfile read by another flagfile
+        raise InputError(f"a --flagfile is not UTF-8 text ({e.reason} at byte "
+                         f"{e.start})") from None
 
 
 def check_flagfiles(args: list[str]) -> None:

@@ -284,3 +284,54 @@ def test_json_reports_are_strict_json_with_undefined_values_as_null(tmp_path):
     assert json.loads(text, parse_constant=refuse) == {
         "tar": None, "threshold": None, "rows": [None, 0.5], "curve": [1.0, None],
         "n": 3, "ok": 0.25}
+
+
+def _npy_with_header(path, declared: int, body: bytes = b"") -> None:
+    path.write_bytes(b"\x93NUMPY\x02\x00" + declared.to_bytes(4, "little") + body)
+
+
+HOSTILE = {  # file -> what the message must say (issue 23's point 10)
+    "header_200kb": ("its header declares", lambda p: _npy_with_header(
+        p, 200_060, b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }"
+        + b" " * 200_000 + b"\n" + b"\0" * 16)),
+    "header_4gb_in_20_bytes": ("its header declares",
+                               lambda p: _npy_with_header(p, 4 * 2**30 - 1, b"\0" * 8)),
+    "float64_1e300": ("too large for float32", lambda p: np.save(p, np.array([[1e300, 1.0],
+                                                                             [1.0, 0.0]]))),
+    "folder": ("is a folder", lambda p: p.mkdir()),
+    "fifo": ("not a regular file", lambda p: os.mkfifo(p)),
+    "dev_zero": ("not a regular file", lambda p: p.symlink_to("/dev/zero")),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_npy_files_are_refused_with_their_real_cause(tmp_path, case):
+    expected, make = HOSTILE[case]
+    path = tmp_path / "g.npy"
+    make(path)
+    with pytest.raises(InputError) as e:
+        files.load_embeddings(path, "gallery")
+    message = str(e.value)
+    assert expected in message and str(path) in message and "\n" not in message, message
+    assert "not found" not in message and "Python objects" not in message
+    assert "NaN or Inf" not in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only file system needs root")
+def test_a_read_only_mount_is_named_read_only(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mount is not allowed here")
+    try:
+        with pytest.raises(InputError, match="read-only file system"):
+            from hyperface_jax.io import runs
+
+            runs.prepare_folder(mount / "run")  # a new folder on it
+        with pytest.raises(InputError, match="read-only file system"):
+            runs.prepare_folder(mount)  # the existing folder itself
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

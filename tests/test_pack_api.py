@@ -134,10 +134,15 @@ def test_a_run_that_diverges_exits_1_in_one_line_and_writes_no_outputs(tmp_path,
     assert code == 1
     assert err[-1].startswith("error: the run diverged by step 10: every row collapsed to zero")
     assert "--learning_rate=1e+30" in err[-1]
-    assert not (out / "embeddings.npy").exists() and not (out / "report.json").exists()
-    # No state past the divergence was checkpointed.
-    steps = [p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
-    assert steps == []
+    # No checkpoint had been saved: nothing is kept (no history, no run.json, no folder),
+    # and the message does not promise a checkpoint.
+    assert "nothing was kept" in err[-1] and "is kept" not in err[-1]
+    assert not out.exists()
+    # Re-running with a sane learning rate starts cleanly (it was refused before).
+    assert pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from_step"] is None and report["flags"]["learning_rate"] == 0.01
+    assert [h["step"] for h in report["history"]] == [0, 10, 20]
 
 
 def test_resuming_with_more_steps_under_a_horizon_schedule_is_refused(tmp_path, capsys):

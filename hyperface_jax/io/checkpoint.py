@@ -9,6 +9,10 @@ verified step, or starts over when there is none. Old steps are removed only aft
 newer one is recorded, so a verified step always remains.
 """
 
+import contextlib
+import logging
+import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -50,6 +54,35 @@ class ChecksummedManager(ocp.CheckpointManager):
         self.unrecorded.clear()
         for step in steps[:-self.keep] if self.keep else ():
             self.delete(step)  # collective: every process calls it, process 0 deletes
+
+
+@contextlib.contextmanager
+def quiet_library_errors():
+    """Within the block orbax (absl logging), asyncio and background threads print no
+    tracebacks: a failed save (a full disk, an interrupt) reaches the job as an exception,
+    which the CLI prints as one line; orbax would print 4-11 tracebacks of it first."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    hooks = threading.excepthook, sys.unraisablehook
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    threading.excepthook = sys.unraisablehook = lambda args: None
+    try:
+        yield
+    finally:
+        threading.excepthook, sys.unraisablehook = hooks
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def close_after_failure(manager: ChecksummedManager) -> None:
+    """Close `manager` while an exception propagates: its background work is finished
+    (orbax would otherwise report it failing at exit), and a second error from it is
+    dropped in favour of the first."""
+    try:
+        manager.close()
+    except Exception:  # noqa: BLE001 - the error being raised already says what failed
+        pass
 
 
 def open_manager(directory, identity: dict | None = None, *,

@@ -45,7 +45,9 @@ def prepare_folder(path, flag: str = "--out_dir") -> list[Path]:
                 if not folder.is_dir():
                     raise
         if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code))
     except OSError as e:
         remove_created(created)
         raise InputError(f"{flag}={_short(path)} cannot be used as an output folder "

@@ -19,9 +19,8 @@ import os
 from typing import Any
 
 import numpy as np
-from absl import flags
 
-from hyperface_jax import pack
+from hyperface_jax import cli, pack
 from hyperface_jax.io.files import InputError
 from hyperface_jax.jobs import packing
 from hyperface_jax.jobs.config import config_from_flags
@@ -52,10 +51,7 @@ def pack_config(flagfile: str | None = None, **options):
     if unknown:
         raise InputError(f"Unknown command line flag '{unknown[0]}'")
     argv += [_flag_argument(k, v) for k, v in options.items() if v is not None]
-    try:
-        fv(argv)
-    except flags.Error as e:
-        raise InputError(str(e)) from None
+    cli.parse_flags(fv, argv)  # a flagfile that is missing or not UTF-8: one line too
     return config_from_flags(fv)
 
 

@@ -118,8 +118,13 @@ class Plan:
 
 
 def check_sparse(c: PackConfig, optimizer, n: int, d: int) -> None:
-    """Sparse mini-batch updates need an optimizer state that is per-row or shared (not a
-    factored one): refused up front, from the state's shapes alone."""
+    """A user's optimizer must run on (n, d) rows; sparse mini-batch updates need an
+    optimizer state that is per-row or shared (not a factored one): refused up front, from
+    the state's shapes alone."""
+    try:
+        optimizers.check_user_optimizer(c.optimizer, optimizer, (n, d))
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if c.batch_size in (0, n) or c.minibatch_update != "sparse":
         return
     state = jax.eval_shape(optimizer.init, jax.ShapeDtypeStruct((n, d), jnp.float32))
@@ -462,7 +467,8 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
     if not c.out_dir:
         return _run_job(c, log=log, gallery=gallery, init=init)
     sharding.initialize_distributed(c)  # the runtime's process index decides who locks
-    with runs.claimed(c.out_dir, "--out_dir", primary=sharding.is_writer()):
+    with runs.claimed(c.out_dir, "--out_dir", primary=sharding.is_writer()), \
+            checkpoint.quiet_library_errors():
         return _run_job(c, log=log, gallery=gallery, init=init)
 
 
@@ -502,9 +508,10 @@ def _run_job(c: PackConfig, *, log, gallery, init) -> tuple[dict, np.ndarray]:
                 else checkpoint.discard_unresumable(out, manager))
         manager = None
         raise RunFailed(f"{e} ({kept})") from None
-    finally:
+    except BaseException:  # an interrupt (its checkpoint saved) or a failed save
         if manager is not None:
-            manager.wait_until_finished()
+            checkpoint.close_after_failure(manager)
+        raise
     if manager is not None:
         manager.close()
     step = solver.step_of(state)
