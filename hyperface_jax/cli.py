@@ -54,9 +54,9 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
     try:
         with sigterm_as_interrupt():
             # A multi-process job locks its folder itself once it knows its process index
-            # (runs.joins_other_processes); here the folder is only checked for it.
+            # (runs.is_first_process); then the folder is only checked here.
             claim = (runs.claimed(location, f"--{output}", is_file=output_is_file,
-                                  primary=not runs.joins_other_processes(fv))
+                                  primary=runs.is_first_process(fv))
                      if location else contextlib.nullcontext())
             with claim:
                 job(fv)

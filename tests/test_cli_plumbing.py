@@ -222,6 +222,18 @@ def test_only_the_first_process_of_a_multi_process_job_locks(tmp_path):
     assert runs.joins_other_processes(multi) and not runs.joins_other_processes(_fv())
 
 
+def test_a_launchers_world_needs_rank_and_size(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "OMPI_COMM_WORLD_RANK",
+                 "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert runs.launcher_rank() is None and runs.is_first_process(_fv())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert runs.launcher_rank() == 1 and not runs.is_first_process(_fv())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert runs.launcher_rank() is None
+
+
 def test_a_lock_held_by_another_thread_of_the_process_is_refused(tmp_path):
     errors = []
 

@@ -232,12 +232,37 @@ def _read_holder(fd: int) -> str:
     return f"process {holder['pid']}" + ("" if here else f" on host {holder['host']}")
 
 
+# How launchers describe a multi-process world to each process: (its rank, the world's
+# size). torchrun/accelerate, SLURM, Open MPI, MPICH/Intel MPI.
+LAUNCHER_WORLDS = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"),
+                   ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"))
+
+
+def launcher_rank() -> int | None:
+    """This process's rank when a launcher started it in a world of several processes:
+    the rank and a size above 1 both set, the rank below the size. A lone leftover variable
+    (RANK=1 in a shell) is no world: None, and the process locks like any other."""
+    for rank_name, size_name in LAUNCHER_WORLDS:
+        rank = os.environ.get(rank_name, "").strip()
+        size = os.environ.get(size_name, "").strip()
+        if rank.isdigit() and size.isdigit() and int(size) > 1 and int(rank) < int(size):
+            return int(rank)
+    return None
+
+
+def is_first_process(fv) -> bool:
+    """Whether the CLI's plumbing locks the output before the job runs: not in a process
+    that joins a JAX multi-process run (that job locks once its runtime knows its index)
+    nor in a launcher's process of rank > 0 (a torch job's ranks share the folder; a JAX
+    job started that way still locks, by its runtime index, see `claimed`)."""
+    return not joins_other_processes(fv) and not launcher_rank()
+
+
 def joins_other_processes(fv) -> bool:
     """True when a job's flags ask it to join a multi-process run (--coordinator_address
     or --distributed). Which process then holds the lock is known only once the
     distributed runtime has started: the job claims its folder itself (`claimed`, with
-    `primary` from the runtime's process index). Environment variables alone (a leftover
-    RANK or SLURM_PROCID) never make a process secondary: a one-process run always locks."""
+    `primary` from the runtime's process index)."""
     return any(name in fv and bool(fv[name].value)
                for name in ("coordinator_address", "distributed"))
 
