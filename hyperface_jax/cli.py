@@ -43,38 +43,28 @@ def run_main(argv: list[str] | None, fv: flags.FlagValues,
         print(help_text(fv, help_groups))
         return 0
     try:
-        check_flagfiles(argv[1:])
-        rest = fv(argv)
-    except (flags.Error, InputError) as e:
+        rest = parse_flags(fv, argv)
+    except InputError as e:
         return _error(e)
-    except UnicodeDecodeError as e:  # a flagfile read by another flagfile
-        return _error(f"a --flagfile is not UTF-8 text ({e.reason} at byte {e.start})")
     if len(rest) > 1:
         return _error(f"unexpected arguments {rest[1:]}")
-    created = []
     location = fv[output].value if output and output in fv else ""
     if output and output in fv and not location:
         return _error(f"--{output} is required")
     try:
         with sigterm_as_interrupt():
-            lock = None
-            if location:
-                process_id = fv["process_id"].value if "process_id" in fv else None
-                created, lock = runs.claim_output(location, f"--{output}",
-                                                  is_file=output_is_file,
-                                                  process_id=process_id)
-            try:
+            # A multi-process job locks its folder itself once it knows its process index
+            # (runs.is_first_process); then the folder is only checked here.
+            claim = (runs.claimed(location, f"--{output}", is_file=output_is_file,
+                                  primary=runs.is_first_process(fv))
+                     if location else contextlib.nullcontext())
+            with claim:
                 job(fv)
-            finally:
-                if lock is not None:
-                    lock.release()
     except InputError as e:
-        runs.remove_created(created)
         return _error(describe(e))
     except KeyboardInterrupt:
         return 130
     except RunFailed as e:  # the run could not deliver; finished work (checkpoints) is kept
-        runs.remove_created(created)  # only folders still empty: nothing was finished
         return _error(str(e), code=1)
     except Exception as e:
         if isinstance(e, DiskFullError):
@@ -121,6 +111,19 @@ def _error(message, code: int = 2) -> int:
     text = " ".join(str(message).split("\n")).strip() or "failed"
     print(f"error: {text}", file=sys.stderr)
     return code
+
+
+def parse_flags(fv: flags.FlagValues, argv: list[str]) -> list[str]:
+    """`fv(argv)` (the arguments it leaves), each --flagfile checked first; every flag
+    error raises `InputError` with one line (the CLIs and the Python API share this)."""
+    check_flagfiles(argv[1:])
+    try:
+        return fv(argv)
+    except flags.Error as e:
+        raise InputError(str(e)) from None
+    except UnicodeDecodeError as e:  # a flagfile read by another flagfile
+        raise InputError(f"a --flagfile is not UTF-8 text ({e.reason} at byte "
+                         f"{e.start})") from None
 
 
 def check_flagfiles(args: list[str]) -> None:

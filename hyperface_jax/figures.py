@@ -19,6 +19,7 @@ from absl import flags
 
 from hyperface_jax import cli
 from hyperface_jax.engine import kernels, mesh, search
+from hyperface_jax.io import runs
 from hyperface_jax.io.files import InputError, load_embeddings, save_json
 from hyperface_jax.jobs import packing
 from hyperface_jax.measure import bounds, metrics
@@ -78,6 +79,13 @@ def run(fv) -> dict:
     placement = packing.make_placement(Placement(fv.devices, fv.coordinator_address,
                                               fv.num_processes, fv.process_id,
                                               fv.distributed))
+    # Locked by the first process of the run, whichever way it was started (nested in the
+    # CLI's claim in a one-process run).
+    with runs.claimed(fv.out, "--out", is_file=True, primary=mesh.is_writer()):
+        return _figures_report(fv, placement, started)
+
+
+def _figures_report(fv, placement, started: float) -> dict:
     x = load_embeddings(fv.embeddings, "embeddings")
     gallery = load_embeddings(fv.gallery, "gallery") if fv.gallery else None
     if gallery is not None and gallery.shape[1] != x.shape[1]:

@@ -204,7 +204,7 @@ def _user_optimizer(name: str, schedule, given: dict) -> optax.GradientTransform
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's bad path
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's bad path or module
         raise ValueError(f"optimizer={name}: cannot import {module_name!r} "
                          f"({type(e).__name__}: {e})") from None
     factory = getattr(module, attribute, None)
@@ -219,13 +219,37 @@ def _user_optimizer(name: str, schedule, given: dict) -> optax.GradientTransform
     _refuse_unknown(name, given, accepted)
     try:
         transform = factory(schedule, **given)
-    except Exception as e:  # noqa: BLE001 - the user's factory failed on our arguments
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - sys.exit(0) in it is no success
         raise ValueError(f"optimizer={name}: factory(schedule) failed "
                          f"({type(e).__name__}: {e})") from None
     if not isinstance(transform, optax.GradientTransformation):
         raise ValueError(f"optimizer={name}: factory returned {type(transform).__name__}, "
                          "not an optax GradientTransformation")
     return transform
+
+
+def check_user_optimizer(name: str, transform: optax.GradientTransformation,
+                         shape: tuple[int, ...]) -> None:
+    """Run a user's optimizer (`module.path:factory`) on abstract float32 rows of `shape`:
+    its `init` and `update` must trace and the update must have the rows' shape and
+    dtype. ValueError naming what failed (their code is called before any compilation, so
+    a bug in it is one line, not a traceback from inside the solver)."""
+    if ":" not in name:
+        return
+    rows = jax.ShapeDtypeStruct(shape, jax.numpy.float32)
+    try:
+        state = jax.eval_shape(transform.init, rows)
+        updates, _ = jax.eval_shape(transform.update, rows, state, rows)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the user's code
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"--optimizer={name}: its init/update failed on {shape} float32 "
+                         f"rows ({type(e).__name__}: {first})") from None
+    shape_of = getattr(updates, "shape", None)
+    if shape_of != shape or getattr(updates, "dtype", None) != rows.dtype:
+        got = (f"{shape_of} {updates.dtype}" if shape_of is not None
+               else type(updates).__name__)
+        raise ValueError(f"--optimizer={name}: its update returned {got} for {shape} float32 "
+                         "rows; an update has the shape and dtype of the parameters")
 
 
 def tangent_projection() -> optax.GradientTransformation:

@@ -15,12 +15,12 @@ with `out_dir`, the run checkpoints there and resumes like the CLI.
 """
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
-from absl import flags
 
-from hyperface_jax import pack
+from hyperface_jax import cli, pack
 from hyperface_jax.io.files import InputError
 from hyperface_jax.jobs import packing
 from hyperface_jax.jobs.config import config_from_flags
@@ -51,10 +51,7 @@ def pack_config(flagfile: str | None = None, **options):
     if unknown:
         raise InputError(f"Unknown command line flag '{unknown[0]}'")
     argv += [_flag_argument(k, v) for k, v in options.items() if v is not None]
-    try:
-        fv(argv)
-    except flags.Error as e:
-        raise InputError(str(e)) from None
+    cli.parse_flags(fv, argv)  # a flagfile that is missing or not UTF-8: one line too
     return config_from_flags(fv)
 
 
@@ -75,7 +72,9 @@ def pack_references(num_identities: int | None = None, dim: int | None = None,
         else:
             arrays[name] = np.asarray(value)
     c = pack_config(flagfile, num_identities=num_identities, dim=dim, **options)
-    c = dataclasses.replace(c, out_dir=out_dir or "")
+    # out_dir (a str or a path) is claimed by the job itself: checked and locked like the
+    # CLI's, so a notebook run and a CLI run never write one folder at once.
+    c = dataclasses.replace(c, out_dir=os.fspath(out_dir) if out_dir else "")
     # report.json's flags say where the inputs came from.
     c = dataclasses.replace(c, **{name: "<array>" for name in arrays})
     report, embeddings = packing.run_job(c, log=log, **arrays)

@@ -5,8 +5,9 @@ exact figures and checkpoints, writes `embeddings.npy`, `report.json`, `history.
 `curves.png` into --out_dir. Re-running the same command on the same --out_dir resumes
 from the latest checkpoint. The notebook API (`hyperface_jax.pack_references`) runs the
 same `plan` and loop, in memory. Exit codes: 0 success, 2 bad input (one line on stderr,
-nothing written), 1 failure (one line, e.g. a run that diverged; the last good checkpoint
-is kept), 130 interrupted (after saving a checkpoint).
+nothing written), 1 failure (one line, e.g. a run that diverged; the last verified
+checkpoint is kept, or nothing when there is none), 130 interrupted (after saving a
+checkpoint). Every entry point (CLI and API) holds --out_dir's lock while it runs.
 """
 
 import dataclasses
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from hyperface_jax import cli
 from hyperface_jax.engine import kernels, mesh, neighbor_lists, optimizers, search, solver
 from hyperface_jax.engine.placement import LOCAL, Sharded
-from hyperface_jax.io import checkpoint, plots
+from hyperface_jax.io import checkpoint, plots, runs
 from hyperface_jax.io.files import (
     InputError,
     RunFailed,
@@ -125,8 +126,13 @@ class Plan:
 
 
 def check_sparse(c: PackConfig, optimizer, n: int, d: int) -> None:
-    """Sparse mini-batch updates need an optimizer state that is per-row or shared (not a
-    factored one): refused up front, from the state's shapes alone."""
+    """A user's optimizer must run on (n, d) rows; sparse mini-batch updates need an
+    optimizer state that is per-row or shared (not a factored one): refused up front, from
+    the state's shapes alone."""
+    try:
+        optimizers.check_user_optimizer(c.optimizer, optimizer, (n, d))
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if c.batch_size in (0, n) or c.minibatch_update != "sparse":
         return
     state = jax.eval_shape(optimizer.init, jax.ShapeDtypeStruct((n, d), jnp.float32))
@@ -137,12 +143,21 @@ def check_sparse(c: PackConfig, optimizer, n: int, d: int) -> None:
             from None
 
 
-def make_placement(c: PackConfig):
-    """`LOCAL`, or a `Sharded` placement over --devices (joining a multi-process run first
-    when asked)."""
+def join_distributed(c: PackConfig) -> None:
+    """Join a multi-process run when the placement flags ask (idempotent); before any JAX
+    call, and before the out_dir lock, whose holder is the runtime's process 0."""
     try:
         mesh.initialize_distributed(c.coordinator_address, c.num_processes, c.process_id,
                                     c.distributed)
+    except ValueError as e:
+        raise flag_error(e, PLACEMENT_FLAGS) from None
+
+
+def make_placement(c: PackConfig):
+    """`LOCAL`, or a `Sharded` placement over --devices (joining a multi-process run first
+    when asked)."""
+    join_distributed(c)
+    try:
         devices = mesh.make_mesh(c.devices)
     except ValueError as e:
         raise flag_error(e, PLACEMENT_FLAGS) from None
@@ -275,19 +290,38 @@ class History:
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:
-    """Logged figures of earlier sessions up to the restored step (a torn last line from a
-    kill is dropped)."""
+    """Logged figures of earlier sessions up to the restored step. A torn last line (a
+    kill while appending) is dropped; any other line that is not an entry is refused."""
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")
     history = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
             continue
-        if entry.get("step", upto + 1) <= upto:
+        entry = _history_entry(line)
+        if entry is None:
+            if number == len(lines):  # no newline after it: torn
+                continue
+            raise InputError(f"{path} line {number} is not a logged step ({line[:40]!r}); "
+                             "delete the file to resume without the earlier figures, or "
+                             "use a new --out_dir")
+        if entry["step"] <= upto:
             history.append(entry)
     return history
+
+
+def _history_entry(line: bytes) -> dict | None:
+    """The entry a history line holds, None if it holds none."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    numbers = ("seconds", "max_cos", "mean_nn_cos")
+    if not (isinstance(entry, dict) and type(entry.get("step")) is int
+            and all(isinstance(entry.get(k), (int, float)) for k in numbers)):
+        return None
+    return entry
 
 
 def save_json_lines(path: Path, entries: list[dict]) -> None:
@@ -324,8 +358,7 @@ def check_finite(embeddings, n: int, step: int, c: PackConfig) -> None:
         suspects.append(f"--alpha={c.alpha}")
     if c.objective != "max":
         suspects.append(f"--temperature_end={c.temperature_end}")
-    raise RunFailed(f"the run diverged by step {step}: {what}; check {', '.join(suspects)} "
-                    "(the last good checkpoint is kept)")
+    raise RunFailed(f"the run diverged by step {step}: {what}; check {', '.join(suspects)}")
 
 
 def run_loop(p: Plan, state, step: int, history: History, *, save, log, progress: bool):
@@ -448,8 +481,19 @@ def run(c: PackConfig, *, log=None) -> dict:
 
 def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, np.ndarray]:
     """Run (or resume) a packing job: (report, embeddings without padding). With
-    --out_dir, outputs and checkpoints are written there; without (the API), nothing is
-    written. In-memory `gallery` / `init` arrays take the place of the files."""
+    --out_dir, outputs and checkpoints are written there, under its lock (whichever entry
+    point started the job: the first process of a multi-process run holds it); without
+    (the API), nothing is written. In-memory `gallery` / `init` arrays take the place of
+    the files."""
+    if not c.out_dir:
+        return _run_job(c, log=log, gallery=gallery, init=init)
+    join_distributed(c)  # the runtime's process index decides who locks
+    with runs.claimed(c.out_dir, "--out_dir", primary=mesh.is_writer()), \
+            checkpoint.quiet_library_errors():
+        return _run_job(c, log=log, gallery=gallery, init=init)
+
+
+def _run_job(c: PackConfig, *, log, gallery, init) -> tuple[dict, np.ndarray]:
     started = time.time()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     p = plan(c, gallery=gallery, init=init)
@@ -465,7 +509,9 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
                                                          max_to_keep=c.max_to_keep)
     p.state = None  # the step-0 state: donated below, or superseded by a checkpoint
     step = solver.step_of(state)
-    history = History(out / "history.jsonl" if out else None, step, writer)
+    # A run that starts over keeps no history of an earlier attempt.
+    history = History(out / "history.jsonl" if out else None,
+                      step if resumed_from is not None else -1, writer)
     mesh.barrier("history read")
     if not history.entries:
         record(p, state, step, 0.0, history)
@@ -478,9 +524,15 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
     try:
         state, terms, stepping, steps_run = run_loop(
             p, state, step, history, save=save, log=log, progress=c.progress and writer)
-    finally:
+    except RunFailed as e:
+        kept = ("nothing was written" if manager is None
+                else checkpoint.discard_unresumable(out, manager))
+        manager = None
+        raise RunFailed(f"{e} ({kept})") from None
+    except BaseException:  # an interrupt (its checkpoint saved) or a failed save
         if manager is not None:
-            manager.wait_until_finished()
+            checkpoint.close_after_failure(manager)
+        raise
     if manager is not None:
         manager.close()
     step = solver.step_of(state)
