@@ -3,13 +3,14 @@
     nice -n 15 python benchmarks/bench_lists.py                       # n=4,000 d=128 m=2,000
     nice -n 15 python benchmarks/bench_lists.py --n=10000 --d=512 --m=10000 --seconds=600
 
-Every variant runs the same problem (the paper's loss: max objective, mean over rows,
-alpha = 0.5, random gallery; Adam with the learning rate decayed geometrically by 100x over
---steps) for the same budget of stepping (--seconds of this process's CPU time, which a
-loaded shared machine distorts less than wall-clock; wall seconds are reported too; exact
-figures are computed after the budget) or --steps, whichever ends first. Reported per
-variant: steps done, CPU seconds per step, rebuilds per 100 steps, the audit's missed
-shares, and the exact figures at the budget. Markdown on stdout, JSON in --out.
+Every variant runs the same problem (the mean nearest-neighbour, our reading of Algorithm
+1's loss: max objective, mean over rows; alpha = 0.5, random gallery; Adam with the
+learning rate decayed geometrically by 100x over --steps) for the same budget of stepping
+(--seconds of this process's CPU time, which a loaded shared machine distorts less than
+wall-clock; wall seconds are reported too; exact figures are computed after the budget) or
+--steps, whichever ends first. Reported per variant: steps done, CPU seconds per step,
+rebuilds per 100 steps, the audit's missed shares, and the exact figures at the budget.
+Markdown on stdout, JSON in --out.
 """
 
 import argparse

@@ -37,7 +37,7 @@ def schedule(lr, steps):
     return optax.exponential_decay(lr, max(1, steps // 5), 0.5, staircase=True)
 
 
-# Variants of the full-batch solver, against the dense baseline (paper objective, the
+# Variants of the full-batch solver, against the dense baseline (mean nearest-neighbour, the
 # shared schedule, --steps steps). "exact" is the same optimisation as the baseline; the
 # "fast" ones are the annealed log-sum-exp objective with a shorter, geometric schedule
 # (lr 1e-2 -> 1e-4, temperature 10 -> 1e3 over `fast_steps`), exact or on neighbour lists.

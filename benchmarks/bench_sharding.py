@@ -37,8 +37,10 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
-    from hyperface_jax.engine import optimizers, sharding, solver, sphere
-    from hyperface_jax.engine.placement import LOCAL
+    from hyperface_jax.engine import optimizers, solver, sphere
+    from hyperface_jax.engine.placement import LOCAL, Sharded
+    from hyperface_jax.engine.ring import AXIS
+    from hyperface_jax.measure.compiled import largest_array_bytes
 
     key = jax.random.PRNGKey(0)
     x0 = sphere.random_unit_vectors(key, args.n, args.d)
@@ -60,8 +62,8 @@ def main():
             if count is None:
                 placement, count = LOCAL, 1
             else:
-                placement = sharding.Sharded(
-                    jax.sharding.Mesh(np.asarray(jax.devices()[:count]), (sharding.AXIS,)))
+                placement = Sharded(
+                    jax.sharding.Mesh(np.asarray(jax.devices()[:count]), (AXIS,)))
             state = placement.put(solver.init_state(x0, opt, 0), args.n)
             g = placement.put_gallery(gallery)
             run = solver.make_runner(opt, config, args.n, placement=placement,
@@ -69,7 +71,7 @@ def main():
                                      donate=True)
             compiled = run.lower(state, g, jnp.int32(0)).compile()
             memory = compiled.memory_analysis()
-            largest = sharding.largest_array_bytes(compiled)
+            largest = largest_array_bytes(compiled)
             state, _ = compiled(state, g, jnp.int32(2))  # warm up
             jax.block_until_ready(state)
             t = time.perf_counter()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CLIS = ["hyperface_jax.pack", "hyperface_jax.sample", "hyperface_jax.figures",
-        "hyperface_jax.analyze", "hyperface_jax.compare", "bridges.embed",
+        "hyperface_jax.analyze", "hyperface_jax.compare", "bridges.gallery", "bridges.embed",
         "bridges.generate", "bridges.evaluate", "bridges.train", "bridges.demo_models",
         "bridges.recognition.digits"]
 

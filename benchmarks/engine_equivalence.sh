@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The pack CLI of two checkouts on the same 10 modes: max abs difference of the embeddings.
-#   git worktree add /tmp/before b0f7a36      # the last commit before the one-engine change
+# The pack CLI of two checkouts on the same 10 modes: max abs difference of the embeddings
+# and of every figure in report.json ("bitwise" when equal).
+#   git worktree add /tmp/before b0f7a36      # e.g. the last commit before the one-engine change
 #   bash benchmarks/engine_equivalence.sh /tmp/before .
+# Run it without PYTHONPATH: each side imports the package of the checkout it runs in.
 # n = 200, d = 32, a gallery of 300 random unit rows, alpha 0.5, 60 steps.
 set -euo pipefail
 before=$(cd "$1" && pwd); after=$(cd "$2" && pwd); work=$(mktemp -d)
@@ -28,6 +30,7 @@ import json, numpy as np
 a, b = (np.load('$work/' + s + '$i/embeddings.npy') for s in ('before', 'after'))
 fa, fb = (json.load(open('$work/' + s + '$i/report.json'))['figures'] for s in ('before', 'after'))
 d = 'bitwise' if a.tobytes() == b.tobytes() else f'{np.abs(a - b).max():.2g}'
-print(f'mode {$i} [${modes[$i]}]: embeddings {d}, max_cos {fa[\"max_cos\"]:.6f} vs {fb[\"max_cos\"]:.6f}')"
+f = 'bitwise' if fa == fb else f'{max(abs(fa[k] - fb[k]) for k in fa):.2g}'
+print(f'mode {$i} [${modes[$i]}]: embeddings {d}, figures {f}, max_cos {fa[\"max_cos\"]:.6f} vs {fb[\"max_cos\"]:.6f}')"
 done
 rm -rf "$work"

@@ -10,7 +10,8 @@ Runs each sampler of `hyperface_jax.baselines.samplers` over a grid of its open 
 modest size (default 2,000 identities against the gallery's dimension; a few minutes on
 2 loaded cores) and prints one markdown table per sampler:
 
-- random_margin: --min_distance (the paper's 0.3 and larger margins);
+- random_margin: --min_distance (appendix E's 0.3 and larger margins; 0.7 is the rebuttal's
+  reading, cos <= 0.3);
 - diffr: --nms_threshold from 0.6 to 0.9;
 - perturbed_gallery (ours): --perturbation x --max_similarity, and two source bands.
 

@@ -1,9 +1,13 @@
 """The torch side of hyperface-jax: embeddings in (insightface), faces out (Arc2Face).
 
+- `bridges.gallery`     an unconditional generator (LDM, DDPM) -> faces/<n>.png, resumable
+- `bridges.unconditional` those generators' published layouts, loading, per-image noise
 - `bridges.embed`       face images -> unit ArcFace gallery (.npy) + listing
 - `bridges.arc2face`    Arc2Face loading, Eq. 3, the id-token conditioning, the sampler
 - `bridges.generate`    references -> dataset/<i>/<k>.png, resumable, multi-process
-- `bridges.faces`       SCRFD detection, 5-point alignment, ArcFace features (insightface)
+- `bridges.resumable`   what gallery and generate share: draw images for keys, resumably
+- `bridges.faces`       detection (MTCNN or SCRFD), 5-point alignment, ArcFace features
+- `bridges.mtcnn`       the paper's MTCNN: our cascade, the facenet-pytorch wheel's weights
 - `bridges.tensors`     JAX <-> torch by DLPack
 - `bridges.demo_models` tiny random models in the published layouts (try the pipeline)
 
@@ -14,7 +18,9 @@ what to install instead of a ModuleNotFoundError traceback.
 
 import importlib.util
 import os
+import stat
 import sys
+from pathlib import Path
 
 # Import names of the `torch` extra in pyproject.toml (pip name -> import name differs
 # for scikit-learn, pillow and opencv-python).
@@ -44,6 +50,26 @@ def require_torch_extra(command: str) -> None:
         print(f"error: {command} needs the torch extra, which is not installed (missing: "
               f"{', '.join(missing)}); install it with: {INSTALL_HINT}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def require_path(path, what: str, kind: str = "file") -> Path:
+    """`Path(path)` when it is a `kind` ("file": a regular file, or "folder"); otherwise
+    `InputError` saying what is there instead: nothing, a folder, a file, or a FIFO,
+    device or socket (a folder or /dev/zero is not "not found")."""
+    from hyperface_jax.io.files import InputError
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise InputError(f"{what} {path} cannot be read ({e.strerror})") from None
+    found = ("folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
+             else "FIFO, device or socket")
+    if found != kind:
+        raise InputError(f"{what} {path} is a {found}, not a {kind}")
+    return path
 
 
 def free_cores() -> float:

@@ -9,10 +9,18 @@ way protocol-2 pickles written by Python 3 spell bytes; it is admitted only with
 argument types and returns bytes.
 
 A pickle may also refer to one object many times (memo references), so a small file can
-stand for any number of images: `read` refuses a set of more than `max_images` images
-(default MAX_IMAGES, seven times the largest published set, cfp_fp's 14,000), `decode`
-refuses a decoded array above MAX_DECODED_BYTES and any image whose header declares more
-than MAX_IMAGE_PIXELS pixels, each with one line saying which bound and how to raise it.
+stand for any number of images, and a small PNG can declare millions of pixels. `read`
+refuses, each with one line saying which bound:
+- a set of more than `max_images` images (default MAX_IMAGES, seven times the largest
+  published set, cfp_fp's 14,000);
+- any image whose header declares more than MAX_IMAGE_PIXELS pixels;
+- a set whose headers declare more pixels in all (every reference counted) than its
+  decoding budget, `pixel_budget(file size)`: PIXELS_PER_FILE_BYTE per byte of the file,
+  at least MIN_PIXEL_BUDGET, at most MAX_SET_PIXELS. Colour photos compress to far
+  fewer pixels per byte; 100,000 references to one 4096 x 4096 PNG (a 300 KB file
+  declaring 1.7 T pixels, about half a day of decoding) are refused after reading the
+  headers only.
+`decode` refuses a decoded array above MAX_DECODED_BYTES and oversized images as well.
 """
 
 import codecs
@@ -23,11 +31,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError, atomic_write
 
 MAX_IMAGES = 100_000
 MAX_DECODED_BYTES = 8 << 30
 MAX_IMAGE_PIXELS = 4096 * 4096
+PIXELS_PER_FILE_BYTE = 1000  # a blank 4096 x 4096 RGB PNG: 343 pixels per byte
+MIN_PIXEL_BUDGET = 1 << 26   # small sets: ~5,000 images of 112 x 112, a few seconds
+MAX_SET_PIXELS = 1 << 33     # ~700,000 images of 112 x 112, minutes of decoding
 
 
 class _Forbidden(pickle.UnpicklingError):
@@ -51,9 +63,7 @@ def read(path, max_images: int = MAX_IMAGES) -> tuple[list[bytes], np.ndarray]:
     """(encoded images, issame (n,) bool) from a `.bin`; `InputError` naming the file if it
     is missing, not a verification pickle, tries to load anything but plain data, or holds
     more than `max_images` images."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"verification file not found: {path}")
+    path = require_path(path, "verification file")
     try:
         with open(path, "rb") as f:
             blob = _RestrictedUnpickler(f, encoding="bytes").load()
@@ -78,7 +88,47 @@ def read(path, max_images: int = MAX_IMAGES) -> tuple[list[bytes], np.ndarray]:
     if not issame or len(bins) != 2 * len(issame):
         raise InputError(f"verification file {path} has {len(bins)} images for "
                          f"{len(issame)} pairs; expected exactly 2 per pair")
+    check_pixel_budget(bins, path, pixel_budget(path.stat().st_size))
     return list(bins), np.asarray(issame, dtype=bool)
+
+
+def pixel_budget(file_bytes: int) -> int:
+    """Pixels a set stored in `file_bytes` bytes may decode in all (see the module doc)."""
+    return min(MAX_SET_PIXELS, max(MIN_PIXEL_BUDGET, PIXELS_PER_FILE_BYTE * file_bytes))
+
+
+def declared_size(blob: bytes, index: int, path="") -> tuple[int, int]:
+    """(width, height) from an encoded image's header (nothing is decoded); `InputError`
+    if it is not an image or declares more than MAX_IMAGE_PIXELS pixels."""
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            width, height = im.size
+    except Exception as e:  # noqa: BLE001 - any unreadable header
+        raise InputError(f"verification file {path}: image {index} cannot be decoded "
+                         f"({type(e).__name__})") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"verification file {path}: image {index} is {width} x {height} "
+                         f"pixels, above the bound of {MAX_IMAGE_PIXELS} pixels")
+    return width, height
+
+
+def check_pixel_budget(bins, path, budget: int) -> int:
+    """The pixels the headers of `bins` declare in all (every reference counted, each
+    distinct object's header read once); `InputError` when above `budget`."""
+    pixels, seen = 0, {}
+    for i, blob in enumerate(bins):
+        if id(blob) not in seen:
+            width, height = declared_size(blob, i, path)
+            seen[id(blob)] = width * height
+        pixels += seen[id(blob)]
+    if pixels > budget:
+        shared = (f" ({len(seen)} distinct: the pickle repeats references)"
+                  if len(seen) < len(bins) else "")
+        raise InputError(
+            f"verification file {path}: its {len(bins)} images{shared} declare {pixels:,} "
+            f"pixels, above its decoding budget of {budget:,} ({PIXELS_PER_FILE_BYTE} per "
+            f"byte of the file, at least {MIN_PIXEL_BUDGET:,}, at most {MAX_SET_PIXELS:,})")
+    return pixels
 
 
 def decode(bins: list[bytes], size: int, path="",
@@ -91,15 +141,10 @@ def decode(bins: list[bytes], size: int, path="",
                          f"{max_bytes / 2**30:.1f} GiB")
     out = np.empty((len(bins), size, size, 3), np.uint8)
     for i, blob in enumerate(bins):
+        declared_size(blob, i, path)
         try:
             with Image.open(io.BytesIO(blob)) as im:
-                if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise InputError(f"verification file {path}: image {i} is "
-                                     f"{im.width} x {im.height} pixels, above the bound of "
-                                     f"{MAX_IMAGE_PIXELS} pixels")
                 im = im.convert("RGB")
-        except InputError:
-            raise
         except Exception as e:  # noqa: BLE001
             raise InputError(f"verification file {path}: image {i} cannot be decoded "
                              f"({type(e).__name__})") from None

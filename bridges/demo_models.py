@@ -20,7 +20,10 @@ loads them unchanged. The tests build theirs with the same functions.
   architecture name;
 - `recognizer()` a tiny ArcFace-shaped ONNX model (1x3x112x112 -> 1x512, legacy exporter,
   opset 17) that insightface's model zoo routes to `ArcFaceONNX`;
-- `detector()` a tiny SCRFD-format ONNX detector that insightface routes to `SCRFD`.
+- `detector()` a tiny SCRFD-format ONNX detector that insightface routes to `SCRFD`;
+- `ldm()`, `ddpm()` tiny unconditional generators saved by diffusers' `LDMPipeline` and
+  `DDPMPipeline` (the layouts of CompVis/ldm-celebahq-256 and google/ddpm-celebahq-256),
+  for `bridges.gallery`.
 
 The pictures these models draw are coloured noise, not faces: the demo shows the
 commands, files, reports and checks of the pipeline, not its quality.
@@ -171,6 +174,63 @@ def save_encoder_like_transformers_4(encoder, folder: Path) -> None:
     torch.save(state, folder / "pytorch_model.bin")
 
 
+def _tiny_unet(cls, *, sample_size: int, widths: tuple[int, int]):
+    """A two-level unconditional UNet2DModel on 3 channels, attention at the lower level
+    (the published CelebA-HQ UNets have both kinds of blocks)."""
+    return cls(sample_size=sample_size, in_channels=3, out_channels=3, layers_per_block=1,
+               block_out_channels=widths, norm_num_groups=8, attention_head_dim=8,
+               down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+               up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+def ldm(folder: Path, seed: int = 5) -> Path:
+    """A folder in the layout of CompVis/ldm-celebahq-256 (diffusers' LDMPipeline:
+    model_index.json, unet/ UNet2DModel, vqvae/ VQModel, scheduler/ DDIMScheduler), tiny:
+    8 x 8 x 3 latents decoded to 32 x 32 images."""
+    import torch
+    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
+
+    torch.manual_seed(seed)
+    unet = _tiny_unet(UNet2DModel, sample_size=8, widths=(16, 32))
+    vqvae = VQModel(
+        in_channels=3, out_channels=3, latent_channels=3, num_vq_embeddings=64, vq_embed_dim=3,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8, sample_size=32)
+    # The published scheduler's settings (scaled-linear betas 0.0015..0.0195, as in the
+    # LDM CelebA-HQ configuration).
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
+                              beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=True)
+    # .bin weights, as published (read by diffusers with torch's weights-only loader).
+    LDMPipeline(vqvae=vqvae.eval(), unet=unet.eval(), scheduler=scheduler).save_pretrained(
+        folder, safe_serialization=False)
+    return Path(folder)
+
+
+def ddpm(folder: Path, seed: int = 6) -> Path:
+    """A folder in the layout of google/ddpm-celebahq-256 (diffusers' DDPMPipeline, flat as
+    published: model_index.json, the UNet2DModel's config.json and
+    diffusion_pytorch_model.bin, the DDPMScheduler's scheduler_config.json), tiny: 16 x 16
+    images."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = _tiny_unet(UNet2DModel, sample_size=16, widths=(8, 16))
+    # The published scheduler's settings (the DDPM paper's linear betas 1e-4..0.02).
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                              beta_schedule="linear", variance_type="fixed_small",
+                              clip_sample=True)
+    folder = Path(folder)
+    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(
+        folder, safe_serialization=False)
+    for part in ("unet", "scheduler"):  # flatten: the published repository has no subfolders
+        for f in (folder / part).iterdir():
+            f.rename(folder / f.name)
+        (folder / part).rmdir()
+    return folder
+
+
 @contextlib.contextmanager
 def _legacy_onnx_export():
     """The TorchScript exporter (the graphs insightface's zoo routes by their shapes),
@@ -297,6 +357,8 @@ def build(out_dir, *, seed: int = 0, log=None) -> dict[str, str]:
         <out_dir>/weights/arc2face/{arc2face/,encoder/,arcface.onnx}   --arc2face, --recognizer
         <out_dir>/weights/sd15/{tokenizer/,vae/,scheduler/}            --base_model
         <out_dir>/weights/buffalo_l/det_10g.onnx                       --detector
+        <out_dir>/weights/ldm/{model_index.json,unet/,vqvae/,scheduler/} bridges.gallery --generator
+        <out_dir>/weights/ddpm/{model_index.json,config.json,...}        bridges.gallery --generator
         <out_dir>/photos/person_<p>/<k>.png                            bridges.embed --images
         <out_dir>/bins/demo.bin                                        bridges.evaluate --bins
 
@@ -328,6 +390,9 @@ def build(out_dir, *, seed: int = 0, log=None) -> dict[str, str]:
         log("ArcFace recogniser and SCRFD detector (ONNX)")
         recognizer(weights / "arc2face" / "arcface.onnx", seed=seed + 2)
         detector(weights / "buffalo_l" / "det_10g.onnx", level=EVERYWHERE)
+        log("unconditional face generators: LDM and DDPM layouts")
+        ldm(weights / "ldm", seed=seed + 5)
+        ddpm(weights / "ddpm", seed=seed + 6)
         log("photos and a verification set")
         photos(tmp / "photos", seed=seed + 3)
         verification_bin(tmp / "bins" / "demo.bin", tmp / "photos", seed=seed + 4)
@@ -341,6 +406,8 @@ def build(out_dir, *, seed: int = 0, log=None) -> dict[str, str]:
             "base_model": str(out / "weights" / "sd15"),
             "recognizer": str(out / "weights" / "arc2face" / "arcface.onnx"),
             "detector": str(out / "weights" / "buffalo_l" / "det_10g.onnx"),
+            "generator": str(out / "weights" / "ldm"),
+            "generator_ddpm": str(out / "weights" / "ddpm"),
             "photos": str(out / "photos"), "bins": str(out / "bins")}
 
 
@@ -383,4 +450,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hyperface_jax import cli
+
+    cli.exit_process(main())

@@ -13,7 +13,8 @@ with its mirror image's. Writes --out (float32 (rows, d), unit rows), `<out stem
 index the sorted folder names; images directly in --images share the identity ".") and a
 sidecar `<out stem>.json` listing the source file of every row ("rows", relative to
 "images"), the identity folder of every label ("identities") and separately every file
-that was skipped and why (unreadable, no face, wrong size): nothing is dropped silently.
+that was skipped and why (unreadable, no face, wrong size), with their numbers ("counts"):
+nothing is dropped silently.
 `hyperface_jax.analyze --embeddings=<out> --labels=<out stem>_labels.npy` reads them.
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written).
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridges import require_torch_extra
+from bridges import require_path, require_torch_extra
 from hyperface_jax import cli
 from hyperface_jax.io.files import InputError, atomic_write, save_embeddings, save_json
 from hyperface_jax.options import option
@@ -39,17 +40,18 @@ EXTENSIONS = {".jpg", ".jpeg", ".png"}
 class EmbedConfig:
     HELP_ORDER = ("inputs", "models", "run")
 
-    images: str = option("", "Folder of face images (.jpg/.jpeg/.png, recursive).",
-                         group="inputs")
+    images: str = option("", "Folder of face images (.jpg/.jpeg/.png, recursive).", group="inputs")
     recognizer: str = option("", "ArcFace ONNX model (insightface model zoo), e.g. "
                              "w600k_r50.onnx or Arc2Face's arcface.onnx.", group="models")
-    detector: str = option("", "insightface SCRFD detection model (.onnx): align the largest "
-                           "face of each image.", group="models")
+    detector: str = option("", "Face detector that aligns the largest face of each image: mtcnn "
+                           "(the paper's aligner; weights from the facenet-pytorch wheel) or an "
+                           "insightface SCRFD model (.onnx).", group="models")
     aligned: bool = option(False, "Inputs are already aligned 112 x 112 crops (no detector).",
                            group="inputs")
     flip: bool = option(False, "Average each feature with its mirror image's.", group="models")
-    det_threshold: float = option(0.5, "Detection score threshold.", group="models", low=0,
-                                  high=1)
+    det_threshold: float | None = option(None, "Detection score threshold; default: 0.5 for "
+                                         "SCRFD, 0.7 (its published final-stage threshold) "
+                                         "for MTCNN.", group="models", low=0, high=1)
     batch_size: int = option(64, "Faces per recognizer call.", group="run", low=1)
     out: str = option("", "Output embeddings (.npy); the labels go to <stem>_labels.npy, the "
                       "listing to <stem>.json.", group="run", role="output_file")
@@ -73,6 +75,18 @@ def folder_labels(rows: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.asarray([index[f] for f in folders], np.int64), identities
 
 
+def skip_counts(images: int, embedded: int, skipped: list[dict]) -> dict:
+    """{"images", "embedded", and per reason the skipped files ("no face", "unreadable",
+    "not 112x112 (...)" counted as "wrong size")}."""
+    counts = {"images": images, "embedded": embedded, "no_face": 0, "unreadable": 0,
+              "wrong_size": 0}
+    for s in skipped:
+        reason = s["reason"]
+        counts["no_face" if reason == "no face" else "unreadable" if reason == "unreadable"
+               else "wrong_size"] += 1
+    return counts
+
+
 def run(fv, *, log=None) -> dict:
     import cv2
     from tqdm import tqdm
@@ -91,10 +105,9 @@ def run(fv, *, log=None) -> dict:
     if out.suffix != ".npy":
         raise InputError(f"--out={out} must end with .npy")
     if bool(fv.detector) == bool(fv.aligned):
-        raise InputError("give exactly one of --detector=<SCRFD .onnx> and --aligned")
-    folder = Path(fv.images)
-    if not folder.is_dir():
-        raise InputError(f"--images folder not found: {folder}")
+        raise InputError("give exactly one of --detector (mtcnn or an SCRFD .onnx) and "
+                         "--aligned")
+    folder = require_path(fv.images, "--images folder", "folder")
     paths = find_images(folder)
     if not paths:
         raise InputError(f"--images folder {folder} holds no .jpg/.jpeg/.png files")
@@ -150,14 +163,17 @@ def run(fv, *, log=None) -> dict:
         "detector": fv.detector or None, "aligned": bool(fv.aligned), "flip": bool(fv.flip),
         "rows": rows, "labels": labels_path(out).name, "identities": identities,
         "skipped": skipped, "count": len(rows), "dim": int(gallery.shape[1]),
+        "counts": skip_counts(len(paths), len(rows), skipped),
         "seconds": round(time.time() - started, 3),
     }
     save_embeddings(out, gallery)
     atomic_write(labels_path(out), lambda f: np.save(f, labels, allow_pickle=False))
     save_json(out.with_suffix(".json"), listing)
+    counts = listing["counts"]
     log(f"{len(rows)} embeddings ({gallery.shape[1]}-D) of {len(identities)} identities -> "
-        f"{out}, labels {labels_path(out).name}; {len(skipped)} files skipped (listed in "
-        f"{out.with_suffix('.json')})")
+        f"{out}, labels {labels_path(out).name}; {len(skipped)} files skipped ("
+        f"{counts['no_face']} without a face, {counts['unreadable']} unreadable, "
+        f"{counts['wrong_size']} of the wrong size; listed in {out.with_suffix('.json')})")
     return listing
 
 
@@ -167,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

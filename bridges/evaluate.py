@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridges import ijb, require_torch_extra, set_threads
+from bridges import ijb, require_path, require_torch_extra, set_threads
 from hyperface_jax import cli
 from hyperface_jax.io.files import InputError, atomic_write, save_json
 from hyperface_jax.options import option
@@ -68,10 +68,7 @@ def find_bins(spec: str, only: str = "") -> dict[str, Path]:
         if not files:
             raise InputError(f"no .bin files in {parts[0]}")
     else:
-        files = parts
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"verification file not found: {f}")
+        files = [require_path(f, "verification file") for f in parts]
     found = {f.stem: f for f in files}
     if only:
         wanted = [s for s in only.split(",") if s]
@@ -107,8 +104,12 @@ def model_names(paths: list[str], given: str = "") -> dict[str, str]:
     return names
 
 
-def embed(model, images: np.ndarray, *, batch_size: int, flip: bool, device, bar=None):
-    """(normalised embeddings, GDN intermediate features or None) of uint8 NHWC images."""
+def embed(model, images: np.ndarray, *, batch_size: int, flip: bool, device, bar=None,
+          label: str = "the model"):
+    """(normalised embeddings, GDN intermediate features or None) of uint8 NHWC images.
+    The flip sum and the norm are taken in float64 (embeddings near float32's largest
+    value stay finite); a model giving NaN or Inf is refused (`InputError` naming
+    `label` and the image)."""
     import torch
     import torch.nn.functional as F
 
@@ -119,13 +120,19 @@ def embed(model, images: np.ndarray, *, batch_size: int, flip: bool, device, bar
         for start in range(0, len(images), batch_size):
             x = torch.stack([to_tensor(im) for im in images[start:start + batch_size]]).to(device)
             out = model(x)
-            emb, inter = out["embedding"].float(), out.get("intermediate")
+            emb, inter = out["embedding"].double(), out.get("intermediate")
+            inter = None if inter is None else inter.double()
             if flip:
                 mirrored = model(torch.flip(x, dims=[3]))
-                emb = emb + mirrored["embedding"].float()
+                emb = emb + mirrored["embedding"].double()
                 if inter is not None:
-                    inter = inter + mirrored["intermediate"]
-            embeddings.append(F.normalize(emb, dim=1).cpu().numpy())
+                    inter = inter + mirrored["intermediate"].double()
+            for kind, values in (("embeddings", emb), ("GroupFace features", inter)):
+                if values is not None and not torch.isfinite(values).all():
+                    row = int(torch.nonzero(~torch.isfinite(values).all(dim=1))[0, 0])
+                    raise InputError(f"{label} gives non-finite {kind} (NaN or Inf) for "
+                                     f"image {start + row}")
+            embeddings.append(F.normalize(emb, dim=1).float().cpu().numpy())
             if inter is not None:
                 intermediates.append(inter.float().cpu().numpy())
             if bar is not None:
@@ -182,7 +189,8 @@ def run(fv) -> dict:
             if (set_name, size) not in decoded:
                 decoded[(set_name, size)] = bins_lib.decode(encoded, size, sets[set_name])
             emb, inter = embed(model, decoded[(set_name, size)], batch_size=fv.batch_size,
-                               flip=fv.flip, device=device, bar=bar)
+                               flip=fv.flip, device=device, bar=bar,
+                               label=f"model {name} on {sets[set_name]}")
             scores = pair_scores(emb, inter, fv.group_similarity)
             folds = verification.ten_fold_accuracy(scores, issame)
             tar = verification.tar_at_far(scores, issame, fv.far)
@@ -246,4 +254,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

@@ -1,4 +1,5 @@
-"""Face detection, 5-point alignment and ArcFace features through insightface's model zoo.
+"""Face detection, 5-point alignment and ArcFace features: MTCNN (bridges.mtcnn) or
+insightface's SCRFD for detection, insightface's model zoo for ArcFace.
 
 Models are loaded from explicit ONNX files (`insightface.model_zoo.get_model(path)`, which
 routes by input/output shapes: a square 112 input becomes `ArcFaceONNX`, five or more
@@ -8,10 +9,9 @@ and tries to download missing packs. Images are BGR uint8 arrays, as OpenCV read
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError
 
 ALIGNED_SIZE = 112
@@ -27,9 +27,7 @@ def _providers() -> list[str]:
 def _load(path, what: str):
     from insightface.model_zoo import get_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
+    path = require_path(path, what)
     try:
         return get_model(str(path), providers=_providers())
     except Exception as e:  # noqa: BLE001 - onnxruntime/onnx raise many kinds
@@ -50,8 +48,22 @@ def load_recognizer(path):
     return model
 
 
-def load_detector(path, *, threshold: float = 0.5, input_size=(640, 640)):
-    """An insightface SCRFD detector (with 5-point landmarks) for `path`."""
+MTCNN = "mtcnn"  # --detector value: the paper's aligner with its shipped weights
+DEFAULT_THRESHOLDS = {"scrfd": 0.5, MTCNN: 0.7}  # SCRFD's usual; MTCNN's final stage
+
+
+def load_detector(path, *, threshold: float | None = None, input_size=(640, 640)):
+    """A face detector with 5-point landmarks: `mtcnn` for MTCNN (bridges.mtcnn, the
+    weights the facenet-pytorch wheel ships), else an insightface SCRFD .onnx file.
+    `threshold` (None: the detector's default) is SCRFD's score threshold, or MTCNN's
+    final-stage one. Both have `detect(bgr, max_num) -> (boxes with scores, landmarks)`."""
+    if str(path) == MTCNN:
+        from bridges import mtcnn
+
+        return mtcnn.MTCNN(threshold=DEFAULT_THRESHOLDS[MTCNN] if threshold is None
+                           else threshold)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS["scrfd"]
     from insightface.model_zoo.scrfd import SCRFD
 
     model = _load(path, "detector")

@@ -22,8 +22,6 @@ Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 fail
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 import sys
@@ -33,12 +31,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bridges import require_torch_extra, set_threads
+from bridges import require_torch_extra, resumable, set_threads
+from bridges.resumable import Drawn, png_decodes, write_png  # noqa: F401 - generate's API
 from hyperface_jax import cli
-from hyperface_jax.io import integrity, runs
+from hyperface_jax.io import integrity
 from hyperface_jax.io.files import (
     InputError,
-    atomic_write,
     load_embeddings,
     save_figure,
     save_json,
@@ -72,9 +70,10 @@ class GenerateConfig:
                                       "by default here).", group="images", low=1)
     beta: float = option(0.005, "Eq. 3 noise scale: e = normalize(x + beta * eps).",
                          group="images", low=0.0)
-    steps: int = option(25, "DPM-Solver steps.", group="images", low=1)
-    guidance: float = option(3.0, "Classifier-free guidance scale (<= 1: none).",
-                             group="images", low=0.0)
+    steps: int = option(25, "DPM-Solver steps (25: Arc2Face's default; the HyperFace paper "
+                        "states none).", group="images", low=1)
+    guidance: float = option(3.0, "Classifier-free guidance scale (<= 1: none; 3.0: Arc2Face's "
+                             "default, the HyperFace paper states none).", group="images", low=0.0)
     seed: int = option(0, "Seed; image (i, k) is a function of (seed, i, k).",
                        group="images", low=0)
     identities: str = option("", "START:END (half-open) range of identities to generate, e.g. "
@@ -96,10 +95,14 @@ class GenerateConfig:
     align: bool = option(False, "Detect the largest face of each image and store it aligned to "
                          "112 x 112 (ArcFace 5-point template); needs --detector.",
                          group="alignment")
-    detector: str = option("", "insightface SCRFD detection model (.onnx) for --align, e.g. "
-                           "det_10g.onnx of the antelopev2/buffalo_l packs.", group="inputs")
-    det_threshold: float = option(0.5, "Detection score threshold for --align.", group="alignment",
-                                  low=0, high=1)
+    detector: str = option("", "Face detector for --align: mtcnn (the paper's aligner; weights "
+                           "from the facenet-pytorch wheel) or an insightface SCRFD model "
+                           "(.onnx), e.g. det_10g.onnx of the antelopev2/buffalo_l packs.",
+                           group="inputs")
+    det_threshold: float | None = option(None, "Detection score threshold for --align; "
+                                         "default: 0.5 for SCRFD, 0.7 (its published "
+                                         "final-stage threshold) for MTCNN.",
+                                         group="alignment", low=0, high=1)
     keep_unaligned: bool = option(False, "With --align, also keep the full image in "
                                   "<out_dir>/_unaligned/<i>/<k>.png.", group="alignment")
     recognizer: str = option("", "ArcFace ONNX model: embed every image of the run's identities "
@@ -137,48 +140,10 @@ def is_done(out: Path, i: int, k: int) -> bool:
     return image_path(out, i, k).exists() or no_face_path(out, i, k).exists()
 
 
-def write_png(path: Path, rgb: np.ndarray) -> str:
-    """Write an RGB uint8 image atomically (temporary name in the folder, then rename);
-    returns the sha256 of the file's bytes."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    atomic_write(path, lambda f: f.write(data))
-    return hashlib.sha256(data).hexdigest()
-
-
-def png_decodes(path: Path) -> bool:
-    """The file is a PNG that decodes completely (a truncated or garbled stream fails)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-        return im.format == "PNG"
-    except Exception:  # noqa: BLE001 - any failure means the file is damaged
-        return False
-
-
-def read_manifest_checksums(out: Path) -> dict[tuple[int, int], str]:
-    """{(identity, k): sha256} of manifest.jsonl; unreadable lines are skipped (their
-    images are then checked by decoding)."""
-    path = out / "manifest.jsonl"
-    if not path.is_file():
-        return {}
-    sums = {}
-    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
-        try:
-            r = json.loads(line)
-            key, digest = (int(r["identity"]), int(r["k"])), r["sha256"]
-        except (ValueError, TypeError, KeyError):
-            continue
-        if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
-            sums[key] = digest
-    return sums
+def manifest_checksums(out: Path) -> dict[tuple[int, int], str]:
+    """{(identity, k): sha256} of out/manifest.jsonl."""
+    return resumable.read_manifest_checksums(
+        out / "manifest.jsonl", lambda r: (int(r["identity"]), int(r["k"])))
 
 
 def remove_damaged_images(out: Path, tiles, K: int, m: int,
@@ -192,11 +157,7 @@ def remove_damaged_images(out: Path, tiles, K: int, m: int,
         for k in range(g * m, min((g + 1) * m, K)):
             image, no_face = image_path(out, i, k), no_face_path(out, i, k)
             unaligned = out / UNALIGNED_DIR / f"{i:06d}" / f"{k:03d}.png"
-            damaged = False
-            if image.exists():
-                expected = checksums.get((i, k))
-                damaged = (integrity.sha256_file(image) != expected if expected
-                           else not png_decodes(image))
+            damaged = image.exists() and resumable.is_damaged(image, checksums.get((i, k)))
             for extra in (no_face, unaligned):
                 damaged = damaged or (extra.exists() and not png_decodes(extra))
             if damaged:
@@ -205,62 +166,6 @@ def remove_damaged_images(out: Path, tiles, K: int, m: int,
                         p.unlink()
                         removed.append(p)
     return removed
-
-
-def remove_stale_temporaries(out: Path, identities: range) -> int:
-    """Delete temporary files a killed run left in the identity folders it owned."""
-    removed = 0
-    for i in identities:
-        for folder in (out / f"{i:06d}", out / NO_FACE_DIR / f"{i:06d}",
-                       out / UNALIGNED_DIR / f"{i:06d}"):
-            if folder.is_dir():
-                for p in folder.glob(".*.tmp"):
-                    p.unlink(missing_ok=True)
-                    removed += 1
-    return removed
-
-
-def check_same_generation(out: Path, identity: dict) -> None:
-    before = runs.read_identity(out / "generation.json")
-    if before is not None:
-        runs.check_identity(before, identity, out, "images made with other settings")
-
-
-def tile_owner(i: int, tile: int, tiles_per_identity: int, processes: int) -> int:
-    """The process that generates tile (i, tile): a function of the tile alone, so every
-    process agrees without communicating, whatever exists on disk."""
-    return (i * tiles_per_identity + tile) % processes
-
-
-class _Process:
-    """Rank, size and barrier: accelerate's PartialState, or a single process."""
-
-    def __init__(self, cpu: bool):
-        from accelerate import PartialState
-
-        # cpu=True makes a multi-process launch on a machine without GPUs a MULTI_CPU
-        # (gloo) group instead of independent single processes.
-        self.state = PartialState(cpu=cpu)
-        self.index = self.state.process_index
-        self.count = self.state.num_processes
-        self.is_main = self.state.is_main_process
-
-    def barrier(self):
-        if self.count > 1:
-            self.state.wait_for_everyone()
-
-    def close(self):
-        """Destroy the process group: a gloo group left to interpreter shutdown can abort
-        the process (SIGABRT, "terminate called without an active exception")."""
-        if self.count > 1:
-            self.state.destroy_process_group()
-
-    def gather(self, items: list) -> list:
-        if self.count == 1:
-            return items
-        from accelerate.utils import gather_object
-
-        return gather_object(items)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -279,7 +184,7 @@ def validate(fv) -> dict:
     start, end = parse_identities(fv.identities, refs.shape[0])
     check_layout(fv.arc2face, fv.base_model)
     if fv.align and not fv.detector:
-        raise InputError("--align needs --detector=<SCRFD .onnx>")
+        raise InputError("--align needs --detector=mtcnn or --detector=<SCRFD .onnx>")
     if fv.keep_unaligned and not fv.align:
         raise InputError("--keep_unaligned only makes sense with --align")
     return {"references": refs, "start": start, "end": end}
@@ -293,7 +198,7 @@ class Plan:
     refs: np.ndarray  # (n, d) unit rows
     start: int  # identities start:end (half-open) of this run
     end: int
-    proc: _Process
+    proc: resumable.Processes
     device: torch.device
     dtype: torch.dtype
     threads: int
@@ -322,7 +227,6 @@ class Plan:
 def plan(fv) -> Plan:
     """Validate the flags, load the detector, recogniser and Arc2Face, and refuse an
     --out_dir whose images were made with other settings. Writes nothing."""
-    import torch
 
     from bridges import arc2face, faces
 
@@ -336,13 +240,8 @@ def plan(fv) -> Plan:
         raise InputError(f"recognizer {fv.recognizer} gives {recognizer.output_shape[-1]}-D "
                          f"features; the references are {d}-D")
 
-    proc = _Process(cpu=fv.device == "cpu" or not torch.cuda.is_available())
-    device = torch.device(fv.device) if fv.device else proc.state.device
+    proc, device = resumable.open_processes(fv.device)
     dtype = arc2face.resolve_dtype(fv.dtype, device)
-    if device.type == "cuda":
-        # Same algorithms on every run (no autotuning race), so the same bits on one GPU.
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
     model = arc2face.load(fv.arc2face, fv.base_model, device=device, dtype=dtype)
     identity = {k: getattr(fv, k) for k in PIXEL_FLAGS}
     # Model folders are not part of it (they may be mounted elsewhere on another node);
@@ -350,7 +249,7 @@ def plan(fv) -> Plan:
     identity.update(references_sha256=integrity.sha256_file(fv.references), n=n, d=d,
                     dtype=str(dtype).removeprefix("torch."), image_size=model.image_size,
                     device_type=device.type)
-    check_same_generation(Path(fv.out_dir), identity)
+    resumable.check_same_settings(Path(fv.out_dir) / "generation.json", identity)
     return Plan(fv, refs, inputs["start"], inputs["end"], proc, device, dtype, threads,
                 model, detector, recognizer, identity)
 
@@ -361,7 +260,9 @@ def prepare_out_dir(p: Plan, log) -> None:
     if p.proc.is_main:
         p.out.mkdir(parents=True, exist_ok=True)
         save_json(p.out / "generation.json", p.identity)
-        removed = remove_stale_temporaries(p.out, range(p.start, p.end))
+        removed = resumable.remove_stale_temporaries(
+            base / f"{i:06d}" for i in range(p.start, p.end)
+            for base in (p.out, p.out / NO_FACE_DIR, p.out / UNALIGNED_DIR))
         if removed:
             log(f"removed {removed} temporary files left by an interrupted run")
     p.proc.barrier()
@@ -381,8 +282,8 @@ def resume(p: Plan, log) -> Work:
     manifest.jsonl, or by decoding) and list what is left to draw."""
     G = math.ceil(p.K / p.m)
     mine = [(i, g) for i in range(p.start, p.end) for g in range(G)
-            if tile_owner(i, g, G, p.proc.count) == p.proc.index]
-    damaged = remove_damaged_images(p.out, mine, p.K, p.m, read_manifest_checksums(p.out))
+            if resumable.tile_owner(i * G + g, p.proc.count) == p.proc.index]
+    damaged = remove_damaged_images(p.out, mine, p.K, p.m, manifest_checksums(p.out))
     if damaged:
         log(f"redrawing {len(damaged)} damaged images (checksum or decoding failed; first: "
             f"{damaged[0]})")
@@ -398,39 +299,12 @@ def log_start(p: Plan, work: Work, log) -> None:
         f"{work.todo} to generate, {work.skipped} already done, micro batch {p.m}")
 
 
-@dataclasses.dataclass
-class Drawn:
-    """What this process's drawing loop wrote."""
-    written: int = 0  # images stored (with a face or in _no_face/)
-    no_face: int = 0
-    seconds: float = 0.0
-    checksums: list = dataclasses.field(default_factory=list)  # (i, k, sha256) written
-
-
 def run_loop(p: Plan, work: Work, log) -> Drawn:
-    """Draw the pending tiles and store each of their images not on disk yet. Ctrl-C or
-    SIGTERM (SLURM's time limit, `kill`) stops it with every stored image kept; the
-    KeyboardInterrupt goes on to the CLI (exit 130)."""
-    from tqdm import tqdm
-
-    fv = p.fv
-    bar = tqdm(total=work.todo, unit="img", disable=not (fv.progress and p.proc.is_main),
-               dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
-    drawn = Drawn()
-    t0 = time.perf_counter()
-    try:
-        with cli.sigterm_as_interrupt():
-            for i, g in work.pending:
-                before = drawn.written
-                draw_tile(p, i, g, drawn)
-                bar.update(drawn.written - before)
-    except KeyboardInterrupt:
-        bar.close()
-        log(f"interrupted after {drawn.written} images; re-run the same command to continue")
-        raise
-    bar.close()
-    drawn.seconds = time.perf_counter() - t0
-    return drawn
+    """Draw the pending tiles and store each of their images not on disk yet (stopped by
+    Ctrl-C or SIGTERM with every stored image kept: resumable.draw_tiles)."""
+    return resumable.draw_tiles(work.pending, lambda tile, drawn: draw_tile(p, *tile, drawn),
+                                total=work.todo, progress=p.fv.progress and p.proc.is_main,
+                                log=log)
 
 
 def draw_tile(p: Plan, i: int, g: int, drawn: Drawn) -> None:
@@ -447,7 +321,7 @@ def draw_tile(p: Plan, i: int, g: int, drawn: Drawn) -> None:
         drawn.written += 1
         drawn.no_face += digest is None
         if digest is not None:
-            drawn.checksums.append((i, k, digest))
+            drawn.checksums.append(((i, k), digest))
 
 
 @dataclasses.dataclass
@@ -464,13 +338,9 @@ def gather(p: Plan, work: Work, drawn: Drawn) -> Gathered:
     identity_cos = []
     if p.recognizer is not None:
         identity_cos = _identity_check(p.recognizer, p.refs, p.out, work.mine, p.K, p.m)
-    counts = p.proc.gather([{"process": p.proc.index, "written": drawn.written,
-                             "no_face": drawn.no_face, "skipped_existing": work.skipped,
-                             "seconds": round(drawn.seconds, 3)}])
     identity_cos = p.proc.gather(identity_cos)
-    checksums = p.proc.gather(drawn.checksums)
-    p.proc.barrier()
-    return Gathered(counts, identity_cos, {(i, k): h for i, k, h in checksums})
+    counts, checksums = resumable.gather_counts(p.proc, drawn, work.skipped)
+    return Gathered(counts, identity_cos, checksums)
 
 
 def run(fv, *, log=None) -> dict:
@@ -511,7 +381,6 @@ def make_report(p: Plan, results: Gathered, manifest: list[dict], started: float
     in_range = [r for r in manifest if p.start <= r["identity"] < p.end and r["k"] < p.K]
     cos_ref = np.array([r["cos_to_reference"] for r in in_range], np.float64)
     written_total = sum(c["written"] for c in counts)
-    seconds = max(c["seconds"] for c in counts)
     return {
         "identities": [p.start, p.end],
         "n": n, "d": d,
@@ -523,8 +392,7 @@ def make_report(p: Plan, results: Gathered, manifest: list[dict], started: float
         "skipped_existing": sum(c["skipped_existing"] for c in counts),
         "processes": p.proc.count,
         "per_process": counts,
-        "images_per_second": round(written_total / seconds, 4) if seconds and written_total
-        else None,
+        "images_per_second": resumable.speed(counts),
         "wall_seconds": round(time.time() - started, 3),
         "eq3_cos_to_reference": _summary(cos_ref),
         "identity_check": _identity_summary(results.identity_cos, fv.recognizer),
@@ -603,7 +471,7 @@ def write_manifest(out: Path, refs: np.ndarray, seed: int, beta: float, *,
     from bridges import arc2face
 
     written = written or {}
-    previous = read_manifest_checksums(out)
+    previous = manifest_checksums(out)
     records = []
     folders = sorted(p for p in out.iterdir() if p.is_dir() and IDENTITY_DIR.match(p.name))
     for folder in folders:
@@ -624,9 +492,7 @@ def write_manifest(out: Path, refs: np.ndarray, seed: int, beta: float, *,
             records.append({"identity": i, "k": k, "path": f"{i:06d}/{k:03d}.png",
                             "sha256": digest, "embedding_seed": es, "latent_seed": ls,
                             "cos_to_reference": round(float(e.astype(np.float64) @ refs[i]), 7)})
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(out / "manifest.jsonl", lambda f: f.write(text.encode()))
-    return records
+    return resumable.write_manifest(out / "manifest.jsonl", records)
 
 
 def _no_face_list(out: Path, start: int, end: int, K: int) -> list[str]:
@@ -693,4 +559,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

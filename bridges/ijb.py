@@ -20,11 +20,23 @@ mated probe templates (their subject is in the gallery) whose subject is among t
 gallery subjects; TPIR at FPIR f is the share of mated probes whose subject ranks first
 with a score above the threshold at which at most a share f of the non-mated probes' best
 scores lies above it (the same threshold rule as TAR at FAR).
+
+insightface-comparable figures (what published IJB tables report), beside ours: 1:1 TAR
+at the ROC point nearest each target FAR (insightface's ijb_11.py), and 1:N on the two
+galleries merged, every probe mated (insightface's ijb_1n.py; `insightface_identification`
+states its rule).
+
+GroupFace with `--group_similarity` (template form, ours: GroupFace defines S* for two
+images only): a template's final feature is pooled as above; its intermediate feature is
+each crop's GDN intermediate feature (crop + mirrored crop, L2-normalised) pooled the
+same way (media means summed, faceness-weighted with --ijb_detector_score) and
+normalised; two templates score S* = cos(final) + beta * D(intermediate) ** -gamma.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError, atomic_write, save_figure, save_json
 from hyperface_jax.options import option
 
@@ -40,6 +53,7 @@ TARGETS = ("IJBB", "IJBC")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FPIRS = (0.01, 0.1)
 RANKS = (1, 5)
+INSIGHTFACE_RANKS = (1, 5, 10)  # ijb_1n.py prints top-1, top-5 and top-10
 GALLERIES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
 ALIGNED = 112
 TAR_RULE = ("threshold t = the (floor(FAR * impostors) + 1)-th highest impostor score; a pair "
@@ -99,8 +113,7 @@ def find_root(spec: str, target: str) -> Path:
 
 def _table(path: Path, fields: int | None, what: str, *, sep=None) -> list[list[str]]:
     """Rows of a whitespace- (or `sep`-) separated file, checked for their field count."""
-    if not path.is_file():
-        raise InputError(f"IJB {what} file not found: {path}")
+    require_path(path, f"IJB {what} file")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -128,15 +141,16 @@ def _integers(path: Path, number: int, values: list[str], what: str) -> list[int
 
 
 def read_protocol(root: Path, target: str) -> Protocol:
-    """The crop list, landmarks and template pairs; `InputError` on the first problem."""
+    """The crop list, landmarks and template pairs, validated (see `check_crops`,
+    `check_landmarks`, `check_pairs`); `InputError` naming the file and line of the first
+    problem."""
     meta, prefix = root / "meta", target.lower()
     tid_path = meta / f"{prefix}_face_tid_mid.txt"
     pts_path = meta / f"{prefix}_name_5pts_score.txt"
     pair_path = meta / f"{prefix}_template_pair_label.txt"
     crops = _table(tid_path, 3, "image template media")
     points = _table(pts_path, 12, "image, 5 landmarks, faceness")
-    if not pair_path.is_file():
-        raise InputError(f"IJB template1 template2 label file not found: {pair_path}")
+    require_path(pair_path, "IJB template1 template2 label file")
     if len(points) != len(crops):
         raise InputError(f"{pts_path} lists {len(points)} crops but {tid_path} lists "
                          f"{len(crops)}; they must list the same crops in the same order")
@@ -144,20 +158,19 @@ def read_protocol(root: Path, target: str) -> Protocol:
     for number, (name, t, m) in crops:
         names.append(name)
         ids.append(_integers(tid_path, number, [t, m], "template and media ids"))
-    landmarks, faceness = [], []
+    check_crops(names, [number for number, _ in crops], tid_path)
+    values = []
     for k, (number, row) in enumerate(points):
         if row[0] != names[k]:
             raise InputError(f"{pts_path}:{number}: crop {row[0]!r} where {tid_path.name} "
                              f"has {names[k]!r}; the files must list the same crops in order")
         try:
-            values = np.array([float(v) for v in row[1:]])
+            values.append([float(v) for v in row[1:]])
         except ValueError:
             raise InputError(f"{pts_path}:{number}: landmarks and score must be numbers") from None
-        if not np.isfinite(values).all() or values[-1] < 0:
-            raise InputError(f"{pts_path}:{number}: landmarks must be finite and the "
-                             f"faceness score >= 0, got {' '.join(row[1:])!r}")
-        landmarks.append(values[:10].reshape(5, 2))
-        faceness.append(values[10])
+    values = np.asarray(values, np.float64)
+    landmarks, faceness = values[:, :10].reshape(-1, 5, 2), values[:, 10]
+    check_landmarks(landmarks, faceness, [number for number, _ in points], pts_path)
     ids = np.asarray(ids, np.int64)
     pair_ids, labels = read_pairs(pair_path, np.unique(ids[:, 0]), tid_path.name)
     if labels.all() or not labels.any():
@@ -165,18 +178,62 @@ def read_protocol(root: Path, target: str) -> Protocol:
         raise InputError(f"{pair_path} has no {kind} pairs (label {int(not labels.all())})")
     images = root / "loose_crop"
     for k, name in enumerate(names):
-        if not (images / name).is_file():
-            raise InputError(f"crop not found: {images / name} ({tid_path.name} line "
-                             f"{crops[k][0]})")
-    return Protocol(root, target, tuple(names), np.asarray(landmarks, np.float32),
-                    np.asarray(faceness, np.float64), ids[:, 0], ids[:, 1],
-                    np.asarray(pair_ids, np.int64), labels)
+        if not (images / name).is_file():  # the common case fast, the message exact
+            try:
+                require_path(images / name, "crop")
+            except InputError as e:
+                raise InputError(f"{e} ({tid_path.name} line {crops[k][0]})") from None
+    return Protocol(root, target, tuple(names), landmarks.astype(np.float32), faceness,
+                    ids[:, 0], ids[:, 1], np.asarray(pair_ids, np.int64), labels)
+
+
+# Landmarks are pixel positions in a loose crop: beyond MAX_LANDMARK pixels (any photo's
+# size) they are not positions; five points within MIN_LANDMARK_SPREAD pixels of their
+# centre (RMS) leave the alignment's scale undefined.
+MAX_LANDMARK = 1e5
+MIN_LANDMARK_SPREAD = 1.0
+
+
+def check_crops(names: list[str], lines: list[int], path: Path) -> None:
+    """Each crop listed once, by a name inside loose_crop/ (no absolute path, no `..`)."""
+    first: dict[str, int] = {}
+    for name, number in zip(names, lines, strict=True):
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts:
+            raise InputError(f"{path}:{number}: crop name {name!r} leaves loose_crop/ "
+                             "(an absolute path or '..'); names are relative to loose_crop/")
+        if first.setdefault(name, number) != number:
+            raise InputError(f"{path}:{number}: crop {name!r} is listed again (first at "
+                             f"line {first[name]}); each crop belongs to one template once")
+
+
+def check_landmarks(landmarks: np.ndarray, faceness: np.ndarray, lines: list[int],
+                    path: Path) -> None:
+    """Five finite landmarks within MAX_LANDMARK pixels that do not (nearly) coincide, and
+    a faceness score in [0, 1] (a detector's probability; it weights the crop)."""
+    spread = np.sqrt(((landmarks - landmarks.mean(axis=1, keepdims=True)) ** 2)
+                     .sum(axis=2).mean(axis=1))
+    checks = [
+        (np.isfinite(landmarks).all(axis=(1, 2)) & (np.abs(landmarks) <= MAX_LANDMARK)
+         .all(axis=(1, 2)), f"landmarks must be finite pixel positions within "
+                            f"{MAX_LANDMARK:g} of the crop's corner"),
+        (spread >= MIN_LANDMARK_SPREAD, f"the five landmarks lie within "
+                                        f"{MIN_LANDMARK_SPREAD:g} pixel of their centre "
+                                        "(degenerate: no alignment)"),
+        ((faceness >= 0) & (faceness <= 1), "the faceness score must be in [0, 1]"),
+    ]
+    for ok, problem in checks:
+        if not ok.all():
+            k = int(np.argmin(ok))
+            shown = " ".join(f"{v:g}" for v in [*landmarks[k].ravel(), faceness[k]])
+            raise InputError(f"{path}:{lines[k]}: {problem}, got {shown!r}")
 
 
 def read_pairs(path: Path, known: np.ndarray, crop_list: str) -> tuple[np.ndarray, np.ndarray]:
     """((pairs, 2) template ids, (pairs,) bool labels) of a `t1 t2 label` file whose
-    templates are all in `known` (sorted). IJB-C lists 15.6 M pairs: NumPy's C reader
-    reads a well-formed file; any problem is then located line by line for the message."""
+    templates are all in `known` (sorted), checked by `check_pairs`. IJB-C lists 15.6 M
+    pairs: NumPy's C reader reads a well-formed file; any problem is then located line by
+    line for the message."""
     import warnings
 
     try:
@@ -188,7 +245,14 @@ def read_pairs(path: Path, known: np.ndarray, crop_list: str) -> tuple[np.ndarra
     except (ValueError, UserWarning, OSError):
         fast = False
     if fast:
-        return data[:, :2], data[:, 2] == 1
+        pairs, labels = data[:, :2], data[:, 2] == 1
+    else:
+        pairs, labels = _read_pairs_by_line(path, known, crop_list)
+    check_pairs(pairs, known, path)
+    return pairs, labels
+
+
+def _read_pairs_by_line(path: Path, known: np.ndarray, crop_list: str):
     pairs, labels, known_set = [], [], set(known.tolist())
     for number, row in _table(path, 3, "template1 template2 label"):
         t1, t2, label = _integers(path, number, row, "template ids and label")
@@ -200,6 +264,39 @@ def read_pairs(path: Path, known: np.ndarray, crop_list: str) -> tuple[np.ndarra
         pairs.append((t1, t2))
         labels.append(bool(label))
     return np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(labels, bool)
+
+
+def check_pairs(pairs: np.ndarray, known: np.ndarray, path: Path) -> None:
+    """No template paired with itself, no pair listed twice (in either order): a repeated
+    pair would count twice in TAR and FAR. Vectorised (IJB-C: 15.6 M pairs); the line of
+    a problem is found by reading the file again."""
+    same = np.flatnonzero(pairs[:, 0] == pairs[:, 1])
+    if len(same):
+        raise InputError(f"{path}:{_line_of_row(path, same[0])}: template {pairs[same[0], 0]} "
+                         "is paired with itself")
+    a, b = np.searchsorted(known, pairs[:, 0]), np.searchsorted(known, pairs[:, 1])
+    keys = np.minimum(a, b) * len(known) + np.maximum(a, b)
+    ordered = np.sort(keys)
+    if (ordered[1:] == ordered[:-1]).any():  # then find the lines (slower, rare)
+        order = np.argsort(keys, kind="stable")
+        repeat = keys[order][1:] == keys[order][:-1]
+        again = order[1:][repeat].min()  # the earliest row repeating an earlier one
+        first = order[np.searchsorted(keys[order], keys[again])]
+        t1, t2 = pairs[again]
+        raise InputError(f"{path}:{_line_of_row(path, again)}: the pair of templates {t1} "
+                         f"and {t2} is listed again (first at line "
+                         f"{_line_of_row(path, first)}); each pair counts once")
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """The line number of the `row`-th non-blank line of `path` (0-based row)."""
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                if row == 0:
+                    return number
+                row -= 1
+    return -1
 
 
 def identification_files(root: Path, target: str) -> dict[str, Path] | None:
@@ -222,8 +319,18 @@ def identification_files(root: Path, target: str) -> dict[str, Path] | None:
 def read_subjects(path: Path, known: set[int]) -> tuple[np.ndarray, np.ndarray]:
     """(template ids, subject ids), one per template, of a 1:N csv (TEMPLATE_ID,SUBJECT_ID,
     ... per crop, a header line first)."""
+    return _as_arrays(_subject_rows(path, known))
+
+
+def _as_arrays(rows: dict[int, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    templates = np.asarray(sorted(rows), np.int64)
+    return templates, np.asarray([rows[t][0] for t in templates], np.int64)
+
+
+def _subject_rows(path: Path, known: set[int]) -> dict[int, tuple[int, int]]:
+    """{template: (subject, first line)} of a 1:N csv; one subject per template."""
     rows = _table(path, None, "1:N template list", sep=",")
-    subject_of: dict[int, int] = {}
+    subject_of: dict[int, tuple[int, int]] = {}
     for number, row in rows:
         if number == rows[0][0] and not row[0].lstrip("-").isdigit():
             continue  # the header
@@ -233,13 +340,35 @@ def read_subjects(path: Path, known: set[int]) -> tuple[np.ndarray, np.ndarray]:
         if t not in known:
             raise InputError(f"{path}:{number}: template {t} has no crop in the "
                              "face_tid_mid list")
-        if subject_of.setdefault(t, s) != s:
-            raise InputError(f"{path}:{number}: template {t} belongs to subjects "
-                             f"{subject_of[t]} and {s}")
+        subject, line = subject_of.setdefault(t, (s, number))
+        if subject != s:
+            raise InputError(f"{path}:{number}: template {t} belongs to subject {s} here "
+                             f"and to subject {subject} at line {line}")
     if not subject_of:
         raise InputError(f"1:N template list {path} has no templates")
-    templates = np.asarray(sorted(subject_of), np.int64)
-    return templates, np.asarray([subject_of[t] for t in templates], np.int64)
+    return subject_of
+
+
+def read_identification(files: dict[str, Path], known: set[int]
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{list name: (template ids, subject ids)} of the 1:N lists `files` (galleries and
+    "probe"), each read by `read_subjects`; a template may appear in one list only (the
+    galleries are disjoint and the probes are not gallery templates: a probe found in
+    the gallery would be its own mate)."""
+    rows = {name: _subject_rows(path, known) for name, path in files.items()}
+    seen: dict[int, str] = {}
+    for name, path in files.items():
+        for t, (s, line) in rows[name].items():
+            other = seen.setdefault(t, name)
+            if other == name:
+                continue
+            s0, line0 = rows[other][t]
+            if s0 != s:
+                raise InputError(f"{path}:{line}: template {t} belongs to subject {s} here "
+                                 f"and to subject {s0} in {files[other]}:{line0}")
+            raise InputError(f"{path}:{line}: template {t} is also in {files[other]}:"
+                             f"{line0}; each template belongs to one 1:N list")
+    return {name: _as_arrays(table) for name, table in rows.items()}
 
 
 # ----------------------------------------------------------------------------- features
@@ -261,9 +390,11 @@ def aligned_crop(path: Path, landmarks: np.ndarray) -> np.ndarray:
 
 
 def crop_features(model, protocol: Protocol, *, batch_size: int, device, flip: bool = True,
-                  threads: int = 4, bar=None) -> np.ndarray:
-    """(crops, d) float32 raw embeddings (no normalisation), plus the mirrored crop's with
-    `flip` (summed in float32, as insightface), in the order of the crop list."""
+                  threads: int = 4, bar=None, intermediate: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """((crops, d) float32 raw embeddings (no normalisation), plus the mirrored crop's with
+    `flip` (summed in float32, as insightface), in the order of the crop list; with
+    `intermediate`, GroupFace's GDN intermediate features summed the same way, else None)."""
     import torch
     from PIL import Image
 
@@ -278,20 +409,22 @@ def crop_features(model, protocol: Protocol, *, batch_size: int, device, flip: b
             face = np.asarray(Image.fromarray(face).resize((size, size), Image.BILINEAR))
         return to_tensor(face)
 
-    out = None
+    keys = ("embedding", "intermediate") if intermediate else ("embedding",)
+    out = dict.fromkeys(keys)
     with ThreadPoolExecutor(threads) as pool, torch.no_grad():
         for start in range(0, len(protocol.names), batch_size):
             index = range(start, min(start + batch_size, len(protocol.names)))
             x = torch.stack(list(pool.map(load, index))).to(device)
-            f = model(x)["embedding"].float()
-            if flip:
-                f = f + model(torch.flip(x, dims=[3]))["embedding"].float()
-            if out is None:  # one float32 row per crop (IJB-C: ~469k x 512, ~1 GB)
-                out = np.empty((len(protocol.names), f.shape[1]), np.float32)
-            out[start:start + len(index)] = f.cpu().numpy()
+            y = model(x)
+            mirrored = model(torch.flip(x, dims=[3])) if flip else None
+            for key in keys:
+                f = y[key].float() + (mirrored[key].float() if flip else 0)
+                if out[key] is None:  # one float32 row per crop (IJB-C: ~469k x 512, ~1 GB)
+                    out[key] = np.empty((len(protocol.names), f.shape[1]), np.float32)
+                out[key][start:start + len(index)] = f.cpu().numpy()
             if bar is not None:
                 bar.update(len(index))
-    return out
+    return out["embedding"], out.get("intermediate")
 
 
 def template_features(features: np.ndarray, templates: np.ndarray, medias: np.ndarray,
@@ -321,17 +454,53 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
         pooled += w[:, s:s + chunk] @ np.asarray(features[s:s + chunk], np.float64)
     norms = np.linalg.norm(pooled, axis=1)
     if not (np.isfinite(norms).all() and (norms > 0).all()):
-        bad = int(ids[np.argmax(~(np.isfinite(norms) & (norms > 0)))])
-        raise InputError(f"template {bad} has a zero or non-finite feature (are all its "
-                         "faceness scores 0? --noijb_detector_score ignores them)")
+        k = int(np.argmax(~(np.isfinite(norms) & (norms > 0))))
+        own = crops[row[crops] == k]
+        raise InputError(f"template {int(ids[k])} has no feature: "
+                         f"{_why_no_feature(features[own], weight[own], norms[k])}")
     return ids, pooled / norms[:, None]
 
 
+def similarity(a, b, a_inter=None, b_inter=None) -> np.ndarray:
+    """(len(a), len(b)) template scores: the cosines of unit features, plus GroupFace's
+    group term of the unit intermediate features when they are given (S*)."""
+    s = a @ b.T
+    if a_inter is None:
+        return s
+    from bridges.recognition.groupface import group_term_of_cosine
+
+    return s + group_term_of_cosine(a_inter @ b_inter.T)
+
+
+def pooled(protocol: Protocol, feats, scale, inter=None, inter_scale=None, chosen=None):
+    """(template ids, unit template features, unit template intermediate features or None
+    without `inter`): `template_features` of both, each with its own crop weights."""
+    ids, final = template_features(feats, protocol.templates, protocol.medias, chosen, scale)
+    if inter is None:
+        return ids, final, None
+    return ids, final, template_features(inter, protocol.templates, protocol.medias, chosen,
+                                         inter_scale)[1]
+
+
+def _why_no_feature(features, weights, norm) -> str:
+    """The cause of a template's zero or non-finite pooled feature, from its crops."""
+    if not np.isfinite(features).all():
+        return "the model's features of its crops hold NaN or Inf"
+    if not np.isfinite(weights).all():
+        return "its crops' weights (faceness score / feature norm) are not finite"
+    if not np.isfinite(norm):
+        return "its weighted crop features overflow"
+    if not weights.any():
+        return ("the faceness scores of all its crops are 0 (--noijb_detector_score "
+                "ignores them)")
+    return "its crops' weighted features sum to zero"
+
+
 def pair_scores(ids: np.ndarray, feats: np.ndarray, pairs: np.ndarray,
-                block: int = 1024) -> np.ndarray:
-    """Cosine of the template features of each pair (ids sorted). Rows of the Gram
-    matrix, `block` first templates at a time, are one BLAS product each; the pairs are
-    read from them (4x faster than gathering both features of 15.6 M pairs)."""
+                block: int = 1024, inter: np.ndarray | None = None) -> np.ndarray:
+    """Score (`similarity`) of the template features of each pair (ids sorted). Rows of
+    the score matrix, `block` first templates at a time, are one BLAS product each; the
+    pairs are read from them (4x faster than gathering both features of 15.6 M pairs)."""
     a, b = np.searchsorted(ids, pairs[:, 0]), np.searchsorted(ids, pairs[:, 1])
     order = np.argsort(a, kind="stable")
     starts = np.searchsorted(a[order], [*range(0, len(ids), block), len(ids)])
@@ -339,7 +508,9 @@ def pair_scores(ids: np.ndarray, feats: np.ndarray, pairs: np.ndarray,
     for k, s in enumerate(range(0, len(ids), block)):
         rows = order[starts[k]:starts[k + 1]]
         if len(rows):
-            scores[rows] = (feats[s:s + block] @ feats.T)[a[rows] - s, b[rows]]
+            rows_inter = None if inter is None else inter[s:s + block]
+            scores[rows] = similarity(feats[s:s + block], feats, rows_inter,
+                                      inter)[a[rows] - s, b[rows]]
     return scores
 
 
@@ -369,8 +540,10 @@ def nearest_roc_point(fpr, tpr, far: float) -> float:
 
 
 def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
-                   ranks=RANKS, fpirs=FPIRS, block: int = 2048) -> dict:
-    """Open-set 1:N figures of probe templates against one gallery (see the module doc)."""
+                   ranks=RANKS, fpirs=FPIRS, block: int = 2048, probe_inter=None,
+                   gallery_inter=None) -> dict:
+    """Open-set 1:N figures of probe templates against one gallery (see the module doc);
+    with the intermediate features, scored by S* (`similarity`)."""
     from bridges import verification
 
     subjects = np.unique(gallery_subjects)
@@ -381,7 +554,10 @@ def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
     for s in range(0, len(probe_feats), block):  # probe blocks: memory ~ block x gallery
         per_subject = np.full((min(block, len(probe_feats) - s), len(subjects)), -np.inf)
         # A subject's score is its best gallery template's (one template each in IJB).
-        np.maximum.at(per_subject.T, column, (probe_feats[s:s + block] @ gallery_feats.T).T)
+        scores = similarity(probe_feats[s:s + block], gallery_feats,
+                            None if probe_inter is None else probe_inter[s:s + block],
+                            gallery_inter)
+        np.maximum.at(per_subject.T, column, scores.T)
         rows = np.arange(len(per_subject))
         own = per_subject[rows, mate[s:s + block]]
         # Mated: the mate's score and rank (1 + subjects strictly higher: ties favour the
@@ -402,6 +578,58 @@ def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
         t = verification.tar_at_far(top, mated, f)["threshold"]
         result[key] = float(((rank == 1) & (true > t)).mean())
         result[f"threshold_at_fpir_{f:g}"] = t
+    return result
+
+
+INSIGHTFACE_1N_RULE = (
+    "insightface ijb_1n.py: the galleries merged into one, every probe's subject exactly "
+    "once in it; rank-k: share of probes whose mate is among the k best gallery templates; "
+    "at 'FPIR' f the threshold is the ceil(f x probes)-th highest score among all non-mate "
+    "(probe, gallery template) pairs and the figure is the share of probes whose mate "
+    "scores above it, whatever its rank")
+
+
+def insightface_identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects,
+                               ranks=INSIGHTFACE_RANKS, fpirs=FPIRS, block: int = 2048,
+                               probe_inter=None, gallery_inter=None) -> dict:
+    """1:N figures computed as insightface's ijb_1n.py computes them (`INSIGHTFACE_1N_RULE`),
+    for comparison with published tables; the gallery is the merged one. A probe whose
+    subject is not exactly once in the gallery makes the figures undefined there
+    (ijb_1n.py stops): they are None, with the reason."""
+    subjects, first, counts = np.unique(gallery_subjects, return_index=True,
+                                        return_counts=True)
+    where = np.searchsorted(subjects, probe_subjects).clip(0, len(subjects) - 1)
+    once = (subjects[where] == probe_subjects) & (counts[where] == 1)
+    result = {"probes": int(len(probe_feats)), "gallery_templates": int(len(gallery_feats)),
+              "rule": INSIGHTFACE_1N_RULE}
+    keys = [f"rank_{k}" for k in ranks] + [f"tpir_at_fpir_{f:g}" for f in fpirs]
+    if not once.all():
+        bad = int(probe_subjects[np.argmin(once)])
+        return {**result, **dict.fromkeys(keys),
+                "undefined": f"probe subject {bad} is not exactly once in the merged gallery"}
+    mate = first[where]  # each probe's gallery column
+    needed = [math.ceil(f * len(probe_feats)) for f in fpirs]
+    top = np.full(0, -np.inf)  # the highest non-mate scores so far, at most max(needed)
+    own, rank = np.empty(len(probe_feats)), np.empty(len(probe_feats), np.int64)
+    for s in range(0, len(probe_feats), block):
+        scores = similarity(probe_feats[s:s + block], gallery_feats,
+                            None if probe_inter is None else probe_inter[s:s + block],
+                            gallery_inter)
+        rows = np.arange(len(scores))
+        own[s:s + len(scores)] = scores[rows, mate[s:s + block]]
+        rank[s:s + len(scores)] = 1 + (scores > own[s:s + len(scores), None]).sum(axis=1)
+        scores[rows, mate[s:s + block]] = -np.inf
+        top = np.concatenate([top, scores.ravel()])
+        if len(top) > max(needed):
+            top = np.partition(top, len(top) - max(needed))[len(top) - max(needed):]
+    top = np.sort(top)[::-1]
+    non_mates = len(probe_feats) * (len(gallery_feats) - 1)
+    for k in ranks:
+        result[f"rank_{k}"] = float((rank <= k).mean())
+    for f, k in zip(fpirs, needed, strict=True):
+        ok = 1 <= k <= non_mates
+        result[f"tpir_at_fpir_{f:g}"] = float((own > top[k - 1]).mean()) if ok else None
+        result[f"threshold_at_fpir_{f:g}"] = float(top[k - 1]) if ok else None
     return result
 
 
@@ -426,36 +654,48 @@ def run(fv, names: dict[str, str]) -> dict:
     started = time.time()
     if fv.bins:
         raise InputError("give one of --bins and --ijb")
-    if fv.group_similarity:
-        raise InputError("--group_similarity has no template form; IJB scores are cosines")
     root = find_root(fv.ijb, fv.ijb_target)
     protocol = read_protocol(root, fv.ijb_target)
     lists = identification_files(root, fv.ijb_target) if fv.ijb_1n else None
     known = set(np.unique(protocol.templates).tolist())
     one_n = None
     if lists:
-        one_n = {name: read_subjects(path, known) for name, path in lists.items()}
+        one_n = read_identification(lists, known)
     device = torch.device("cuda" if fv.device == "cuda" or (
         fv.device == "auto" and torch.cuda.is_available()) else "cpu")
     models = {name: load_model(path, device) for name, path in names.items()}
+    group = bool(fv.group_similarity)
+    if group:
+        plain = [n for n, m in models.items() if m.groupface is None]
+        if plain:
+            raise InputError(f"--group_similarity needs GroupFace models; {plain[0]} is not one")
     weights = protocol.faceness if fv.ijb_detector_score else np.ones(len(protocol.names))
 
     results, curves, all_scores = {}, {}, {}
     bar = tqdm(total=len(protocol.names) * len(models), disable=not fv.progress, unit="crop",
                file=sys.stderr)
     for name, model in models.items():
-        feats = crop_features(model, protocol, batch_size=fv.batch_size, device=device,
-                              flip=fv.flip, threads=fv.ijb_read_threads, bar=bar)
+        feats, inter = crop_features(model, protocol, batch_size=fv.batch_size, device=device,
+                                     flip=fv.flip, threads=fv.ijb_read_threads, bar=bar,
+                                     intermediate=group)
         scale = weights.copy()
         if not fv.ijb_feature_norm:
             norms = np.linalg.norm(feats, axis=1).astype(np.float64)
-            if not (norms > 0).all():
-                raise InputError(f"{name}: zero feature for crop "
-                                 f"{protocol.names[int(np.argmin(norms > 0))]}")
+            if not (norms > 0).all():  # NaN norms too
+                k = int(np.argmin(norms > 0))
+                raise InputError(f"{name}: the feature of crop {protocol.names[k]} is "
+                                 f"{'zero' if norms[k] == 0 else 'NaN or Inf'}")
             scale /= norms
-        ids, tfeats = template_features(feats, protocol.templates, protocol.medias,
-                                        scale=scale)
-        scores = pair_scores(ids, tfeats, protocol.pairs)
+        inter_scale = None
+        if group:  # unit crop intermediate features, weighted like the final ones
+            inter_norms = np.linalg.norm(inter, axis=1).astype(np.float64)
+            if not (inter_norms > 0).all():
+                raise InputError(f"{name}: zero intermediate feature for crop "
+                                 f"{protocol.names[int(np.argmin(inter_norms > 0))]}")
+            inter_scale = weights / inter_norms
+        crops = (feats, scale, inter, inter_scale)
+        ids, tfeats, tinter = pooled(protocol, *crops)
+        scores = pair_scores(ids, tfeats, protocol.pairs, inter=tinter)
         if not np.isfinite(scores).all():
             raise FloatingPointError(f"{name}: non-finite pair scores")
         all_scores[name] = scores
@@ -464,15 +704,21 @@ def run(fv, names: dict[str, str]) -> dict:
                                                     curve=curves[name])}
         if one_n:
             probe_t, probe_s = one_n["probe"]
-            probe = template_features(feats, protocol.templates, protocol.medias, probe_t,
-                                      scale)[1]
+            _, probe, probe_inter = pooled(protocol, *crops, probe_t)
             entry["identification"] = {}
+            merged = [[], [], []]  # the galleries' subjects, features, intermediates
             for gallery in GALLERIES[fv.ijb_target]:
                 g_t, g_s = one_n[gallery]
-                g = template_features(feats, protocol.templates, protocol.medias, g_t,
-                                      scale)[1]
-                entry["identification"][gallery] = identification(probe, probe_s, g, g_s)
+                _, g, g_inter = pooled(protocol, *crops, g_t)
+                entry["identification"][gallery] = identification(
+                    probe, probe_s, g, g_s, probe_inter=probe_inter, gallery_inter=g_inter)
+                for part, value in zip(merged, (g_s, g, g_inter), strict=True):
+                    part.append(value)
             entry["identification"]["mean"] = gallery_mean(entry["identification"])
+            entry["identification_insightface"] = insightface_identification(
+                probe, probe_s, np.concatenate(merged[1]), np.concatenate(merged[0]),
+                probe_inter=probe_inter,
+                gallery_inter=np.concatenate(merged[2]) if group else None)
         results[name] = entry
     bar.close()
 
@@ -490,7 +736,11 @@ def run(fv, names: dict[str, str]) -> dict:
             "pooling": "mean over the crops of a media, sum over media, normalise",
             "tar_at_far": TAR_RULE,
             "tar_nearest_roc_point": "insightface ijb_11.py: TPR at the ROC point whose FPR "
-                                     "is nearest the target (for comparison only)",
+                                     "is nearest the target (comparable with published "
+                                     "tables)",
+            "identification_insightface": INSIGHTFACE_1N_RULE,
+            "scores": "group-aware similarity S* of template features (template form "
+                      "ours: see bridges/ijb.py)" if group else "cosine of template features",
             "identification": "open set per gallery: mated probes' subject in the gallery; "
                               "TPIR counts rank-1 mates scoring above the FPIR threshold "
                               "over the non-mated probes' best scores"},
@@ -523,10 +773,19 @@ def markdown(report: dict) -> str:
         cells = [f"{100 * r['tar']:.2f}" + ("†" if r["impostors_allowed"] == 0 else "")
                  for r in entry["verification"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "insightface-comparable (ijb_11.py, as published IJB tables): TAR (%) at "
+                  "the ROC point whose FAR is nearest each target (that FAR may exceed it).", "",
+              "| model | " + " | ".join(f"{f:g}" for f in FARS) + " |",
+              "|---" * (len(FARS) + 1) + "|"]
+    for name, entry in report["results"].items():
+        cells = [f"{100 * r['tar_nearest_roc_point']:.2f}" for r in entry["verification"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     rows = [(name, g, r) for name, entry in report["results"].items()
             for g, r in entry.get("identification", {}).items()]
     if rows:
         lines += ["", f"# {target} 1:N identification (open set, mixed probes)", "",
+                  "Ours: per gallery as NIST defines it (non-mated probes set the FPIR "
+                  "threshold; TPIR counts rank-1 mates above it).", "",
                   "| model | gallery | " + " | ".join(f"rank-{k}" for k in RANKS) + " | "
                   + " | ".join(f"TPIR@FPIR={f:g}" for f in FPIRS) + " |",
                   "|---" * (2 + len(RANKS) + len(FPIRS)) + "|"]
@@ -534,6 +793,18 @@ def markdown(report: dict) -> str:
             cells = [_percent(r.get(f"rank_{k}")) for k in RANKS]
             cells += [_percent(r.get(f"tpir_at_fpir_{f:g}")) for f in FPIRS]
             lines.append(f"| {name} | {g} | " + " | ".join(cells) + " |")
+        merged = "+".join(GALLERIES[target])
+        lines += ["", f"insightface-comparable 1:N (ijb_1n.py, as published IJB tables): "
+                      f"galleries {merged} merged, every probe mated; 'TPIR' at f: the "
+                      "threshold is the ceil(f x probes)-th highest non-mate score.", "",
+                  "| model | " + " | ".join(f"rank-{k}" for k in INSIGHTFACE_RANKS) + " | "
+                  + " | ".join(f"TPIR@FPIR={f:g}" for f in FPIRS) + " |",
+                  "|---" * (1 + len(INSIGHTFACE_RANKS) + len(FPIRS)) + "|"]
+        for name, entry in report["results"].items():
+            r = entry["identification_insightface"]
+            cells = [_percent(r.get(f"rank_{k}")) for k in INSIGHTFACE_RANKS]
+            cells += [_percent(r.get(f"tpir_at_fpir_{f:g}")) for f in FPIRS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,6 @@ Re-running on the same --out_dir resumes after the last finished epoch.
 Exit codes: 0 success, 2 bad input (one line on stderr), 1 failure, 130 interrupted.
 """
 
-import sys
 
 from bridges import require_torch_extra
 from bridges.recognition.config import TrainConfig
@@ -33,4 +32,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

@@ -19,7 +19,7 @@ _EXPORTS = {
     "hyperface_loss": "engine.objective",
     "on_sphere": "engine.optimizers", "tangent_projection": "engine.optimizers",
     "LOCAL": "engine.placement", "Local": "engine.placement",
-    "LocalSearch": "engine.search",
+    "Search": "engine.search",
     "SolverConfig": "engine.solver", "SolverState": "engine.solver", "init_state": "engine.solver",
     "make_runner": "engine.solver", "make_step": "engine.solver",
 }

@@ -18,20 +18,24 @@ import signal
 import sys
 import textwrap
 import threading
+import typing
 from collections.abc import Callable
 
 from absl import flags
 
 from hyperface_jax.io import runs
 from hyperface_jax.io.files import DiskFullError, InputError, RunFailed, disk_full
-from hyperface_jax.options import (
+from hyperface_jax.options import (  # noqa: F401 - the flag makers, re-exported
     bounds_text,
+    define_dataclass_flags,
     expand_flagfiles,
-    field_kind,
     field_with_role,
     flag_fields,
     help_groups,
     make_checked,
+    make_flag_values,
+    parse_flag_lines,
+    parse_flag_values,
 )
 
 
@@ -53,23 +57,19 @@ def run_main(argv: list[str] | None, config, job: Callable, *,
         parsed, output = _parse(config, argv[1:], legacy)
     except InputError as e:
         return _error(e)
-    output_name, is_file, location, process_id = output
+    output_name, is_file, location = output
     if output_name and not location:
         return _error(f"--{output_name} is required")
-    created = []
     try:
         with sigterm_as_interrupt():
-            lock = None
-            if location:
-                created, lock = runs.claim_output(location, f"--{output_name}", is_file=is_file,
-                                                  process_id=process_id)
-            try:
+            # A multi-process job locks its folder itself once it knows its process index
+            # (runs.is_first_process); then the folder is only checked here.
+            claim = (runs.claimed(location, f"--{output_name}", is_file=is_file,
+                                  primary=runs.is_first_process(parsed))
+                     if location else contextlib.nullcontext())
+            with claim:
                 job(parsed)
-            finally:
-                if lock is not None:
-                    lock.release()
     except InputError as e:
-        runs.remove_created(created)
         return _error(describe(e))
     except KeyboardInterrupt:
         return 130
@@ -95,21 +95,32 @@ def job_in(module: str, name: str) -> Callable:
     return job
 
 
+def exit_process(code: int) -> typing.NoReturn:
+    """End a `python -m` process with `code` (its `__main__` block). After an interrupt
+    (130) the process is already stopping; a second Ctrl-C or SIGTERM during the
+    interpreter's teardown (over a second once torch is loaded) would kill it with 143
+    or print a traceback instead, so both are ignored from here on."""
+    if code == 130 and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
+
+
+
+
 def _parse(config, args: list[str], legacy: dict):
-    """`(what the job takes, (output flag, is a file, its value, process index))`."""
+    """`(what the job takes, (output flag, is a file, its value))`."""
     if isinstance(config, flags.FlagValues):
         parse_flag_values(config, expand_flagfiles(args))
         name = legacy.get("output", "out_dir")
         name = name if name in config else ""
         return config, (name, legacy.get("output_is_file", False),
-                        config[name].value if name else "", None)
+                        config[name].value if name else "")
     parsed = config_from_argv(config, args)
     output = field_with_role(config, "output_dir") or field_with_role(config, "output_file")
-    index = field_with_role(config, "process_index")
     return parsed, ("" if output is None else output.name,
                     output is not None and output.metadata["role"] == "output_file",
-                    "" if output is None else getattr(parsed, output.name),
-                    None if index is None else getattr(parsed, index.name))
+                    "" if output is None else getattr(parsed, output.name))
 
 
 def _disk_full_errno(error: BaseException) -> OSError | None:
@@ -129,6 +140,13 @@ def _error(message, code: int = 2) -> int:
     text = " ".join(str(message).split("\n")).strip() or "failed"
     print(f"error: {text}", file=sys.stderr)
     return code
+
+
+def parse_flags(fv: flags.FlagValues, argv: list[str]) -> list[str]:
+    """`fv(argv)` with the flagfiles expanded (`options.expand_flagfiles`); every flag error,
+    a stray argument included, raises `InputError` with one line."""
+    parse_flag_values(fv, expand_flagfiles(argv[1:]))
+    return argv[:1]
 
 
 @contextlib.contextmanager
@@ -181,52 +199,6 @@ def deferred_interrupts():
 
 
 # ------------------------------------------------------------- flags from a dataclass
-
-_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
-           str: flags.DEFINE_string}
-
-
-def define_dataclass_flags(fv: flags.FlagValues, cls, names=None) -> None:
-    """One absl flag per option field of `cls` (`hyperface_jax.options.option`): same name,
-    default and help; the type from the annotation (int, float, bool, str, or one of them
-    `| None`); `choices` make an enum flag; `names`: only these. Bounds are checked by
-    `options.check_values` (one checker for flags and keyword arguments alike) and shown
-    in --help."""
-    for f in flag_fields(cls):
-        if names is not None and f.name not in names:
-            continue
-        kind, _ = field_kind(f)
-        if f.metadata.get("choices"):
-            flags.DEFINE_enum(f.name, f.default, list(f.metadata["choices"]),
-                              f.metadata["help"], flag_values=fv)
-        else:
-            _DEFINE[kind](f.name, f.default, f.metadata["help"], flag_values=fv)
-        fv[f.name].option_metadata = f.metadata
-
-
-def make_flag_values(cls) -> flags.FlagValues:
-    fv = flags.FlagValues()
-    define_dataclass_flags(fv, cls)
-    return fv
-
-
-def parse_flag_values(fv: flags.FlagValues, args: list[str]) -> None:
-    """Parse `args` (flagfiles already expanded) into `fv`; InputError on a bad flag or a
-    stray argument."""
-    try:
-        rest = fv(["prog"] + args)
-    except flags.Error as e:
-        raise InputError(str(e)) from None
-    if len(rest) > 1:
-        raise InputError(f"unexpected arguments {rest[1:]}")
-
-
-def parse_flag_lines(cls, args: list[str]) -> dict:
-    """The values of the options `args` (no flagfiles left) set, as `cls`'s fields."""
-    fv = make_flag_values(cls)
-    parse_flag_values(fv, args)
-    return {f.name: fv[f.name].value for f in flag_fields(cls) if fv[f.name].present}
-
 
 def config_from_argv(cls, args: list[str]):
     """A validated `cls` from command-line arguments. Its `explicit` (if it has one) holds

@@ -9,7 +9,7 @@ the same table here.
 
 `cli.define_dataclass_flags` turns each field into an absl flag (`choices` into
 DEFINE_enum); `check_values` applies the bounds; `config_from_options` builds a config
-from keyword arguments (the notebook API) with the CLI's messages. No JAX here.
+from keyword arguments (the notebook API) with the CLI's messages. absl, no JAX.
 """
 
 import dataclasses
@@ -21,6 +21,8 @@ import typing
 from pathlib import Path
 
 import numpy as np
+from absl import flags
+from absl.flags import _helpers
 
 from hyperface_jax.io.files import InputError
 
@@ -152,7 +154,6 @@ def coerce(f: dataclasses.Field, value):
 
 def unknown_name_error(name: str, known) -> InputError:
     """The CLI's message for a mistyped flag, with absl's own suggestion rule."""
-    from absl.flags import _helpers
 
     suggestions = _helpers.get_flag_suggestions(name, list(known))
     hint = f". Did you mean: {', '.join(suggestions)} ?" if suggestions else ""
@@ -168,9 +169,7 @@ def config_from_options(cls, options: dict, *, flagfile: str | None = None):
             raise unknown_name_error(name, fields)
     values = {name: f.default for name, f in fields.items()}
     if flagfile:
-        from hyperface_jax import cli
-
-        values.update(cli.parse_flag_lines(cls, expand_flagfiles([f"--flagfile={flagfile}"])))
+        values.update(parse_flag_lines(cls, expand_flagfiles([f"--flagfile={flagfile}"])))
     values.update({name: coerce(fields[name], v) for name, v in options.items()})
     return make_checked(cls, values, frozenset(options))
 
@@ -180,6 +179,55 @@ def make_checked(cls, values: dict, explicit: frozenset):
     if "explicit" in {f.name for f in dataclasses.fields(cls)}:
         return cls(**values, explicit=explicit)
     return cls(**values)
+
+
+# ------------------------------------------------------------------- absl flags from a config
+
+_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
+           str: flags.DEFINE_string}
+
+
+def define_dataclass_flags(fv: flags.FlagValues, cls, names=None) -> None:
+    """One absl flag per option field of `cls` (`hyperface_jax.options.option`): same name,
+    default and help; the type from the annotation (int, float, bool, str, or one of them
+    `| None`); `choices` make an enum flag; `names`: only these. Bounds are checked by
+    `options.check_values` (one checker for flags and keyword arguments alike) and shown
+    in --help."""
+    for f in flag_fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        kind, _ = field_kind(f)
+        if f.metadata.get("choices"):
+            flags.DEFINE_enum(f.name, f.default, list(f.metadata["choices"]),
+                              f.metadata["help"], flag_values=fv)
+        else:
+            _DEFINE[kind](f.name, f.default, f.metadata["help"], flag_values=fv)
+        fv[f.name].option_metadata = f.metadata
+
+
+def make_flag_values(cls) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    define_dataclass_flags(fv, cls)
+    return fv
+
+
+def parse_flag_values(fv: flags.FlagValues, args: list[str]) -> None:
+    """Parse `args` (flagfiles already expanded) into `fv`; InputError on a bad flag or a
+    stray argument."""
+    try:
+        rest = fv(["prog"] + args)
+    except flags.Error as e:
+        raise InputError(str(e)) from None
+    if len(rest) > 1:
+        raise InputError(f"unexpected arguments {rest[1:]}")
+
+
+def parse_flag_lines(cls, args: list[str]) -> dict:
+    """The values of the options `args` (no flagfiles left) set, as `cls`'s fields."""
+    fv = make_flag_values(cls)
+    parse_flag_values(fv, args)
+    return {f.name: fv[f.name].value for f in flag_fields(cls) if fv[f.name].present}
+
 
 
 # ---------------------------------------------------------------------------- flagfiles

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,19 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def devices_env(count: int) -> dict:
+    """`cli_env` with `count` forced CPU devices (XLA reads the flag before jax starts)."""
+    return cli_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
+                   JAX_PLATFORMS="cpu")
+
+
+def python_on_devices(code: str, devices: int, timeout: float = 240):
+    """Run Python `code` in a subprocess with `devices` forced CPU devices."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+                          env=devices_env(devices), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def run_module(module: str, *args, timeout: float = 300, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=cli_env(**env),
@@ -26,6 +40,17 @@ def run_module(module: str, *args, timeout: float = 300, **env) -> subprocess.Co
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """The same for a whole test module (its module-scoped fixtures run torch too)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -231,6 +231,36 @@ def test_planted_leaked_identities_are_found_and_clean_top_k_lists_exactly_them(
         assert p["cos"] == pytest.approx(s[p["row"]].max(), abs=1e-5)
 
 
+def test_clean_rule_pairs_is_appendix_d_top_pairs_and_images_is_top_distinct_images(tmp_path):
+    """Two synthetic images each have several near-copies among the real images, so the
+    top pairs over all pairs repeat them: the paper's rule drops fewer images than k,
+    ours drops k distinct ones. Both recomputed from the dense similarity matrix."""
+    rng = np.random.default_rng(11)
+    x, labels, _ = _labelled(identities=12, per=5, d=32, spread=0.5, seed=12)
+    reference = _unit(rng.standard_normal((40, 32)))
+    for row, copies in ((7, 3), (31, 2)):  # near-copies of two synthetic images
+        reference[:copies] = _unit(x[row] + 0.05 * rng.standard_normal((copies, 32)))
+        reference = np.roll(reference, copies, axis=0)
+    s = x.astype(np.float64) @ reference.T.astype(np.float64)
+    k = 6
+    order = np.argsort(-s, axis=None, kind="stable")[:k]
+    pair_rows, pair_refs = np.unravel_index(order, s.shape)
+    report, out = _run(tmp_path, x, labels, f"--clean_top_k={k}", "--clean_rule=pairs",
+                       "--chunk_rows=16", reference=reference, name="pairs")
+    listed = report["leakage"]["top_k_pairs"]
+    assert [(p["row"], p["reference_row"]) for p in listed] == list(zip(pair_rows, pair_refs))
+    assert [p["cos"] for p in listed] == pytest.approx(s[pair_rows, pair_refs], abs=1e-5)
+    dropped = np.loadtxt(out / "clean_drop.txt", dtype=int, ndmin=1)
+    assert sorted(dropped) == sorted(set(pair_rows)) and len(dropped) < k
+    assert {7, 31} <= set(dropped.tolist())
+    assert "appendix D" in report["leakage"]["clean_rule"]
+    report, out = _run(tmp_path, x, labels, f"--clean_top_k={k}", reference=reference,
+                       name="images")  # the default rule
+    dropped = np.loadtxt(out / "clean_drop.txt", dtype=int)
+    assert sorted(dropped) == sorted(np.argsort(-s.max(axis=1), kind="stable")[:k])
+    assert len(set(dropped.tolist())) == k and report["leakage"]["clean_rule"].startswith("ours")
+
+
 def _embed_listing(path, files):
     """The row -> file listing in the layout bridges.embed writes beside its embeddings."""
     path.write_text(json.dumps({"images": "dataset", "rows": files, "count": len(files),

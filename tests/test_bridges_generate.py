@@ -203,7 +203,11 @@ DEMO_FILES = [
     "weights/sd15/tokenizer/tokenizer_config.json", "weights/sd15/vae/config.json",
     "weights/sd15/vae/diffusion_pytorch_model.safetensors",
     "weights/sd15/scheduler/scheduler_config.json", "weights/buffalo_l/det_10g.onnx",
-    "bins/demo.bin"]
+    "weights/ldm/model_index.json", "weights/ldm/unet/diffusion_pytorch_model.bin",
+    "weights/ldm/vqvae/diffusion_pytorch_model.bin",
+    "weights/ldm/scheduler/scheduler_config.json", "weights/ddpm/model_index.json",
+    "weights/ddpm/config.json", "weights/ddpm/diffusion_pytorch_model.bin",
+    "weights/ddpm/scheduler_config.json", "bins/demo.bin"]
 
 
 def test_demo_models_are_the_published_layout_and_load(models, model):
@@ -413,6 +417,32 @@ def test_sigterm_mid_draw_exits_130_and_the_resume_is_bitwise_identical(
     assert (out / "manifest.jsonl").read_text() == "".join(lines[:6])
     report = json.loads((out / "report.0-2.json").read_text())
     assert report["skipped_existing"] == 2 and report["written_this_run"] == 4
+
+
+def test_a_second_sigterm_while_stopping_still_exits_130(models, tmp_path):
+    """The first SIGTERM stops the run (exit 130); the interpreter's teardown then takes
+    over a second with torch loaded, and a second SIGTERM during it (a scheduler's repeat,
+    an impatient user) used to kill the process with 143."""
+    out = tmp_path / "twice"
+    args = _args(models, out, "--images_per_identity=20")[1:]
+    proc = subprocess.Popen([sys.executable, "-m", "bridges.generate", *args], cwd=REPO,
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.rglob("*.png")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    lines = []
+    for line in proc.stderr:  # the run reports its stop, then the process winds down
+        lines.append(line)
+        if line.startswith("interrupted after"):
+            time.sleep(0.2)  # the job has returned 130; the interpreter is tearing down
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=60) == 130, lines
+    assert any(line.startswith("interrupted after") for line in lines)
+    assert not any("Traceback" in line for line in lines), lines
 
 
 def _free_port() -> int:

@@ -8,7 +8,8 @@ import pytest
 import bridges
 from tests.conftest import REPO, cli_env
 
-CLIS = ["bridges.embed", "bridges.generate", "bridges.train", "bridges.evaluate",
+CLIS = ["bridges.embed", "bridges.gallery", "bridges.generate", "bridges.train",
+        "bridges.evaluate",
         "bridges.recognition.digits", "bridges.demo_models"]
 # pip name -> import name where they differ.
 IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL", "opencv-python": "cv2"}

@@ -89,7 +89,7 @@ def test_figures_refuses_one_dimension(tmp_path, capsys):
 
 
 def test_choices_are_the_engines_own():
-    from hyperface_jax.engine import neighbors, objective, optimizers, search, solver
+    from hyperface_jax.engine import kernels, objective, optimizers, search, solver
     from hyperface_jax.jobs import config
 
     assert config.OBJECTIVES == objective.OBJECTIVES
@@ -97,7 +97,7 @@ def test_choices_are_the_engines_own():
     assert config.SCHEDULES == optimizers.SCHEDULES
     assert config.MINIBATCH_UPDATES == solver.MINIBATCH_UPDATES
     assert config.NEIGHBOR_REBUILDS == solver.NEIGHBOR_REBUILDS
-    assert config.MATMUL_PRECISIONS == neighbors.MATMUL_PRECISIONS
+    assert config.MATMUL_PRECISIONS == kernels.MATMUL_PRECISIONS
 
 
 def test_train_choices_are_the_models_own():
@@ -189,9 +189,9 @@ def test_minimal_pack_runs_without_alpha_and_reports_the_value_used(tmp_path, ca
     assert "--alpha=0.5 needs a --gallery" in capsys.readouterr().err
 
 
-# (hyperface_jax.compare joins when its rewrite moves its job below a thin main.)
 CLIS = ["hyperface_jax.pack", "hyperface_jax.sample", "hyperface_jax.figures",
-        "hyperface_jax.analyze", "bridges.embed", "bridges.generate",
+        "hyperface_jax.analyze", "hyperface_jax.compare", "bridges.gallery", "bridges.embed",
+        "bridges.generate",
         "bridges.evaluate", "bridges.train", "bridges.demo_models", "bridges.recognition.digits"]
 PROBE = """
 import runpy, sys

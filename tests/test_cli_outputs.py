@@ -97,27 +97,102 @@ def _flip_a_byte(path):
     path.write_bytes(bytes(data))
 
 
+def _orbax_data_file(step_folder):
+    return max((p for p in step_folder.rglob("*") if p.is_file() and "/d/" in p.as_posix()),
+               key=lambda p: p.stat().st_size)
+
+
 def test_a_flipped_byte_in_an_orbax_checkpoint_is_named_on_resume(tmp_path):
     import orbax.checkpoint as ocp
 
     state = {"x": jnp.arange(4096, dtype=jnp.float32)}
-    manager = checkpoint.open_manager(tmp_path)
+    run = {"seed": 0}
+    manager = checkpoint.open_manager(tmp_path, run)
     manager.save(1, args=ocp.args.StandardSave(state))
     manager.save(2, args=ocp.args.StandardSave({"x": state["x"] + 1}))
     manager.wait_until_finished()
     manager.close()
-    ledger = integrity.read_ledger(tmp_path)
-    assert set(ledger) == {"1", "2"}
-    manager = checkpoint.open_manager(tmp_path)
+    assert all(integrity.read_record(tmp_path / s)["run"] == run for s in ("1", "2"))
+    manager = checkpoint.open_manager(tmp_path, run)
     np.testing.assert_array_equal(checkpoint.restore_latest(manager, state)["x"],
                                   state["x"] + 1)
-    largest = max((p for p in (tmp_path / "2").rglob("*") if p.is_file()),
-                  key=lambda p: p.stat().st_size)
+    largest = _orbax_data_file(tmp_path / "2")
     _flip_a_byte(largest)
     with pytest.raises(InputError) as e:
         checkpoint.restore_latest(manager, state)
     assert str(largest) in str(e.value) and "checksum" in str(e.value)
     manager.close()
+
+
+PACK = ["--num_identities=60", "--dim=8", "--alpha=0", "--steps=30", "--log_every=10",
+        "--checkpoint_every=10", "--max_to_keep=2", "--progress=false"]
+
+
+def _pack(out, *extra) -> int:
+    from hyperface_jax import pack
+
+    return pack.main(["pack", f"--out_dir={out}", *PACK, *extra])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert _pack(out) == 0
+    return np.load(out / "embeddings.npy")
+
+
+@pytest.mark.parametrize("damage", ["record_removed", "killed_before_the_record"])
+def test_a_step_without_its_record_is_never_resumed_from(tmp_path, capsys, straight, damage):
+    # The issue's reproduction: rm the checksums, flip a byte in an orbax data file, rerun.
+    out = tmp_path / "run"
+    assert _pack(out, "--steps=20") == 0
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["10", "20"]
+    (ckpts / "20" / integrity.LEDGER).unlink()  # removed, or never written (a kill)
+    _flip_a_byte(_orbax_data_file(ckpts / "20"))
+    if damage == "killed_before_the_record":  # the write of the record was under way too
+        (ckpts / "20" / f".{integrity.LEDGER}.x1y2.tmp").write_text("{")
+    (ckpts / f".{integrity.LEDGER}.a8b9.tmp").write_text("{")  # an older version's ledger
+    capsys.readouterr()
+    assert _pack(out) == 0
+    err = capsys.readouterr().err
+    assert "discarded the checkpoint(s) at step 20" in err and "resuming from step 10" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from_step"] == 10
+    assert np.load(out / "embeddings.npy").tobytes() == straight.tobytes()
+    assert [h["step"] for h in report["history"]] == [0, 10, 20, 30]
+    assert not list(ckpts.rglob(".*.tmp"))
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["20", "30"]
+
+
+def test_no_verified_step_starts_over_and_removing_run_json_keeps_the_same_run_check(
+        tmp_path, capsys, straight):
+    out = tmp_path / "run"
+    assert _pack(out, "--steps=20") == 0
+    ckpts = out / "checkpoints"
+    (ckpts / checkpoint.RUN_FILE).unlink()
+    capsys.readouterr()
+    assert _pack(out, "--seed=1") == 2  # each step's record names the run that wrote it
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different run" in err and "seed: 0 -> 1" in err, err
+    for step in ("10", "20"):
+        (ckpts / step / integrity.LEDGER).unlink()
+    assert _pack(out) == 0  # nothing verified: a clean restart, not a silent resume
+    assert "starting over" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from_step"] is None
+    assert np.load(out / "embeddings.npy").tobytes() == straight.tobytes()
+
+
+@pytest.mark.parametrize("content", ['{"1": "abc"}', '["x"]', '{"run": {}, "files": '
+                                     '{"a": 5}}', "\xff\xfe"])
+def test_checksum_files_of_the_wrong_shape_are_one_line(tmp_path, content):
+    (tmp_path / integrity.LEDGER).write_bytes(content.encode("latin-1"))
+    with pytest.raises(InputError) as e:
+        integrity.read_ledger(tmp_path)
+    assert str(tmp_path / integrity.LEDGER) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InputError):
+        integrity.read_record(tmp_path)
 
 
 def test_a_flipped_byte_in_a_training_checkpoint_is_named_on_resume(tmp_path):
@@ -135,6 +210,9 @@ def test_a_flipped_byte_in_a_training_checkpoint_is_named_on_resume(tmp_path):
     with pytest.raises(InputError) as e:
         train._load_checkpoint(path)
     assert str(path) in str(e.value) and "checksum" in str(e.value)
+    (folder / integrity.LEDGER).unlink()  # removing the ledger does not switch it off
+    with pytest.raises(InputError, match="no recorded checksum"):
+        train._load_checkpoint(path)
 
 
 def _history(max_cos, gallery=False):
@@ -209,3 +287,54 @@ def test_json_reports_are_strict_json_with_undefined_values_as_null(tmp_path):
     assert json.loads(text, parse_constant=refuse) == {
         "tar": None, "threshold": None, "rows": [None, 0.5], "curve": [1.0, None],
         "n": 3, "ok": 0.25}
+
+
+def _npy_with_header(path, declared: int, body: bytes = b"") -> None:
+    path.write_bytes(b"\x93NUMPY\x02\x00" + declared.to_bytes(4, "little") + body)
+
+
+HOSTILE = {  # file -> what the message must say (issue 23's point 10)
+    "header_200kb": ("its header declares", lambda p: _npy_with_header(
+        p, 200_060, b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }"
+        + b" " * 200_000 + b"\n" + b"\0" * 16)),
+    "header_4gb_in_20_bytes": ("its header declares",
+                               lambda p: _npy_with_header(p, 4 * 2**30 - 1, b"\0" * 8)),
+    "float64_1e300": ("too large for float32", lambda p: np.save(p, np.array([[1e300, 1.0],
+                                                                             [1.0, 0.0]]))),
+    "folder": ("is a folder", lambda p: p.mkdir()),
+    "fifo": ("not a regular file", lambda p: os.mkfifo(p)),
+    "dev_zero": ("not a regular file", lambda p: p.symlink_to("/dev/zero")),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_npy_files_are_refused_with_their_real_cause(tmp_path, case):
+    expected, make = HOSTILE[case]
+    path = tmp_path / "g.npy"
+    make(path)
+    with pytest.raises(InputError) as e:
+        files.load_embeddings(path, "gallery")
+    message = str(e.value)
+    assert expected in message and str(path) in message and "\n" not in message, message
+    assert "not found" not in message and "Python objects" not in message
+    assert "NaN or Inf" not in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only file system needs root")
+def test_a_read_only_mount_is_named_read_only(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mount is not allowed here")
+    try:
+        with pytest.raises(InputError, match="read-only file system"):
+            from hyperface_jax.io import runs
+
+            runs.prepare_folder(mount / "run")  # a new folder on it
+        with pytest.raises(InputError, match="read-only file system"):
+            runs.prepare_folder(mount)  # the existing folder itself
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -29,6 +29,7 @@ CLIS = [
     ("bridges.train", "out_dir"),
     ("bridges.evaluate", "out_dir"),
     ("bridges.recognition.digits", "out_dir"),
+    ("bridges.gallery", "out_dir"),
 ]
 
 
@@ -153,13 +154,23 @@ def _holder(folder) -> subprocess.Popen:
     return proc
 
 
-def test_a_second_run_on_a_held_folder_exits_2_naming_the_holder(tmp_path, capsys):
+# The reproduction: `RANK=1 python -m hyperface_jax.pack ...` on a held folder; a
+# whole launcher world left in the environment does not switch pack's lock off either (its
+# job locks by the JAX runtime's process index).
+@pytest.mark.parametrize("environment", [{}, {"RANK": "1"}, {"SLURM_PROCID": "1"},
+                                         {"OMPI_COMM_WORLD_RANK": "3"},
+                                         {"RANK": "1", "WORLD_SIZE": "2"}],
+                         ids=["plain", "RANK", "SLURM_PROCID", "OMPI", "launcher_world"])
+def test_a_second_run_on_a_held_folder_exits_2_naming_the_holder(tmp_path, capsys,
+                                                                 monkeypatch, environment):
     from hyperface_jax import pack
 
     out = tmp_path / "run"
     out.mkdir()
     holder = _holder(out)
     try:
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
         code = pack.main(["pack", f"--out_dir={out}", "--num_identities=10", "--dim=4",
                           "--alpha=0", "--steps=1", "--noprogress"])
         err = capsys.readouterr().err
@@ -185,14 +196,49 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     assert not (out / runs.LOCK_NAME).exists()  # and removed at the end
 
 
-def test_secondary_processes_of_one_job_do_not_take_the_lock(tmp_path, monkeypatch):
+def test_only_the_first_process_of_a_multi_process_job_locks(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    with runs.OutputLock(out):
-        monkeypatch.setenv("RANK", "1")
-        assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: None) == 0
-        monkeypatch.setenv("RANK", "0")
-        assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: None) == 2
+    with runs.claimed(out, primary=False):  # a secondary process: checks, creates, no lock
+        assert out.is_dir() and not (out / runs.LOCK_NAME).exists()
+        with runs.claimed(out):  # the first process locks
+            assert (out / runs.LOCK_NAME).exists()
+            with runs.claimed(out):  # the job's own claim inside the CLI's: nested
+                pass
+            assert (out / runs.LOCK_NAME).exists()
+        assert not (out / runs.LOCK_NAME).exists()
+    multi = flags.FlagValues()
+    flags.DEFINE_string("coordinator_address", "", "", flag_values=multi)
+    multi(["prog", "--coordinator_address=127.0.0.1:1234"])
+    assert runs.joins_other_processes(multi) and not runs.joins_other_processes(_fv())
+
+
+def test_a_launchers_world_needs_rank_and_size(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "OMPI_COMM_WORLD_RANK",
+                 "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert runs.launcher_rank() is None and runs.is_first_process(_fv())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert runs.launcher_rank() == 1 and not runs.is_first_process(_fv())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert runs.launcher_rank() is None
+
+
+def test_a_lock_held_by_another_thread_of_the_process_is_refused(tmp_path):
+    errors = []
+
+    def other():
+        try:
+            with runs.claimed(tmp_path):
+                pass
+        except InputError as e:
+            errors.append(str(e))
+
+    with runs.claimed(tmp_path):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert len(errors) == 1 and "another thread" in errors[0]
 
 
 def test_sigterm_becomes_an_interrupt_in_the_main_thread_only():

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperface_jax.engine import neighbors, sphere
+from hyperface_jax.engine import kernels, sphere
 from hyperface_jax.measure import estimates
 
 N, D, SAMPLE = 20_000, 32, 300
@@ -13,7 +13,7 @@ N, D, SAMPLE = 20_000, 32, 300
 def cloud():
     """20k random unit rows in 32-D and their exact nearest-neighbour cosines."""
     x = sphere.random_unit_vectors(jax.random.key(7), N, D)
-    nn, partner = neighbors.nearest_neighbors(x, x, exclude_self=True, tile_size=4096)
+    nn, partner = kernels.nearest_neighbors(x, x, exclude_self=True, tile_size=4096)
     return x, np.asarray(nn, np.float64), np.asarray(partner)
 
 

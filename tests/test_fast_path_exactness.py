@@ -13,7 +13,7 @@ from conftest import run_module
 from jax import lax
 
 from hyperface_jax.baselines import dense_baseline
-from hyperface_jax.engine import neighbor_lists, neighbors, optimizers, solver, sphere
+from hyperface_jax.engine import kernels, neighbor_lists, optimizers, solver, sphere
 from hyperface_jax.jobs import packing
 from hyperface_jax.jobs.config import make_config
 from hyperface_jax.measure import metrics
@@ -54,7 +54,7 @@ def test_exact_solver_tracks_dense_autodiff_at_issue_size():
 
 @pytest.mark.slow
 def test_after_200_steps_the_solver_is_as_close_to_dense_as_dense_is_to_itself():
-    """Mean-of-max under Adam is chaotic: a rounding-level change (the same dense
+    """The mean nearest-neighbour under Adam is chaotic: a rounding-level change (the same dense
     computation on row-permuted input) moves the 200-step embeddings by ~0.1. The
     exact solver must be no further from dense than that, with the same figures."""
     n, m, d = 2000, 2000, 128
@@ -74,11 +74,11 @@ def test_after_200_steps_the_solver_is_as_close_to_dense_as_dense_is_to_itself()
 
 def test_top_k_neighbors_match_a_full_sort():
     x, y = _problem(130, 90, 8, seed=3)
-    idx = np.asarray(neighbor_lists.top_k_neighbors(x, x, 6, exclude_self=True, tile_size=17))
+    idx = np.asarray(kernels.top_k(x, x, 6, exclude_self=True, tile_size=17)[1])
     s = np.array(x @ x.T)
     np.fill_diagonal(s, -np.inf)
     np.testing.assert_array_equal(idx, np.argsort(-s, axis=1)[:, :6])
-    idx = np.asarray(neighbor_lists.top_k_neighbors(x, y, 4, tile_size=32))
+    idx = np.asarray(kernels.top_k(x, y, 4, tile_size=32)[1])
     np.testing.assert_array_equal(idx, np.argsort(-np.asarray(x @ y.T), axis=1)[:, :4])
 
 
@@ -88,7 +88,7 @@ def test_gathered_similarity_and_its_gradient_equal_a_plain_gather():
     w = jax.random.normal(jax.random.PRNGKey(2), (70, 5))
 
     def ours(x, y):
-        return jnp.sum(w * neighbor_lists.gathered_similarity(x, y, idx, 16))
+        return jnp.sum(w * kernels.gathered(x, y, idx, tile_size=16))
 
     def plain(x, y):
         return jnp.sum(w * jnp.einsum("nd,nkd->nk", x, y[idx]))
@@ -235,8 +235,8 @@ def test_displacement_margins_are_the_gaps_to_the_best_unlisted_partner():
 
 def test_bfloat16_search_picks_a_near_maximum_and_reports_its_exact_cosine():
     x, y = _problem(500, 300, 64, seed=4)
-    exact_vals, exact_idx = neighbors.nearest_neighbors(x, y, tile_size=128)
-    vals, idx = neighbors.nearest_neighbors(x, y, tile_size=128, precision="bfloat16")
+    exact_vals, exact_idx = kernels.nearest_neighbors(x, y, tile_size=128)
+    vals, idx = kernels.nearest_neighbors(x, y, tile_size=128, precision="bfloat16")
     true_cos = jnp.sum(x * y[idx], axis=1)
     np.testing.assert_allclose(vals, true_cos, rtol=1e-6)  # value of the chosen pair, in f32
     gap = np.asarray(exact_vals - vals)
@@ -259,8 +259,8 @@ def _dots_differ_from_highest(precision) -> bool:
     """Whether this backend computes similarities at `precision` other than at highest
     (on the CPU, high and default are bitwise equal to highest: nothing to pin there)."""
     x, y = _problem(256, 256, 64, seed=11)
-    return not np.array_equal(np.asarray(neighbors.similarity(x, y, precision)),
-                              np.asarray(neighbors.similarity(x, y, "highest")))
+    return not np.array_equal(np.asarray(kernels.similarity(x, y, precision)),
+                              np.asarray(kernels.similarity(x, y, "highest")))
 
 
 @pytest.mark.parametrize("precision", ["high", "default", "bfloat16"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hyperface_jax.baselines import dense_baseline
-from hyperface_jax.engine import neighbors, objective, sphere
+from hyperface_jax.engine import kernels, objective, sphere
 
 SHAPES = [  # n, m, d, tile (tiles that do not divide n included)
     (7, 5, 3, 3),
@@ -50,19 +50,19 @@ def test_loss_without_gallery_equals_dense(n, d, tile):
 
 def test_nearest_neighbors_match_dense_argmax():
     x, y = _points(0, 101, 12), _points(1, 77, 12)
-    values, idx = neighbors.nearest_neighbors(x, x, exclude_self=True, tile_size=10)
+    values, idx = kernels.nearest_neighbors(x, x, exclude_self=True, tile_size=10)
     s = np.asarray(x) @ np.asarray(x).T
     np.fill_diagonal(s, -np.inf)
     np.testing.assert_array_equal(idx, s.argmax(1))
     np.testing.assert_allclose(values, s.max(1), rtol=1e-6)
-    values, idx = neighbors.nearest_neighbors(x, y, tile_size=33)
+    values, idx = kernels.nearest_neighbors(x, y, tile_size=33)
     c = np.asarray(x) @ np.asarray(y).T
     np.testing.assert_array_equal(idx, c.argmax(1))
 
 
 def test_self_search_never_returns_self():
     x = _points(5, 64, 3)
-    _, idx = neighbors.nearest_neighbors(x, x, exclude_self=True, tile_size=9)
+    _, idx = kernels.nearest_neighbors(x, x, exclude_self=True, tile_size=9)
     assert not np.any(np.asarray(idx) == np.arange(64))
 
 
@@ -85,20 +85,20 @@ def test_blockwise_gradient_never_holds_an_n_by_n_matrix():
 
 def _dense_smooth(x, temperature, kind):
     c = x @ x.T
-    z = temperature * neighbors.pair_energy(c, kind)
+    z = temperature * kernels.pair_energy(c, kind)
     z = jnp.where(jnp.eye(x.shape[0], dtype=bool), -jnp.inf, z)
     return jax.nn.logsumexp(z, axis=1) / temperature
 
 
 # One tile (n <= tile: cosines kept, one backward product) and several tiles (recomputed).
 @pytest.mark.parametrize("n,d,tile", [(40, 8, 40), (41, 8, 9)])
-@pytest.mark.parametrize("kind", neighbors.SMOOTH_KINDS)
+@pytest.mark.parametrize("kind", kernels.SMOOTH_KINDS)
 def test_smooth_maximum_and_gradient_equal_dense_autodiff(n, d, tile, kind):
     x = _points(n + d, n, d)
     weights = jax.random.uniform(jax.random.key(1), (n,))  # unequal cotangents per row
 
     def ours(x):
-        return jnp.sum(weights * neighbors.smooth_nearest_self(x, 20.0, kind, tile))
+        return jnp.sum(weights * kernels.smooth(x, 20.0, kind, tile_size=tile))
 
     def dense(x):
         return jnp.sum(weights * _dense_smooth(x, 20.0, kind))

@@ -62,7 +62,7 @@ def test_user_optimizer_by_import_path_equals_the_same_optax_optimizer(user_modu
     theirs = optimizers.make_optimizer("sgd", schedule, momentum=0.9)
     x0 = _random(0, 16, 4)
     np.testing.assert_array_equal(_run(mine, x0, 20), _run(theirs, x0, 20))
-    with pytest.raises(ValueError, match="does not take --b1"):
+    with pytest.raises(ValueError, match="does not take b1"):
         optimizers.make_optimizer(f"{user_module}:my_sgd", schedule, b1=0.9)
 
 

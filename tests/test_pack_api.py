@@ -51,6 +51,54 @@ def test_api_equals_the_cli_on_arrays_in_memory_and_writes_nothing(tmp_path, mon
     assert r.report["flags"]["gallery"] == "<array>"
 
 
+HOLDER = """
+import sys, time
+from hyperface_jax.io.runs import OutputLock
+OutputLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_api_takes_the_out_dir_lock_the_cli_takes(tmp_path):
+    # The issue's reproduction: a CLI run holds the folder, pack_references(out_dir=same).
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env=cli_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"in use by another run .process {holder.pid}"):
+            pack_references(alpha=0.0, out_dir=out, log=lambda m: None, **SMALL)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    seen = []  # while the API runs, it holds the lock (the CLI would be refused)
+    pack_references(alpha=0.0, out_dir=out, log=lambda m: seen.append(
+        json.loads((out / ".lock").read_text())["pid"]), **SMALL)
+    assert seen and set(seen) == {os.getpid()}
+    assert not (out / ".lock").exists() and (out / "embeddings.npy").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "proc", "long_name", "lock_folder"])
+def test_an_unusable_out_dir_raises_input_error_from_the_api_and_the_cli(tmp_path, capsys,
+                                                                         where):
+    out = {"file": tmp_path / "f", "proc": "/proc/hyperface", "lock_folder": tmp_path / "l",
+           "long_name": tmp_path / ("x" * 300)}[where]
+    if where == "file":
+        out.write_text("")
+    if where == "lock_folder":
+        (out / ".lock").mkdir(parents=True)
+    with pytest.raises(InputError) as e:
+        pack_references(alpha=0.0, out_dir=out, log=lambda m: None, **SMALL)
+    assert "\n" not in str(e.value)
+    assert pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == (["l"] if where == "lock_folder" else
+                                            ["f"] if where == "file" else [])
+
+
 def test_api_bad_input_raises_input_error_with_the_line_the_cli_prints(tmp_path, capsys):
     cases = [dict(optimizer="adamm"), dict(no_such_option=1), dict(learning_rat=0.1),
              dict(objective="maxx"), dict(learning_rate=float("nan")), dict(b2=2.0),
@@ -92,10 +140,15 @@ def test_a_run_that_diverges_exits_1_in_one_line_and_writes_no_outputs(tmp_path,
     assert code == 1
     assert err[-1].startswith("error: the run diverged by step 10: every row collapsed to zero")
     assert "--learning_rate=1e+30" in err[-1]
-    assert not (out / "embeddings.npy").exists() and not (out / "report.json").exists()
-    # No state past the divergence was checkpointed.
-    steps = [p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
-    assert steps == []
+    # No checkpoint had been saved: nothing is kept (no history, no run.json, no folder),
+    # and the message does not promise a checkpoint.
+    assert "nothing was kept" in err[-1] and "is kept" not in err[-1]
+    assert not out.exists()
+    # Re-running with a sane learning rate starts cleanly (it was refused before).
+    assert pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from_step"] is None and report["flags"]["learning_rate"] == 0.01
+    assert [h["step"] for h in report["history"]] == [0, 10, 20]
 
 
 def test_resuming_with_more_steps_under_a_horizon_schedule_is_refused(tmp_path, capsys):
@@ -113,13 +166,15 @@ def test_resuming_with_more_steps_under_a_horizon_schedule_is_refused(tmp_path, 
                       "--steps=30"]) == 0
 
 
-def test_smooth_objectives_report_the_optimised_loss_beside_the_papers(tmp_path):
+def test_smooth_objectives_report_the_optimised_loss_beside_the_exact_one(tmp_path):
     out = tmp_path / "o"
     assert pack.main(["pack", f"--out_dir={out}", "--alpha=0", *SMALL_FLAGS,
                       "--objective=logsumexp", "--temperature_end=100"]) == 0
     report = _strict_json(out / "report.json")
     optimised = report["optimised_loss"]
-    assert optimised["objective"] == "logsumexp" and 1 <= optimised["temperature"] <= 100
+    assert optimised["objective"] == "logsumexp"
+    # The temperature the last step (step 19 of 20) used, annealed 1 -> 100 over the steps.
+    assert optimised["temperature"] == pytest.approx(100 ** (19 / 20), rel=1e-6)
     # The smooth maximum is an upper bound of the hard one the figures report.
     assert optimised["packing"] > report["figures"]["loss_packing"]
 
@@ -161,7 +216,9 @@ def test_sampled_figures_bound_the_exact_ones_which_the_figures_command_gives(tm
     assert report["figures"]["max_cos"] == est["max_cos_lower_bound"]
     assert figures.main(["figures", f"--embeddings={out}/embeddings.npy", "--alpha=0",
                          f"--out={tmp_path}/f.json"]) == 0
-    exact = _strict_json(tmp_path / "f.json")["figures"]
+    written = _strict_json(tmp_path / "f.json")
+    exact = written["figures"]
+    assert written["packing_objective"]["reading"] == "ours"  # --packing_reduce=mean
     x = np.load(out / "embeddings.npy").astype(np.float64)
     s = x @ x.T
     np.fill_diagonal(s, -np.inf)

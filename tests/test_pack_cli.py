@@ -174,8 +174,9 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     deadline = time.time() + 240
     ckpts = killed / "checkpoints"
     while time.time() < deadline and proc.poll() is None:
-        if ckpts.exists() and any(p.name.isdigit() and int(p.name) >= 100 for p in ckpts.iterdir()):
-            break
+        if ckpts.exists() and any(p.name.isdigit() and int(p.name) >= 100
+                                  and (p / "checksums.json").exists() for p in ckpts.iterdir()):
+            break  # a verified step (one without its record would be discarded on resume)
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)

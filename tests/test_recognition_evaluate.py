@@ -5,11 +5,10 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
-from bridges import bins, evaluate, train
+from bridges import bins, evaluate
 from bridges.verification import ten_fold_accuracy
-from tests.test_recognition_train import TINY, make_dataset
+from tests.test_recognition_train import TINY, make_dataset, train_with_one_thread
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -19,15 +18,10 @@ def setup(tmp_path_factory):
     """Two tiny trained models (AdaFace, GroupFace) and two .bin sets of noisy pairs."""
     root = tmp_path_factory.mktemp("eval")
     data = make_dataset(root / "dataset")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name, head in (("ada", ["--head=adaface"]), ("group", ["--head=groupface",
-                                                                   "--groups=3"])):
-            assert train.main(["train", f"--data={data}", f"--out_dir={root / name}",
-                               "--epochs=1", *TINY, *head]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    for name, head in (("ada", ["--head=adaface"]), ("group", ["--head=groupface",
+                                                               "--groups=3"])):
+        assert train_with_one_thread(f"--data={data}", f"--out_dir={root / name}",
+                                     "--epochs=1", *TINY, *head) == 0
     rng = np.random.default_rng(1)
     (root / "bins").mkdir()
     for set_name, noise in (("easy", 10), ("hard", 80)):

@@ -100,6 +100,60 @@ def test_a_pickle_memo_bomb_is_bounded_and_says_so(tmp_path, capsys):
     assert len(encoded) == 200_000 and issame.all()
 
 
+def _png(width, height, mode="RGB") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_bin_of_references_to_one_huge_png_is_refused_within_seconds(tmp_path, capsys):
+    """The tester's file: 100,000 memo references to one 4096 x 4096 PNG (~300 KB; each
+    decode ~0.5 s, about 13 hours in all) passes the image count and per-image bounds; the
+    pixels its headers declare in all exceed the budget of its file size."""
+    import time
+
+    (tmp_path / "bins").mkdir()
+    blob = pickle.dumps(([_png(4096, 4096)] * 100_000, [True] * 50_000), protocol=4)
+    (tmp_path / "bins" / "bomb.bin").write_bytes(blob)
+    assert len(blob) < 320_000
+    model = _save_model(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    assert _evaluate(f"--model={model}", f"--bins={tmp_path / 'bins'}", f"--out_dir={out}") == 2
+    assert time.perf_counter() - started < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert (f"its 100000 images (1 distinct: the pickle repeats references) declare "
+            f"{100_000 * 4096 * 4096:,} pixels, above its decoding budget of "
+            f"{1000 * len(blob):,}") in err[0]
+    assert not out.exists()
+
+
+def test_the_pixel_budget_counts_every_reference_against_the_file_size(tmp_path):
+    one = _png(4096, 4096, mode="1")  # 2 KB: the budget is the floor, 2^26 = 4 images
+    assert bins.pixel_budget(len(one) * 5) == bins.MIN_PIXEL_BUDGET == 4 * 4096 * 4096
+    assert bins.pixel_budget(10**6) == 10**9
+    assert bins.pixel_budget(10**12) == bins.MAX_SET_PIXELS
+    for images in (4, 6):  # 4 images fill the floor exactly; 6 exceed it
+        path = tmp_path / f"{images}.bin"
+        path.write_bytes(pickle.dumps(([one] * images, [True] * (images // 2)), protocol=4))
+        if images == 4:
+            assert len(bins.read(path)[0]) == 4
+        else:
+            with pytest.raises(bins.InputError, match=r"its 6 images \(1 distinct: the pickle "
+                               r"repeats references\) declare 100,663,296 pixels"):
+                bins.read(path)
+    # Distinct objects with the same bytes are counted as often (their bytes are stored).
+    small = [_png(64, 64) for _ in range(6)]
+    path = tmp_path / "fine.bin"
+    path.write_bytes(pickle.dumps((small, [True] * 3), protocol=4))
+    assert bins.check_pixel_budget(bins.read(path)[0], path, 6 * 64 * 64) == 6 * 64 * 64
+    with pytest.raises(bins.InputError, match="its 6 images declare 24,576 pixels"):
+        bins.check_pixel_budget(small, path, 6 * 64 * 64 - 1)
+
+
 def test_decoded_size_and_image_pixels_are_bounded():
     one = bins.encode(np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(bins.InputError, match=r"need 3\.0 GiB decoded, above the bound of 1"):
@@ -165,3 +219,33 @@ def test_train_leaves_nothing_behind_on_a_bad_image(tmp_path, capsys):
     assert code == 2
     assert "cannot read image" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_device_or_fifo_is_named_as_such_not_as_missing(tmp_path, bin_dir, capsys):
+    import os
+
+    model = _save_model(tmp_path / "m" / "model.pt")
+    (tmp_path / "folder.bin").mkdir()
+    os.mkfifo(tmp_path / "fifo.bin")
+    cases = [
+        (["--model=/dev/zero", f"--bins={bin_dir}"],
+         "model file /dev/zero is a FIFO, device or socket, not a file"),
+        ([f"--model={model}", f"--bins={bin_dir / 'tiny.bin'},{tmp_path / 'folder.bin'}"],
+         f"verification file {tmp_path / 'folder.bin'} is a folder, not a file"),
+        ([f"--model={model}", f"--bins={bin_dir / 'tiny.bin'},{tmp_path / 'fifo.bin'}"],
+         f"verification file {tmp_path / 'fifo.bin'} is a FIFO, device or socket, not a file"),
+        ([f"--model={model}", f"--bins={tmp_path / 'gone.bin'},{bin_dir / 'tiny.bin'}"],
+         f"verification file not found: {tmp_path / 'gone.bin'}"),
+    ]
+    for flags, words in cases:
+        assert _evaluate(*flags, f"--out_dir={tmp_path / 'o'}") == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"error: {words}"], flags
+    with pytest.raises(bins.InputError, match="is a folder, not a file"):
+        bins.read(tmp_path / "folder.bin")
+    data = tmp_path / "data.txt"
+    data.write_text("x")
+    code = train.main(["train", f"--data={data}", f"--out_dir={tmp_path / 'run'}",
+                       "--progress=false"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: training data folder {data} is a file, not a folder")

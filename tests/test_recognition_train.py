@@ -38,6 +38,17 @@ def make_dataset(root: Path, identities=6, per_identity=6, size=20, seed=0) -> P
     return root
 
 
+def train_with_one_thread(*flags) -> int:
+    """`bridges.train` in this process with one torch thread (for module fixtures, which
+    the function-scoped `one_torch_thread` does not cover)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train.main(["train", *flags])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data") / "dataset")

@@ -159,9 +159,16 @@ def test_malformed_bins_are_refused(tmp_path, content, words):
 
 def test_undecodable_image_in_bin_is_refused(tmp_path):
     path = tmp_path / "bad.bin"
-    path.write_bytes(pickle.dumps(([b"not an image", bins.encode(_images(1)[0])], [True])))
-    encoded, _ = bins.read(path)
+    good = bins.encode(_images(1)[0])
+    path.write_bytes(pickle.dumps(([b"not an image", good], [True])))
+    with pytest.raises(InputError, match="image 0 cannot be decoded"):  # its header
+        bins.read(path)
     with pytest.raises(InputError, match="image 0 cannot be decoded"):
+        bins.decode([b"not an image", good], 16, path)
+    # A sound header over truncated data: refused when decoded.
+    path.write_bytes(pickle.dumps(([good, good[:60]], [True])))
+    encoded, _ = bins.read(path)
+    with pytest.raises(InputError, match="image 1 cannot be decoded"):
         bins.decode(encoded, 16, path)
 
 

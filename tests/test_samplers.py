@@ -8,6 +8,7 @@ import pytest
 
 from hyperface_jax import sample
 from hyperface_jax.baselines import samplers
+from hyperface_jax.engine import search
 from hyperface_jax.jobs import sampling
 
 
@@ -68,6 +69,22 @@ def test_random_margin_respects_its_margin_and_counts_draws():
     assert _max_offdiag(x) <= 0.7 + 1e-6
     # In 12-D a 0.3 margin rejects a fair share of draws, and the report says so.
     assert info["draws"] > 300 and info["rejected_near_accepted"] == info["draws"] - 300
+
+
+def test_random_margin_reads_the_margin_as_appendix_e_or_as_the_rebuttal():
+    """Appendix E: 1 - cos >= 0.3 (cos <= 0.7); the rebuttal: cos <= 0.3. Same draws, so
+    the rebuttal's reading at 0.7 is appendix E's at 0.3, row for row."""
+    x_e, info_e = samplers.random_margin(100, 32, seed=1)
+    x_r, info_r = samplers.random_margin(100, 32, seed=1, margin_reading="rebuttal")
+    assert 0.3 < _max_offdiag(x_e) <= 0.7 + 1e-6  # appendix E's rule does not bind here
+    assert _max_offdiag(x_r) <= 0.3 + 1e-6 and info_r["draws"] > 100
+    assert (info_e["margin_reading"], info_e["max_cos_allowed"]) == ("appendix_e", 0.7)
+    assert (info_r["margin_reading"], info_r["max_cos_allowed"]) == ("rebuttal", 0.3)
+    same, _ = samplers.random_margin(100, 32, seed=1, margin_reading="rebuttal",
+                                     max_pair_similarity=0.7)
+    np.testing.assert_array_equal(same, x_e)
+    with pytest.raises(samplers.InputError, match="--margin_reading"):
+        samplers.random_margin(10, 4, margin_reading="review")
 
 
 def test_random_margin_fails_clearly_when_n_is_out_of_reach():
@@ -156,6 +173,18 @@ def test_sample_cli_writes_embeddings_and_the_pack_figures(tmp_path):
     assert {c["name"]: c["value"] for c in diffr["choices"]}["nms_threshold"] == 0.7
     margin = json.loads((tmp_path / "random_margin" / "report.json").read_text())
     assert {p["name"]: p["value"] for p in margin["paper"]}["min_distance"] == 0.3
+    assert "appendix E" in {p["name"]: p["source"] for p in margin["paper"]}["min_distance"]
+    # The rebuttal's reading names its own source and number.
+    out = tmp_path / "rebuttal"
+    assert sample.main(["sample", "--method=random_margin", "--num_identities=60", "--dim=64",
+                        "--margin_reading=rebuttal", f"--out_dir={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    stated = {p["name"]: p for p in report["paper"]}
+    assert "min_distance" not in stated and stated["max_pair_similarity"]["value"] == 0.3
+    assert "rebuttal" in stated["max_pair_similarity"]["source"]
+    assert report["figures"]["max_cos"] <= 0.3 + 1e-6
+    assert report["sampler"]["margin_reading"] == "rebuttal"
+    assert report["packing_objective"]["reading"] == "ours"  # the figures' --packing_reduce
 
 
 def test_sample_cli_hyperface_runs_the_packing_engine(tmp_path):
@@ -167,6 +196,12 @@ def test_sample_cli_hyperface_runs_the_packing_engine(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "hyperface" and report["steps"] == 20
     assert {c["name"]: c["value"] for c in report["choices"]}["packing_reduce"] == "mean"
+    # report.json names the objective that ran and whose it is.
+    assert report["packing_objective"] == {
+        "packing_reduce": "mean", "reading": "ours",
+        "name": "mean nearest-neighbour (our reading of Algorithm 1's loss)",
+        "source": search.PACKING_OBJECTIVES["mean"]["source"]}
+    assert search.PACKING_OBJECTIVES["max"]["reading"] == "the paper's statement"
     assert report["figures"]["max_cos"] < report["initial_figures"]["max_cos"]
 
 

@@ -1,4 +1,4 @@
-"""Sharded packing (hyperface_jax.engine.sharding): the same embeddings on 1, 2, 4 devices and on
+"""Sharded packing (`placement.Sharded`): the same embeddings on 1, 2, 4 devices and on
 2 processes x 2 devices, checkpoints that move between device counts, refused options.
 
 Forced host devices need XLA_FLAGS before jax is imported, so every multi-device run is a
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hyperface_jax import pack
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, devices_env, python_on_devices
 
 TOLERANCE = 1e-5
 STEPS = 50
@@ -24,20 +24,9 @@ COMMON = ["--num_identities=48", "--dim=8", "--alpha=0.5", "--log_every=25",
           "--checkpoint_every=25", "--progress=false", "--decay_every=20"]
 
 
-def _devices_env(count: int) -> dict:
-    return cli_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
-                   JAX_PLATFORMS="cpu")
-
-
-def _python(code: str, devices: int, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
-                          env=_devices_env(devices), capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def _pack_cli(out, *flags, devices: int, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hyperface_jax.pack", f"--out_dir={out}",
-                           *map(str, flags)], cwd=REPO, env=_devices_env(devices),
+                           *map(str, flags)], cwd=REPO, env=devices_env(devices),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -56,7 +45,7 @@ def gallery(tmp_path):
 def _run_together(commands, timeout: float) -> list[tuple[str, str]]:
     """Start the processes of a multi-process run (2 CPU devices each), wait for all, and
     check each exited 0; returns their (stdout, stderr)."""
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=_devices_env(2), text=True,
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=devices_env(2), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for cmd in commands]
     try:
@@ -102,7 +91,7 @@ FEATURE_RUNS = """
 import json, sys
 import jax, numpy as np
 from hyperface_jax import pack
-from hyperface_jax.engine import sharding
+from hyperface_jax.measure.compiled import largest_array_bytes
 from hyperface_jax.jobs import packing
 from hyperface_jax.jobs.config import make_config
 gallery = np.load({gallery!r})
@@ -117,7 +106,7 @@ for name, setting in features.items():
         out[f"{{name}}/{{devices}}"] = x
         if name == "paper_max_mean_full_batch" and devices != "all":
             compiled = packing.plan(c, gallery=gallery).runners[0]
-            memory[devices] = [sharding.largest_array_bytes(compiled),
+            memory[devices] = [largest_array_bytes(compiled),
                                compiled.memory_analysis().argument_size_in_bytes]
 if jax.process_index() == 0:
     np.savez({out!r}, **out)
@@ -135,7 +124,7 @@ def _run_features(tmp, devices: str, process_devices: int = 4):
     gallery = tmp / "gallery.npy"
     np.save(gallery, _unit(37, 8, seed=5))
     script, out = _feature_script(tmp, gallery, devices=devices)
-    r = _python(script, devices=process_devices, timeout=900)
+    r = python_on_devices(script, devices=process_devices, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     memory = {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
     return dict(np.load(out)), memory
@@ -322,7 +311,7 @@ print(f"code {{code}}", file=sys.stderr, flush=True)
 
 def test_bad_placement_flags_exit_2_and_the_sharded_path_refuses_nothing_one_device_takes(
         tmp_path):
-    r = _python(REFUSALS.format(tmp=str(tmp_path)), devices=4)
+    r = python_on_devices(REFUSALS.format(tmp=str(tmp_path)), devices=4)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith(("error:", "code"))]
     expected = [
         "could not join the multi-process run",  # --distributed outside a cluster

@@ -34,14 +34,14 @@ def _random(seed, n, d):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_twelve_points_in_3d_reach_the_icosahedron(seed):
-    # The literal worst-pair objective; the paper's mean-of-max can trap two points
+    # The worst pair (Eq. 1, Tammes); the mean nearest-neighbour (our reading) can trap two points
     # together on this target (see README, "Known limits").
     state = _pack(_random(seed, 12, 3), 3000, reduce="max")
     assert _figures(state.embeddings)["max_cos"] <= 1 / np.sqrt(5) + 1e-3
 
 
 @pytest.mark.parametrize("d", [5, 16])
-def test_regular_simplex_from_random_start_with_the_paper_objective(d):
+def test_regular_simplex_from_random_start_with_the_mean_nearest_neighbour_objective(d):
     state = _pack(_random(d, d + 1, d), 3000, reduce="mean")
     assert _figures(state.embeddings)["max_cos"] <= -1 / d + 1e-3
 
@@ -143,11 +143,11 @@ def test_factored_optimizer_state_is_refused_in_sparse_mode():
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="unknown --optimizer"):
+    with pytest.raises(ValueError, match="unknown optimizer"):
         optimizers.make_optimizer("adamm", optax.constant_schedule(0.1))
-    with pytest.raises(ValueError, match="unknown --schedule"):
+    with pytest.raises(ValueError, match="unknown schedule"):
         optimizers.make_schedule("linear", 0.1, steps=10)
-    with pytest.raises(ValueError, match="does not take --momentum"):
+    with pytest.raises(ValueError, match="does not take momentum"):
         optimizers.make_optimizer("adam", optax.constant_schedule(0.1), momentum=0.9)
 
 

@@ -6,12 +6,13 @@
 
 Needs internet (Hugging Face Hub and GitHub releases); never run by the tests. Files whose
 sha256 is published (Hugging Face LFS pointers, see third_party/README.md) are checked
-against it and a mismatch is an error. Small files without a published checksum (configs,
-tokenizer, Arc2Face's encoder) are checked against `third_party/weights.lock.json` when it
-lists them, and recorded there on their first fetch (trust on first use): commit that file
-so later machines verify against it. Exit codes: 0 all verified, 1 a checksum or download
-failed (one line each; offline: one line naming the first file that could not be
-fetched, and no folder or file left behind), 2 bad flags.
+against it and a mismatch is an error. Files without a published checksum (configs,
+tokenizer, Arc2Face's encoder, the LDM and DDPM face generators) are checked against
+`third_party/weights.lock.json` when it lists them, and recorded there on their first
+fetch (trust on first use): commit that file so later machines verify against it. Exit
+codes: 0 all verified, 1 a checksum or download failed (one line each; offline: one line
+naming the first file that could not be fetched, and no folder or file left behind), 2
+bad flags.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from absl import app, flags
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dest", "weights", "Folder receiving arc2face/, sd15/, buffalo_l/.")
-flags.DEFINE_list("only", [], "Subset of groups: arc2face, sd15, buffalo_l (default: all).")
+flags.DEFINE_string("dest", "weights", "Folder receiving arc2face/, sd15/, ldm/, ddpm/, "
+                    "buffalo_l/.")
+flags.DEFINE_list("only", [], "Subset of groups: arc2face, sd15, ldm, ddpm, buffalo_l "
+                  "(default: all).")
 flags.DEFINE_bool("verify_only", False, "Download nothing; verify the files under --dest.")
 flags.DEFINE_string("lock", str(HERE / "weights.lock.json"),
                     "Lock file with the sha256 of files that have no published checksum.")
@@ -41,6 +44,8 @@ flags.DEFINE_string("lock", str(HERE / "weights.lock.json"),
 BUFFALO_L = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 ARC2FACE = "FoivosPar/Arc2Face"
+LDM = "CompVis/ldm-celebahq-256"  # bridges.gallery: the paper's Latent Diffusion Model
+DDPM = "google/ddpm-celebahq-256"  # bridges.gallery: published flat (no subfolders)
 FILES = {
     "arc2face": [
         (("hf", ARC2FACE, "arc2face/config.json"), "arc2face/config.json", None),
@@ -67,6 +72,13 @@ FILES = {
          "vae/diffusion_pytorch_model.safetensors",
          "a2b5134f4dbc140d9c11f11cba3233099e00af40f262f136c691fb7d38d2194c"),
     ],
+    "ldm": [(("hf", LDM, rel), rel, None) for rel in (
+        "model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.bin", "vqvae/config.json",
+        "vqvae/diffusion_pytorch_model.bin")],
+    "ddpm": [(("hf", DDPM, rel), rel, None) for rel in (
+        "model_index.json", "config.json", "diffusion_pytorch_model.bin",
+        "scheduler_config.json")],
     "buffalo_l": [
         (("zip", BUFFALO_L, "det_10g.onnx"), "det_10g.onnx",
          "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91"),

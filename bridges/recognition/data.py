@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from bridges import require_path
 from hyperface_jax.io.files import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -41,9 +42,7 @@ class ImageFolder:
 def scan(root) -> ImageFolder:
     """Find the identity folders and their images; `InputError` if there is nothing to
     train on."""
-    root = Path(root)
-    if not str(root) or not root.is_dir():
-        raise InputError(f"training data folder not found: {root}")
+    root = require_path(root, "training data folder", "folder")
     paths, labels, identities = [], [], []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if not entry.is_dir() or entry.name.startswith("."):
@@ -65,9 +64,7 @@ def scan(root) -> ImageFolder:
 def read_exclude(path) -> list[tuple[int, str]]:
     """(line number, entry) of a list of files to leave out, one path per line (blank lines
     and lines starting with # ignored); `InputError` if it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--exclude list not found: {path}")
+    path = require_path(path, "--exclude list")
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:

@@ -13,6 +13,7 @@ S*(x, y) = cos(final_x, final_y) + beta * D(v^_x, v^_y) ** -gamma, D the Euclide
 of the L2-normalised intermediate features, beta 0.1, gamma 1/3 (the paper's values).
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +21,9 @@ from torch import nn
 from bridges.recognition import distributed
 
 GROUP_LOSS_WEIGHT = 0.1
+# Group-aware similarity: beta and gamma are the paper's; the clamp of D is ours (D = 0
+# for identical intermediate features would make the term infinite).
+SIMILARITY_BETA, SIMILARITY_GAMMA, SIMILARITY_MIN_DISTANCE = 0.1, 1.0 / 3.0, 1e-3
 
 
 class GroupFace(nn.Module):
@@ -76,10 +80,18 @@ def group_loss(group_logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(group_logits, self_distributed_labels(probs))
 
 
-def group_aware_similarity(emb_a, emb_b, inter_a, inter_b, *, beta: float = 0.1,
-                           gamma: float = 1.0 / 3.0, min_distance: float = 1e-3):
+def group_aware_similarity(emb_a, emb_b, inter_a, inter_b, *, beta: float = SIMILARITY_BETA,
+                           gamma: float = SIMILARITY_GAMMA,
+                           min_distance: float = SIMILARITY_MIN_DISTANCE):
     """S* = cos(final) + beta * D(intermediate) ** -gamma for paired rows (numpy or torch)."""
     as_t = [torch.as_tensor(v, dtype=torch.float32) for v in (emb_a, emb_b, inter_a, inter_b)]
     cos = (F.normalize(as_t[0], dim=1) * F.normalize(as_t[1], dim=1)).sum(1)
     d = (F.normalize(as_t[2], dim=1) - F.normalize(as_t[3], dim=1)).norm(dim=1)
     return cos + beta * d.clamp_min(min_distance) ** (-gamma)
+
+
+def group_term_of_cosine(cos):
+    """beta * D ** -gamma of S* from the cosine of two unit intermediate features, whose
+    Euclidean distance is D = sqrt(2 - 2 cos) (numpy, any shape: a whole score matrix)."""
+    distance = np.sqrt(np.maximum(2.0 - 2.0 * np.asarray(cos, np.float64), 0.0))
+    return SIMILARITY_BETA * np.maximum(distance, SIMILARITY_MIN_DISTANCE) ** -SIMILARITY_GAMMA

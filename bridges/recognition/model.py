@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bridges import require_path
 from bridges.recognition.groupface import GroupFace
 from bridges.recognition.heads import HEADS
 from bridges.recognition.iresnet import ARCHS, build_backbone
@@ -48,8 +49,7 @@ def load_model(path, device="cpu") -> FaceModel:
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
-    if not path.is_file():
-        raise InputError(f"model file not found: {path}")
+    require_path(path, "model file")
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
@@ -63,12 +63,39 @@ def load_model(path, device="cpu") -> FaceModel:
     except Exception as e:  # noqa: BLE001 - any spec the model cannot be built from
         raise InputError(f"model file {path}: cannot build the model its spec describes "
                          f"({type(e).__name__}: {e})") from None
+    problem = weights_problem(blob["model"], model.state_dict())
+    if problem:
+        raise InputError(f"model file {path}: {problem}")
     try:
         model.load_state_dict(blob["model"])
-    except RuntimeError as e:
-        raise InputError(f"model file {path}: weights do not fit the stored spec "
-                         f"({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - e.g. a tensor torch cannot copy (complex, sparse)
+        raise InputError(f"model file {path}: weights cannot be loaded "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
     return model.to(device).eval()
+
+
+def weights_problem(weights, expected: dict, what: str = "weights",
+                    fit: str = "the stored spec") -> str | None:
+    """The first problem of a stored state dict, or None: not a dict of tensors, a
+    missing or unexpected key, a shape that does not fit `fit` (`expected`: the state
+    dict of the module it is meant for), NaN or Inf."""
+    if not isinstance(weights, dict):
+        return f"{what} are a {type(weights).__name__}, not a dict of tensors"
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    for keys, problem in ((missing, "lack"), (unexpected, "hold unexpected")):
+        if keys:
+            more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+            return f"{what} do not fit {fit}: they {problem} {keys[0]!r}{more}"
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{what} entry {key!r} is a {type(value).__name__}, not a tensor"
+        if value.shape != expected[key].shape:
+            return (f"{what} do not fit {fit}: {key!r} is {tuple(value.shape)}, not "
+                    f"{tuple(expected[key].shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return f"{what} entry {key!r} holds NaN or Inf"
+    return None
 
 
 def check_spec(spec, path) -> None:

@@ -26,10 +26,10 @@ from bridges.recognition import distributed
 from bridges.recognition.config import RUN_LENGTH_FLAGS, TrainConfig
 from bridges.recognition.groupface import GROUP_LOSS_WEIGHT, group_loss
 from bridges.recognition.heads import MarginHead
-from bridges.recognition.model import SPEC_KEYS, FaceModel
+from bridges.recognition.model import SPEC_KEYS, FaceModel, weights_problem
 from hyperface_jax import options
 from hyperface_jax.io import integrity, runs
-from hyperface_jax.io.files import InputError, atomic_write, save_json
+from hyperface_jax.io.files import InputError, RunFailed, atomic_write, save_json
 
 STEP_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr")
 EPOCH_COLUMNS = ("epoch", "step", "loss", "accuracy", "lr", "seconds")
@@ -231,10 +231,7 @@ def resume(p: Plan, log) -> History:
         return History()
     blob = _load_checkpoint(existing[-1])
     runs.check_identity(blob["identity"], p.identity, p.out, "a run with different settings")
-    p.trainee.load_state_dict(blob["trainee"])
-    p.optimizer.load_state_dict(blob["optimizer"])
-    if p.amp and blob["scaler"]:  # empty when the run so far had no AMP
-        p.scaler.load_state_dict(blob["scaler"])
+    restore_state(p, blob, existing[-1])
     epoch_rows = blob["epoch_rows"]
     if p.rank == 0:
         log(f"resuming after epoch {blob['epoch']} (step {blob['step']}) from {existing[-1]}")
@@ -271,6 +268,13 @@ def run_loop(p: Plan, net: nn.Module, history: History, hooks) -> History:
     return history
 
 
+def worker_start_method(workers: int) -> str | None:
+    """How DataLoader workers start: forked (the default), except in a process that has
+    loaded JAX (a notebook, the test suite), where fork() after JAX's threads started can
+    deadlock a worker: there a forkserver starts them."""
+    return "forkserver" if workers and "jax" in sys.modules else None
+
+
 def train_epoch(p: Plan, net: nn.Module, epoch: int, history: History, bar):
     """The steps of one epoch (up to the step budget), each appended to `history`:
     (float64 sums of loss, accuracy and steps; the last learning rate)."""
@@ -279,7 +283,8 @@ def train_epoch(p: Plan, net: nn.Module, epoch: int, history: History, bar):
                                           world=p.world, seed=c.seed, epoch=epoch)
     loader = torch.utils.data.DataLoader(
         p.dataset, batch_sampler=sampler, num_workers=p.workers,
-        pin_memory=p.device.type == "cuda", persistent_workers=False)
+        pin_memory=p.device.type == "cuda", persistent_workers=False,
+        multiprocessing_context=worker_start_method(p.workers))
     net.train()
     torch.manual_seed(c.seed * 100_003 + epoch)  # dropout: the same after a resume
     sums, lr = torch.zeros(3, dtype=torch.float64), None
@@ -313,8 +318,24 @@ def train_step(p: Plan, net: nn.Module, images, labels, lr: float, step: int):
         torch.stack([loss.detach().float(), accuracy.float()]).cpu())
     loss_value, acc_value = float(figures[0]), float(figures[1])
     if not math.isfinite(loss_value):
-        raise FloatingPointError(f"loss is {loss_value} at step {step}; lower --lr")
+        raise diverged(p, f"the loss is {loss_value} at step {step + 1}")
     return loss_value, acc_value
+
+
+def check_finite_weights(p: Plan, step: int) -> None:
+    """RunFailed when the last steps left NaN or Inf in the weights (a step's loss is
+    taken before its update, so the loss check alone misses the last one): no checkpoint
+    or model.pt holding them is written."""
+    for name, value in p.trainee.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise diverged(p, f"{name} holds NaN or Inf after step {step}")
+
+
+def diverged(p: Plan, what: str) -> RunFailed:
+    kept = _checkpoints(p.out)
+    where = (f" in a new --out_dir ({p.out} keeps its checkpoints up to {kept[-1].stem} and "
+             "resumes only with its own settings)" if kept else "")
+    return RunFailed(f"training diverged: {what} (--lr={p.config.lr:g}); lower --lr{where}")
 
 
 # Epoch-end hooks: hook(plan, history), called by run_loop after each epoch -------------------
@@ -340,6 +361,7 @@ def save_epoch(p: Plan, history: History) -> None:
     rewriting steps.csv, history.csv and curves.png."""
     if history.step != history.epoch * p.steps_per_epoch:
         return
+    check_finite_weights(p, history.step)
     _save_checkpoint(p, history)
     _write_outputs(p.out, p.config, p.trainee, history.step_rows, history.epoch_rows)
 
@@ -378,6 +400,7 @@ def _run(c: TrainConfig, started: float, log, hooks) -> dict:
 
 def finish(p: Plan, history: History, started: float, log) -> dict:
     """The final outputs (model.pt, report.json, CSVs, curves); returns the report."""
+    check_finite_weights(p, history.step)
     report = _write_outputs(p.out, p.config, p.trainee, history.step_rows, history.epoch_rows,
                             final=True,
                             extra={"world_size": p.world, "device": str(p.device), "amp": p.amp,
@@ -393,18 +416,90 @@ def finish(p: Plan, history: History, started: float, log) -> dict:
     return report
 
 
+CHECKPOINT_KEYS = ("identity", "trainee", "optimizer", "scaler", "epoch", "step",
+                   "step_rows", "epoch_rows")
+
+
 def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`, verified against checksums.json; the rest of it is
+    checked by `restore_state` (a file with a matching checksum may still be crafted),
+    after the caller has compared its identity with the run's."""
     integrity.verify(path.parent, path.name, path.parent, path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is bad input
-        raise InputError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it "
-                         "to resume from the one before, or use a new --out_dir") from None
-    keys = ("identity", "trainee", "optimizer", "scaler", "epoch", "step", "step_rows",
-            "epoch_rows")
-    if not isinstance(blob, dict) or any(k not in blob for k in keys):
-        raise InputError(f"checkpoint {path} is not a bridges.train checkpoint")
+        raise _bad_checkpoint(path, f"it cannot be read ({type(e).__name__})") from None
+    if not isinstance(blob, dict) or any(k not in blob for k in CHECKPOINT_KEYS):
+        raise _bad_checkpoint(path, "not a bridges.train checkpoint")
+    if not isinstance(blob["identity"], dict):
+        raise _bad_checkpoint(path, f"its identity is a {type(blob['identity']).__name__}, "
+                              "not a dict")
     return blob
+
+
+def _bad_checkpoint(path: Path, problem: str) -> InputError:
+    return InputError(f"checkpoint {path}: {problem}; delete it to resume from the one "
+                      "before, or use a new --out_dir")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def checkpoint_problem(blob: dict, steps_per_epoch: int) -> str | None:
+    """What is wrong with the plain entries of a checkpoint, or None: the counts, the
+    rows of steps.csv / history.csv it carries, the types of the state dicts."""
+    epoch, step = blob["epoch"], blob["step"]
+    if not (_is_count(epoch) and _is_count(step) and step == epoch * steps_per_epoch):
+        return (f"epoch {epoch!r} and step {step!r} do not end an epoch of "
+                f"{steps_per_epoch} steps")
+    for key, columns, count in (("step_rows", STEP_COLUMNS, step),
+                                ("epoch_rows", EPOCH_COLUMNS, epoch)):
+        rows = blob[key]
+        if not isinstance(rows, list) or len(rows) != count:
+            return f"its {key} are not a list of {count} rows"
+        for row in rows:
+            if not (isinstance(row, dict) and all(
+                    isinstance(row.get(c), int | float) and not isinstance(row.get(c), bool)
+                    and math.isfinite(row[c]) for c in columns)):
+                return f"a row of its {key} is not {', '.join(columns)} as finite numbers"
+    for key in ("optimizer", "scaler"):
+        if not isinstance(blob[key], dict):
+            return f"its {key} is a {type(blob[key]).__name__}, not a dict"
+    return None
+
+
+def restore_state(p: Plan, blob: dict, path: Path) -> None:
+    """Load the trainee, optimizer and grad scaler states of a checkpoint of this run
+    (same identity), each checked first: counts and rows (`checkpoint_problem`), weights
+    (`weights_problem`), the optimizer's settings and momentum buffers."""
+    problem = checkpoint_problem(blob, p.steps_per_epoch) or weights_problem(
+        blob["trainee"], p.trainee.state_dict(), "its model and head weights",
+        "this run's model")
+    if problem:
+        raise _bad_checkpoint(path, problem)
+    fresh = [{k: v for k, v in g.items() if k not in ("params", "lr")}
+             for g in p.optimizer.state_dict()["param_groups"]]
+    try:
+        p.trainee.load_state_dict(blob["trainee"])
+        p.optimizer.load_state_dict(blob["optimizer"])
+        if p.amp and blob["scaler"]:  # empty when the run so far had no AMP
+            p.scaler.load_state_dict(blob["scaler"])
+    except Exception as e:  # noqa: BLE001 - a crafted or foreign state
+        raise _bad_checkpoint(path, f"its state does not fit this run ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:120]})") from None
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr")}
+              for g in p.optimizer.state_dict()["param_groups"]]
+    if groups != fresh:
+        raise _bad_checkpoint(path, "its optimizer settings differ from this run's")
+    for group in p.optimizer.param_groups:
+        for param in group["params"]:
+            buffer = p.optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None and not (isinstance(buffer, torch.Tensor)
+                                           and buffer.shape == param.shape
+                                           and torch.isfinite(buffer).all()):
+                raise _bad_checkpoint(path, "a momentum buffer does not fit its parameter "
+                                      "or is not finite")
 
 
 def _save_checkpoint(p: Plan, history: History) -> None:

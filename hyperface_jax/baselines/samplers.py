@@ -4,8 +4,11 @@ Each sampler returns `(embeddings, info)`: an (n, d) float32 array of unit rows 
 of plain figures about the draw (draws taken, acceptance rate, ...). All are numpy, driven
 by one `numpy.random.Generator`, so the same seed gives the same rows.
 
-- `random_margin` (HyperFace appendix E): random unit vectors, each kept only when its
-  cosine *distance* (1 - cos) to every kept one is at least `min_distance` (paper: 0.3).
+- `random_margin` (HyperFace appendix E): random unit vectors, each kept only when it is
+  at a margin from every kept one, read two ways (`MARGIN_READINGS`): appendix E's "at
+  least 0.3 cosine distance" (1 - cos >= `min_distance`, 0.3) or the authors' rebuttal
+  in the public review, "the similarity of each pair is below a certain threshold (0.3)"
+  (cos <= `max_pair_similarity`, 0.3).
 - `diffr` (DiffFR, "Complete the Feature Space"): fictional identities between two real
   identities of a labelled gallery by variance-based interpolation (rule in
   `interpolate_pair`, ours: the supplement states the aim, not the formula), filtered by
@@ -46,14 +49,25 @@ UNIT_TOLERANCE = 1e-3  # candidates whose norm is further from 1 are degenerate
 
 NOT_IN_PAPER = "our choice, not in the paper"
 
+# The two readings of random_margin's rule, each by its source: (flag of its number, the
+# source's number, the source and what it says, the cosine threshold of the flag's value).
+MARGIN_READINGS = {
+    "appendix_e": ("min_distance", 0.3,
+                   "HyperFace appendix E: selected points have at least 0.3 cosine distance "
+                   "(read as 1 - cos >= 0.3, i.e. cos <= 0.7)", lambda v: 1.0 - v),
+    "rebuttal": ("max_pair_similarity", 0.3,
+                 "the authors' rebuttal in HyperFace's public review (reply on the "
+                 "random-embedding ablation): the similarity of each pair is below a "
+                 "certain threshold (0.3), i.e. cos <= 0.3", lambda v: v),
+}
+
 # What the seed papers state for each baseline: (name, value, where). A flag among these
 # defaults to the paper's value.
 PAPER = {
     "random_margin": [
         ("points", "random points on the hypersphere, used as reference embeddings",
          "HyperFace appendix E"),
-        ("min_distance", 0.3, "HyperFace appendix E: selected points have at least 0.3 cosine "
-                              "distance"),
+        # + the margin of the run's --margin_reading (MARGIN_READINGS), by its source
     ],
     "diffr": [
         ("interpolation", "a fictional identity between the features of two real identities, "
@@ -64,8 +78,9 @@ PAPER = {
     ],
     "perturbed_gallery": [],
     "hyperface": [
-        ("packing", "maximise the smallest distance between reference embeddings (the worst "
-                    "pair: --objective=max --packing_reduce=max)", "HyperFace Eq. 1"),
+        ("packing", "maximise the smallest distance between reference embeddings: the worst "
+                    "pair (Eq. 1, Tammes), --objective=max --packing_reduce=max",
+         "HyperFace Eq. 1 as stated in words"),
         ("optimizer", "adam", "HyperFace Algorithm 1 (RMSprop and AdamW compared in appendix E)"),
     ],
 }
@@ -75,6 +90,9 @@ CHOICES = {
     "random_margin": [
         ("distribution", "uniform on the sphere (normalised Gaussian draws)",
          f"the paper says 'random points'; uniform is our reading ({NOT_IN_PAPER})"),
+        ("margin_reading", None, "which source's margin rule: appendix_e (1 - cos >= "
+                                 "--min_distance) or rebuttal (cos <= --max_pair_similarity); "
+                                 f"the default appendix_e is {NOT_IN_PAPER}"),
         ("cosine_distance", "1 - cos", f"our reading of 'cosine distance' ({NOT_IN_PAPER})"),
         ("selection", "greedy in draw order: a draw is kept when it is at the margin from "
                       "every kept point", NOT_IN_PAPER),
@@ -106,9 +124,9 @@ CHOICES = {
         ("max_draws", None, f"budget of candidate draws ({NOT_IN_PAPER})"),
     ],
     "hyperface": [
-        ("packing_reduce", None, "'mean' (mean over identities of the nearest-neighbour "
-                                 "cosine) is ours; the paper's Eq. 1 is the worst pair, "
-                                 "--packing_reduce=max"),
+        ("packing_reduce", None, "'mean' = mean nearest-neighbour (our reading of Algorithm "
+                                 "1's loss); 'max' = worst pair (Eq. 1, Tammes), the paper's "
+                                 "statement"),
         ("init", None, "the paper starts from embeddings of separately generated faces "
                        "(--init=FILE.npy); 'random' and 'gallery' are ours"),
     ],
@@ -207,7 +225,10 @@ def check_parameters(n: int, d: int | None = None, **values) -> None:
         raise InputError(f"--max_draws={values['max_draws']} is below --num_identities={n}")
     if "min_distance" in values and not 0 <= values["min_distance"] <= 2:
         raise InputError(f"--min_distance must be in [0, 2], got {values['min_distance']}")
-    for name in ("nms_threshold", "max_similarity"):
+    if "margin_reading" in values and values["margin_reading"] not in MARGIN_READINGS:
+        raise InputError(f"unknown --margin_reading {values['margin_reading']!r}; choose one "
+                         f"of {', '.join(MARGIN_READINGS)}")
+    for name in ("nms_threshold", "max_similarity", "max_pair_similarity"):
         if name in values and not -1 <= values[name] <= 1:
             raise InputError(f"--{name} must be in [-1, 1], got {values[name]}")
     if "perturbation" in values and not 0 < values["perturbation"] < np.inf:
@@ -234,18 +255,27 @@ def _info(acceptor: GreedyAcceptor, **extra) -> dict:
 
 
 def random_margin(n: int, d: int, *, min_distance: float = 0.3, max_draws: int = 10_000_000,
-                  seed: int = 0, batch: int = 2048):
-    """Uniform random unit vectors kept when 1 - cos >= `min_distance` to every kept one."""
-    check_parameters(n, d, min_distance=min_distance, max_draws=max_draws, seed=seed)
+                  seed: int = 0, batch: int = 2048, margin_reading: str = "appendix_e",
+                  max_pair_similarity: float = 0.3):
+    """Uniform random unit vectors kept when at the margin from every kept one:
+    1 - cos >= `min_distance` (appendix_e) or cos <= `max_pair_similarity` (rebuttal)."""
+    check_parameters(n, d, min_distance=min_distance, max_draws=max_draws, seed=seed,
+                     margin_reading=margin_reading, max_pair_similarity=max_pair_similarity)
+    flag, _, _, threshold_of = MARGIN_READINGS[margin_reading]
+    threshold = threshold_of({"min_distance": min_distance,
+                              "max_pair_similarity": max_pair_similarity}[flag])
     rng = np.random.default_rng(seed)
-    acceptor = GreedyAcceptor(n, d, threshold=1.0 - min_distance)
+    acceptor = GreedyAcceptor(n, d, threshold=threshold)
     while not acceptor.full and acceptor.seen < max_draws:
         size = min(batch, max_draws - acceptor.seen)
         acceptor.offer(unit_rows(rng.standard_normal((size, d), np.float32)))
     if not acceptor.full:
         raise _unreachable("random_margin", acceptor, max_draws,
-                           "lower --min_distance or --num_identities, or raise --max_draws")
-    return acceptor.accepted, _info(acceptor, min_distance=min_distance)
+                           f"loosen --{flag}, lower --num_identities, or raise --max_draws")
+    return acceptor.accepted, _info(acceptor, margin_reading=margin_reading,
+                                    **{flag: min_distance if flag == "min_distance"
+                                       else max_pair_similarity},
+                                    max_cos_allowed=threshold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,8 +389,13 @@ def perturbed_gallery(n: int, gallery: np.ndarray, *, perturbation: float = 1.0,
 def stated_and_chosen(method: str, values: dict) -> tuple[list[dict], list[dict]]:
     """(what the paper states, what we chose) for `method`, as report.json lists them;
     a choice that is a flag takes its value from `values` (the run's flags)."""
+    stated = list(PAPER[method])
+    if method == "random_margin":
+        reading = values.get("margin_reading", "appendix_e")
+        flag, number, source, _ = MARGIN_READINGS[reading]
+        stated.append((flag, number, source))
     paper = [{"name": name, "value": value, "source": source}
-             for name, value, source in PAPER[method]]
+             for name, value, source in stated]
     choices = [{"name": name, "value": values.get(name) if value is None else value, "why": why}
                for name, value, why in CHOICES[method]]
     return paper, choices

@@ -4,7 +4,7 @@ The exact solver searches all n partners (and all m gallery rows) of every row a
 step: two (n x n) and (n x m) matrix products per step. Between two steps points move
 little, so, as in molecular dynamics, each row keeps a short list of its K nearest
 partners (and of its Kg nearest gallery rows), the loss looks only at those, and the
-lists are rebuilt by an exact blockwise top-K search when `--neighbor_rebuild` says:
+lists are rebuilt by an exact blockwise top-K search when the rebuild rule says:
 
 - ``every``: every `refresh_every` steps, an approximation named as one: between
   rebuilds a row's true nearest partner may leave its list;
@@ -15,18 +15,22 @@ Every rebuild audits the lists it replaces: the share of rows whose new nearest 
 was missing from their old list (`audit`). Runs report it, so a user sees what the speed
 cost in exactness.
 
-Memory stays O(n K + tile x max(n, m)): `gathered_similarity` has a custom VJP that
-regathers partners tile by tile instead of keeping an (n, K, d) residual.
+The searches themselves are the kernels' (`kernels.top_k`, `kernels.gathered`, reached
+through the search value the caller passes): this module holds the lists and their policy.
 """
 
-from functools import partial
+from typing import NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from hyperface_jax.engine import neighbors
+
+class Partners(NamedTuple):
+    """Neighbour lists of the local rows (global row indices): `packing` (rows, K) into X,
+    `gallery` (rows, Kg) into G or None."""
+    packing: jax.Array
+    gallery: jax.Array | None
 
 
 @flax.struct.dataclass
@@ -38,76 +42,10 @@ class NeighborLists:
     missed_max: jax.Array  # float32: the largest such share
     gallery_missed_sum: jax.Array
     gallery_missed_max: jax.Array
-    # --neighbor_rebuild=displacement: the rows at the last rebuild (n, d) and each row's
+    # rebuilds by displacement: the rows at the last rebuild (n, d) and each row's
     # margins (n, 2) [packing, gallery] (`search_partners`); None for a fixed schedule.
     anchor: jax.Array | None = None
     margins: jax.Array | None = None
-
-
-def top_k_similarities(x, y, k: int, *, exclude_self: bool = False,
-                       tile_size: int = neighbors.DEFAULT_TILE_SIZE, precision="highest"):
-    """`(values, indices)`, each (n, k): each row's k largest inner products with rows of
-    `y` and their row indices, best first."""
-    v, idx = neighbors.map_similarity_tiles(x, y, lambda s, xt: lax.top_k(s, k),
-                                            exclude_self=exclude_self, tile_size=tile_size,
-                                            precision=precision)
-    return v, idx.astype(jnp.int32)
-
-
-def top_k_neighbors(x, y, k: int, *, exclude_self: bool = False,
-                    tile_size: int = neighbors.DEFAULT_TILE_SIZE, precision="highest"):
-    """Indices (n, k) of each row's k largest inner products with rows of `y`, best first."""
-    return top_k_similarities(x, y, k, exclude_self=exclude_self, tile_size=tile_size,
-                              precision=precision)[1]
-
-
-def _gather_tiles(a, tile_size):
-    """(num_tiles, t, ...) view of `a` padded with zeros (index 0 for int arrays)."""
-    n = a.shape[0]
-    t = max(1, min(int(tile_size), n))
-    num_tiles = -(-n // t)
-    pad = [(0, num_tiles * t - n)] + [(0, 0)] * (a.ndim - 1)
-    return jnp.pad(a, pad).reshape(num_tiles, t, *a.shape[1:]), t
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def gathered_similarity(x, y, idx, tile_size=neighbors.DEFAULT_TILE_SIZE):
-    """``s[i, k] = <x_i, y_{idx[i, k]}>`` in float32, tile by tile; differentiable in x, y."""
-    n = x.shape[0]
-    xs, _ = _gather_tiles(x, tile_size)
-    ids, _ = _gather_tiles(idx, tile_size)
-    s = lax.map(lambda a: jnp.einsum("td,tkd->tk", a[0], y[a[1]],
-                                     precision=lax.Precision.HIGHEST), (xs, ids))
-    return s.reshape(-1, idx.shape[1])[:n]
-
-
-def _gathered_fwd(x, y, idx, tile_size):
-    return gathered_similarity(x, y, idx, tile_size), (x, y, idx)
-
-
-def gathered_similarity_vjp(x, y, idx, g, tile_size=neighbors.DEFAULT_TILE_SIZE):
-    """The cotangents of `gathered_similarity` for the cotangent `g`: (dx, dy, None)."""
-    n, k = idx.shape
-    xs, _ = _gather_tiles(x, tile_size)
-    ids, _ = _gather_tiles(idx, tile_size)
-    gs, _ = _gather_tiles(g.astype(x.dtype), tile_size)  # padded rows carry g = 0
-
-    def one_tile(dy, a):
-        xt, it, gt = a
-        dx_t = jnp.einsum("tk,tkd->td", gt, y[it], precision=lax.Precision.HIGHEST)
-        dy = dy.at[it.reshape(-1)].add((gt[:, :, None] * xt[:, None, :]).reshape(-1, x.shape[1]))
-        return dy, dx_t
-
-    dy, dx = lax.scan(one_tile, jnp.zeros_like(y), (xs, ids, gs))
-    return dx.reshape(-1, x.shape[1])[:n], dy, None
-
-
-def _gathered_bwd(tile_size, residuals, g):
-    x, y, idx = residuals
-    return gathered_similarity_vjp(x, y, idx, g, tile_size)
-
-
-gathered_similarity.defvjp(_gathered_fwd, _gathered_bwd)
 
 
 def _margin(values, size: int, spare: bool, whole_list: bool):
@@ -121,12 +59,10 @@ def _margin(values, size: int, spare: bool, whole_list: bool):
 
 def search_partners(x, gallery, size: int, gallery_size: int, search, *, spare: bool = False,
                     gallery_spare: bool = False, whole_list: bool = False):
-    """Fresh lists of the local rows by exact search (`search.top_k`): `objective.Partners`
+    """Fresh lists of the local rows by exact search (`search.top_k`): `Partners`
     of `size` partners among the rows of x and `gallery_size` gallery rows, and each row's
     margins (rows, 2) (`_margin`: packing, gallery). `spare` / `gallery_spare` say that one
     more partner than listed exists and is searched to measure the margin."""
-    from hyperface_jax.engine.objective import Partners
-
     values, packing = search.top_k(x, x, size + spare, exclude_self=True)
     margins = [_margin(values, size, spare, whole_list)]
     near_gallery = None

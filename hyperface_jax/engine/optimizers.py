@@ -7,7 +7,7 @@ more are in `REFUSED`, each with its reason. A user's own optimizer is named
 `module.path:factory`: `factory(schedule, **hyper)` must return an optax
 GradientTransformation. Hyper-parameters are passed only when given, so each optimizer
 keeps its own defaults otherwise, and one that does not take a given hyper-parameter is
-refused (a silently ignored `--momentum` would be a surprise).
+refused (a silently ignored `momentum` would be a surprise).
 """
 
 import dataclasses
@@ -86,13 +86,13 @@ _CORE = ("adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "ada
          "adamw", "adan", "amsgrad", "fromage", "lamb", "lars", "lion", "nadam", "nadamw",
          "novograd", "optimistic_adam_v2", "optimistic_gradient_descent", "radam",
          "rmsprop", "sgd", "sign_sgd", "signum", "yogi")
-_LR_FREE = "learning-rate free: --learning_rate multiplies the step it finds (1 as published)"
+_LR_FREE = "learning-rate free: the learning rate multiplies the step it finds (1 as published)"
 _SCHEDULE_FREE = ("figures are those of the training iterate y (the solver evaluates its "
                   "parameters; the schedule-free average x is not extracted)")
 CATALOGUE: dict[str, Entry] = {
     **{name: _optax(getattr(optax, name)) for name in _CORE},
     "noisy_sgd": Entry(lambda schedule: optax.noisy_sgd(schedule, key=jax.random.key(0)), (),
-                       "gradient noise from a fixed key (0), not from --seed"),
+                       "gradient noise from a fixed key (0), not from the run's seed"),
     "acprop": _optax(optax.contrib.acprop),
     "ademamix": _optax(optax.contrib.ademamix),
     "simplified_ademamix": _optax(optax.contrib.simplified_ademamix),
@@ -154,13 +154,13 @@ def make_schedule(
     final_learning_rate over `steps`; `geometric`: from lr to final_learning_rate by a
     constant factor per step over `steps`."""
     if learning_rate <= 0:
-        raise ValueError(f"--learning_rate must be positive, got {learning_rate}")
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
     if name == "constant":
         return optax.constant_schedule(learning_rate)
     if name in ("staircase", "exponential"):
         if decay_every < 1 or not 0 < decay_rate <= 1:
             raise ValueError(
-                f"--schedule={name} needs --decay_every >= 1 and 0 < --decay_rate <= 1, "
+                f"schedule={name} needs decay_every >= 1 and 0 < decay_rate <= 1, "
                 f"got {decay_every} and {decay_rate}")
         return optax.exponential_decay(
             learning_rate, transition_steps=decay_every, decay_rate=decay_rate,
@@ -170,11 +170,11 @@ def make_schedule(
             learning_rate, decay_steps=max(1, steps), alpha=final_learning_rate / learning_rate)
     if name == "geometric":
         if final_learning_rate <= 0:
-            raise ValueError("--schedule=geometric needs --final_learning_rate > 0")
+            raise ValueError("schedule=geometric needs final_learning_rate > 0")
         return optax.exponential_decay(
             learning_rate, transition_steps=max(1, steps),
             decay_rate=final_learning_rate / learning_rate)
-    raise ValueError(f"unknown --schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def make_optimizer(name: str, schedule: optax.Schedule, **hyper) -> optax.GradientTransformation:
@@ -184,10 +184,10 @@ def make_optimizer(name: str, schedule: optax.Schedule, **hyper) -> optax.Gradie
     if ":" in name:
         return _user_optimizer(name, schedule, given)
     if name in REFUSED:
-        raise ValueError(f"--optimizer={name} cannot drive this step: {REFUSED[name]}; "
+        raise ValueError(f"optimizer={name} cannot drive this step: {REFUSED[name]}; "
                          f"choose one of {', '.join(names())} or module.path:factory")
     if name not in CATALOGUE:
-        raise ValueError(f"unknown --optimizer {name!r}; choose one of {', '.join(names())} "
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(names())} "
                          "or module.path:factory")
     entry = CATALOGUE[name]
     _refuse_unknown(name, given, entry.hyper)
@@ -197,20 +197,19 @@ def make_optimizer(name: str, schedule: optax.Schedule, **hyper) -> optax.Gradie
 def _refuse_unknown(name: str, given: dict, accepted) -> None:
     refused = sorted(set(given) - set(accepted))
     if refused:
-        flags = ", ".join(f"--{k}" for k in refused)
-        raise ValueError(f"--optimizer={name} does not take {flags}")
+        raise ValueError(f"optimizer={name} does not take {', '.join(refused)}")
 
 
 def _user_optimizer(name: str, schedule, given: dict) -> optax.GradientTransformation:
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's bad path
-        raise ValueError(f"--optimizer={name}: cannot import {module_name!r} "
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's bad path or module
+        raise ValueError(f"optimizer={name}: cannot import {module_name!r} "
                          f"({type(e).__name__}: {e})") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
-        raise ValueError(f"--optimizer={name}: {module_name} has no callable {attribute!r}")
+        raise ValueError(f"optimizer={name}: {module_name} has no callable {attribute!r}")
     try:
         signature = inspect.signature(factory)
         takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
@@ -220,13 +219,37 @@ def _user_optimizer(name: str, schedule, given: dict) -> optax.GradientTransform
     _refuse_unknown(name, given, accepted)
     try:
         transform = factory(schedule, **given)
-    except Exception as e:  # noqa: BLE001 - the user's factory failed on our arguments
-        raise ValueError(f"--optimizer={name}: factory(schedule) failed "
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - sys.exit(0) in it is no success
+        raise ValueError(f"optimizer={name}: factory(schedule) failed "
                          f"({type(e).__name__}: {e})") from None
     if not isinstance(transform, optax.GradientTransformation):
-        raise ValueError(f"--optimizer={name}: factory returned {type(transform).__name__}, "
+        raise ValueError(f"optimizer={name}: factory returned {type(transform).__name__}, "
                          "not an optax GradientTransformation")
     return transform
+
+
+def check_user_optimizer(name: str, transform: optax.GradientTransformation,
+                         shape: tuple[int, ...]) -> None:
+    """Run a user's optimizer (`module.path:factory`) on abstract float32 rows of `shape`:
+    its `init` and `update` must trace and the update must have the rows' shape and
+    dtype. ValueError naming what failed (their code is called before any compilation, so
+    a bug in it is one line, not a traceback from inside the solver)."""
+    if ":" not in name:
+        return
+    rows = jax.ShapeDtypeStruct(shape, jax.numpy.float32)
+    try:
+        state = jax.eval_shape(transform.init, rows)
+        updates, _ = jax.eval_shape(transform.update, rows, state, rows)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the user's code
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"--optimizer={name}: its init/update failed on {shape} float32 "
+                         f"rows ({type(e).__name__}: {first})") from None
+    shape_of = getattr(updates, "shape", None)
+    if shape_of != shape or getattr(updates, "dtype", None) != rows.dtype:
+        got = (f"{shape_of} {updates.dtype}" if shape_of is not None
+               else type(updates).__name__)
+        raise ValueError(f"--optimizer={name}: its update returned {got} for {shape} float32 "
+                         "rows; an update has the shape and dtype of the parameters")
 
 
 def tangent_projection() -> optax.GradientTransformation:
@@ -245,5 +268,5 @@ def tangent_projection() -> optax.GradientTransformation:
 
 def on_sphere(optimizer: optax.GradientTransformation, *,
               project_gradient: bool = True) -> optax.GradientTransformation:
-    """`optimizer` fed with tangent gradients (`--project_gradient`), or unchanged."""
+    """`optimizer` fed with tangent gradients (`project_gradient`), or unchanged."""
     return optax.chain(tangent_projection(), optimizer) if project_gradient else optimizer

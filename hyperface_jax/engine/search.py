@@ -13,9 +13,10 @@ as jax-md's energy functions are written against a `space`:
   total(v), maximum(v)          sum and maximum of per-row values over every row
   valid(x)                      which local rows are real (None: all; padding otherwise)
 
-`LocalSearch` answers on one device with every row at hand (blockwise kernels of
-`neighbors` and `neighbor_lists`); `sharding.RingSearch` gives the same answers inside
-`shard_map` by passing row blocks round a ring of devices.
+`Search` answers them with the kernels of `kernels` over a `ring.Ring`: on one device a
+ring of one block with every row at hand (`Search()`), on a mesh (inside `shard_map`) the
+blocks of every device passing round the ring. `count` and `gallery_count` are the real
+rows of x and of the gallery over all devices (the rest is padding; None: no padding).
 """
 
 import dataclasses
@@ -24,49 +25,74 @@ from typing import Any
 import jax.numpy as jnp
 from jax import lax
 
-from hyperface_jax.engine import neighbors
+from hyperface_jax.engine import kernels
+from hyperface_jax.engine.ring import LOCAL_RING, Ring
 
 PACKING_REDUCTIONS = ("mean", "max")
 
+# One name for each packing objective (the values of --packing_reduce), used by the flag
+# help, report.json and the docs. The paper's Eq. 1 is stated in words as the Tammes
+# problem (maximise the smallest distance: the worst pair); its equations and Algorithm
+# 1's loss line are lost from our copy of the text, so the mean form is our reading.
+PACKING_OBJECTIVES = {
+    "max": {"name": "worst pair (Eq. 1, Tammes)", "reading": "the paper's statement",
+            "source": "HyperFace Eq. 1 as stated in words: the minimum distance between "
+                      "points is maximised (the Tammes problem)"},
+    "mean": {"name": "mean nearest-neighbour (our reading of Algorithm 1's loss)",
+             "reading": "ours",
+             "source": "our reading of HyperFace Algorithm 1's loss: the mean over "
+                       "identities of each one's nearest-neighbour cosine"},
+}
+
+
+def packing_objective(reduce: str) -> dict:
+    """What `--packing_reduce=reduce` optimises, for report.json: its name and whether it
+    is the paper's statement or our reading."""
+    return {"packing_reduce": reduce, **PACKING_OBJECTIVES[reduce]}
+
 
 @dataclasses.dataclass(frozen=True)
-class LocalSearch:
-    """Every row on this device; no padding."""
+class Search:
+    """The kernels on the rows of this device, partners on every device of `ring`."""
 
-    tile_size: int = neighbors.DEFAULT_TILE_SIZE
+    tile_size: int = kernels.DEFAULT_TILE_SIZE
     precision: Any = lax.Precision.HIGHEST
+    ring: Ring = LOCAL_RING
+    count: int | None = None
+    gallery_count: int | None = None
+
+    def _count(self, exclude_self):
+        return self.count if exclude_self else self.gallery_count
 
     def nearest(self, x, y, *, exclude_self: bool):
-        if exclude_self:
-            return neighbors.nearest_self_similarity(x, self.tile_size, self.precision)[0]
-        return neighbors.nearest_similarity(x, y, self.tile_size, self.precision)[0]
+        return kernels.nearest(x, y, exclude_self, self.ring, self.tile_size, self.precision,
+                               self._count(exclude_self))[0]
 
     def smooth(self, x, temperature, kind: str):
-        return neighbors.smooth_nearest_self(x, temperature, kind, self.tile_size,
-                                             self.precision)
+        return kernels.smooth(x, temperature, kind, self.ring, self.tile_size, self.precision,
+                              self.count)
 
     def top_k(self, x, y, k: int, *, exclude_self: bool):
-        from hyperface_jax.engine.neighbor_lists import top_k_similarities
-
-        return top_k_similarities(x, y, k, exclude_self=exclude_self, tile_size=self.tile_size,
-                                  precision=self.precision)
+        return kernels.top_k(x, y, k, exclude_self, self.ring, self.tile_size, self.precision,
+                             self._count(exclude_self))
 
     def gathered(self, x, y, idx):
-        from hyperface_jax.engine.neighbor_lists import gathered_similarity
-
-        return gathered_similarity(x, y, idx, self.tile_size)
+        return kernels.gathered(x, y, idx, self.ring, self.tile_size)
 
     def total(self, v):
-        return jnp.sum(v)
+        return self.ring.total(v)
 
     def maximum(self, v):
-        return jnp.max(v)
+        return self.ring.maximum(v)
 
     def valid(self, x):
-        return None
+        return self.ring.real(self.ring.me(), x.shape[0], self.count)
 
 
-def reduce_rows(values, reduce: str, temperature=None, *, search=LocalSearch(),
+LOCAL_SEARCH = Search()
+
+
+def reduce_rows(values, reduce: str, temperature=None, *, search=LOCAL_SEARCH,
                 valid=None, count=None):
     """The packing term from per-row values: their mean over the `count` real rows, or
     their maximum (a smooth maximum, (1/t) logsumexp, when a temperature is given).
@@ -91,6 +117,6 @@ def reduce_rows(values, reduce: str, temperature=None, *, search=LocalSearch(),
     return (top + jnp.log(search.total(jnp.exp(scaled - top)))) / temperature
 
 
-def mean_rows(values, *, search=LocalSearch(), valid=None, count=None):
+def mean_rows(values, *, search=LOCAL_SEARCH, valid=None, count=None):
     """Mean of per-row values over the real rows."""
     return reduce_rows(values, "mean", search=search, valid=valid, count=count)

@@ -3,7 +3,7 @@
 One step: gradient of the HyperFace loss, an optax update (the tangent projection, when
 asked for, is a transform chained into the optimizer: `optimizers.on_sphere`), rows
 renormalised onto the sphere. The step is written once for every placement
-(`placement.Local`, `sharding.Sharded`): the placement is a value passed in, which runs the
+(`placement.Local`, `placement.Sharded`): the placement is a value passed in, which runs the
 loss on each device's rows and moves mini-batch rows. The whole solver state is one
 pytree (`SolverState`), so `jit`, checkpointing and sharding see a single object, and a
 step is a pure function of it: the same state gives the same next state.
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from hyperface_jax.engine import neighbor_lists, neighbors, objective, sphere
+from hyperface_jax.engine import kernels, neighbor_lists, objective, sphere
 from hyperface_jax.engine.placement import LOCAL
 
 MINIBATCH_UPDATES = ("sparse", "dense")
@@ -62,7 +62,7 @@ class SolverConfig:
     anneal_steps: int = 1  # ... over this many steps
     batch_size: int = 0  # 0 or n: full batch
     minibatch_update: str = "sparse"
-    tile_size: int = neighbors.DEFAULT_TILE_SIZE
+    tile_size: int = kernels.DEFAULT_TILE_SIZE
     precision: Any = "highest"
     # Neighbour lists (see neighbor_lists): 0 = exact search every step.
     neighbor_list_size: int = 0
@@ -115,7 +115,7 @@ def check_sparse_compatible(opt_state, shape) -> None:
         if not _is_row_leaf(leaf, shape) and n in s:
             raise ValueError(
                 f"this optimizer keeps a state of shape {s} that is neither per-row nor shared; "
-                "use --minibatch_update=dense with it")
+                "use minibatch_update=dense with it")
 
 
 def _is_row_leaf(leaf, shape) -> bool:
@@ -125,7 +125,7 @@ def _is_row_leaf(leaf, shape) -> bool:
 
 def partner_search(config: SolverConfig, count: int, gallery_count: int | None,
                    placement=LOCAL):
-    """`find(x, gallery) -> (objective.Partners, margins)`: fresh neighbour lists of every
+    """`find(x, gallery) -> (neighbor_lists.Partners, margins)`: fresh neighbour lists of every
     row by exact search, on the placement's rows (`count` real rows, `gallery_count`
     gallery rows), and each row's margins (`neighbor_lists.search_partners`: the smooth
     objectives keep their whole top K, the hard maximum its nearest partner)."""
@@ -191,11 +191,11 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     """
     if config.minibatch_update not in MINIBATCH_UPDATES:
         raise ValueError(
-            f"unknown --minibatch_update {config.minibatch_update!r}; "
+            f"unknown minibatch_update {config.minibatch_update!r}; "
             f"choose one of {', '.join(MINIBATCH_UPDATES)}")
     full = is_full_batch(config, n)
     if config.neighbor_rebuild not in NEIGHBOR_REBUILDS:
-        raise ValueError(f"unknown --neighbor_rebuild {config.neighbor_rebuild!r}; "
+        raise ValueError(f"unknown neighbor_rebuild {config.neighbor_rebuild!r}; "
                          f"choose one of {', '.join(NEIGHBOR_REBUILDS)}")
     objective.check_objective(config.objective)
     smooth = config.objective != "max"
@@ -264,7 +264,7 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
             partners = None
             if config.uses_lists:
                 lists = refreshed(state, gallery)
-                partners = objective.Partners(lists.packing, lists.gallery)
+                partners = neighbor_lists.Partners(lists.packing, lists.gallery)
             terms, g = gradient(x, gallery, state.step, partners, n)
             x, opt_state = apply(x, g, state.opt_state)
         else:
@@ -275,7 +275,7 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
                 # A listed mini-batch: the batch rows' partners are their listed nearest
                 # rows of the whole set (not the other batch rows), at their current place.
                 lists = refreshed(state, gallery)
-                partners = objective.Partners(
+                partners = neighbor_lists.Partners(
                     placement.take_rows(lists.packing, rows),
                     None if lists.gallery is None else placement.take_rows(lists.gallery, rows))
                 listed_rows = x
@@ -318,7 +318,7 @@ def make_runner(optimizer: optax.GradientTransformation, config: SolverConfig, n
 
     def run(state, gallery, num_steps):
         zero = jnp.zeros((), state.embeddings.dtype)
-        terms = objective.LossTerms(zero, zero, zero)
+        terms = objective.LossTerms(zero, zero, zero, zero)
         if not minibatch:
             return lax.fori_loop(0, num_steps, lambda _, c: step(c[0], gallery), (state, terms))
 

@@ -36,12 +36,17 @@ def open_npy(path: str | os.PathLike, what: str, *, ndim: int, kinds: str) -> np
     Raises `InputError` naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
+        if not path.exists():
+            raise InputError(f"{what} file not found: {path}")
+        kind = ("a folder" if path.is_dir()
+                else "not a regular file (a device, a pipe or a socket)")
+        raise InputError(f"{what} file {path} is {kind}, not a .npy file")
     if path.suffix != ".npy":
         raise InputError(f"{what} file {path} is not a .npy file")
     try:
+        _check_header_size(path)
         array = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, MemoryError) as e:
         raise InputError(f"{what} file {path} is not a readable .npy array "
                          f"({_why_unreadable(path, e)})") from None
     if array.ndim != ndim:
@@ -55,6 +60,31 @@ def open_npy(path: str | os.PathLike, what: str, *, ndim: int, kinds: str) -> np
     return array
 
 
+# numpy's own limit on a .npy header (`max_header_size`): larger ones need trust.
+MAX_HEADER_BYTES = 10_000
+
+
+class _HeaderTooLarge(ValueError):
+    pass
+
+
+def _check_header_size(path: Path) -> None:
+    """Read the header's declared length before numpy allocates it (a 20-byte file may
+    declare 4 GB): `_HeaderTooLarge` past numpy's safe limit or past the file's end."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 10 or head[:6] != b"\x93NUMPY":
+        return  # numpy's own error says what is wrong
+    major = head[6]
+    size = (int.from_bytes(head[8:10], "little") if major == 1
+            else int.from_bytes(head[8:12], "little") if len(head) == 12 else 0)
+    if size > MAX_HEADER_BYTES:
+        raise _HeaderTooLarge(f"its header declares {size} bytes, more than the "
+                              f"{MAX_HEADER_BYTES} numpy reads safely")
+    if size > path.stat().st_size:
+        raise _HeaderTooLarge(f"its header declares {size} bytes, past the end of the file")
+
+
 def _why_unreadable(path: Path, error: Exception) -> str:
     """Why `np.load` refused a file, in our words: numpy's own message for a non-.npy file
     suggests loading it with allow_pickle, which must never be done with untrusted input."""
@@ -65,6 +95,12 @@ def _why_unreadable(path: Path, error: Exception) -> str:
         return e.strerror or type(e).__name__
     if head != b"\x93NUMPY":
         return "no NumPy header: not written by numpy.save" if head else "the file is empty"
+    if isinstance(error, _HeaderTooLarge):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return "not enough memory to read its header"
+    if "max_header_size" in str(error):
+        return f"its header is larger than the {MAX_HEADER_BYTES} bytes numpy reads safely"
     if "object" in str(error).lower() or "pickle" in str(error).lower():
         return "it holds Python objects, which are never unpickled"
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
@@ -97,11 +133,18 @@ def validated_rows(array, what: str) -> np.ndarray:
         raise InputError(f"{what} has shape {array.shape}; expected (rows, dim) with rows > 0")
     if array.dtype.kind not in "fiu":
         raise InputError(f"{what} has dtype {array.dtype}; expected floating point")
-    array = np.asarray(array, dtype=np.float32)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
         raise InputError(f"{what} contains NaN or Inf (first in row {row})")
+    with np.errstate(over="ignore"):
+        given, array = array, np.asarray(array, dtype=np.float32)
+    fits = np.isfinite(array).all(axis=1)  # finite float64 beyond float32's 3.4e38
+    if not fits.all():
+        row = int(np.argmin(fits))
+        largest = float(np.max(np.abs(np.asarray(given[row], dtype=np.float64))))
+        raise InputError(f"{what} has values too large for float32 (row {row}: {largest:.3g}); "
+                         "the rows are packed in float32: rescale them")
     unit, norms = unit_rows(array)
     if (norms < ZERO_NORM).any():
         row = int(np.argmax(norms < ZERO_NORM))

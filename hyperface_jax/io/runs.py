@@ -4,15 +4,17 @@ only by the same run.
 Light on purpose (standard library only): every CLI imports it before its heavy modules.
 """
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import socket
+import threading
 import warnings
 from pathlib import Path
 
-from hyperface_jax.io.files import InputError
+from hyperface_jax.io.files import InputError, RunFailed
 
 LOCK_NAME = ".lock"
 
@@ -25,13 +27,11 @@ def prepare_folder(path, flag: str = "--out_dir") -> list[Path]:
     when the folder cannot be used: a regular file, under /proc, no permission, read-only.
     """
     path = Path(path)
-    missing = []
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        if probe.is_symlink():  # a dangling symlink: mkdir would fail with a vague error
-            raise InputError(f"{flag}={path}: {probe} is a broken symbolic link")
-        missing.append(probe)
-        probe = probe.parent
+    try:
+        missing, probe = _missing_folders(path, flag)
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise InputError(f"{flag}={_short(path)} cannot be used as an output folder "
+                         f"({e.strerror or type(e).__name__})") from None
     if probe.exists() and not probe.is_dir():
         what = "is" if probe == path else f"is under {probe}, which is"
         raise InputError(f"{flag}={path} {what} an existing file, not a folder")
@@ -45,12 +45,38 @@ def prepare_folder(path, flag: str = "--out_dir") -> list[Path]:
                 if not folder.is_dir():
                     raise
         if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code))
     except OSError as e:
         remove_created(created)
-        reason = e.strerror or type(e).__name__
-        raise InputError(f"{flag}={path} cannot be used as an output folder ({reason})") from None
+        raise InputError(f"{flag}={_short(path)} cannot be used as an output folder "
+                         f"({_os_reason(e)})") from None
     return created
+
+
+def _missing_folders(path: Path, flag: str) -> tuple[list[Path], Path]:
+    """(the folders of `path` that do not exist yet, deepest first; the first that does)."""
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling symlink: mkdir would fail with a vague error
+            raise InputError(f"{flag}={path}: {probe} is a broken symbolic link")
+        missing.append(probe)
+        probe = probe.parent
+    return missing, probe
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.EROFS:
+        return "read-only file system"
+    return error.strerror or type(error).__name__
+
+
+def _short(path, limit: int = 120) -> str:
+    """A path for a one-line message (a 300-character name is cut in the middle)."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 def remove_created(created: list[Path]) -> None:
@@ -78,7 +104,13 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:  # a folder named .lock, no permission, read-only
+                what = "is a folder" if self.path.is_dir() else f"cannot be opened " \
+                    f"({_os_reason(e)})"
+                raise InputError(f"{self.label}: its lock file {self.path} {what}; remove it "
+                                 "or use another folder") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -124,21 +156,69 @@ class OutputLock:
 
 
 def claim_output(output, flag: str, *, is_file: bool = False,
-                 process_id: int | None = None) -> tuple[list[Path], "OutputLock | None"]:
-    """Check the output location is usable and lock it (the first process of a job only).
-    Returns `(folders created, lock or None)`; raises `InputError` with one line."""
+                 lock: bool = True) -> tuple[list[Path], "OutputLock | None"]:
+    """Check the output location is usable and (with `lock`) lock it. Returns `(folders
+    created, lock or None)`; raises `InputError` with one line. A location this thread
+    already holds is not locked twice (the CLI claims before its job, the job again)."""
     output = Path(output)
     created = prepare_folder(output.parent if is_file else output, flag)
     if is_file and output.is_dir():
         remove_created(created)
         raise InputError(f"{flag}={output} is an existing folder, not a file")
-    if is_secondary_process(process_id):
+    if not lock:
         return created, None
+    candidate = OutputLock(output, flag, is_file=is_file)
+    key = os.path.realpath(candidate.path)
+    holder = _HELD.get(key)
+    if holder is not None:
+        if holder[0] == threading.get_ident():
+            return created, None  # nested: the outer claim releases it
+        raise InputError(f"{candidate.label} is in use by another run (another thread of "
+                         f"process {os.getpid()}); wait for it to end or use another folder")
     try:
-        return created, OutputLock(output, flag, is_file=is_file).acquire()
+        candidate.acquire()
     except BaseException:
         remove_created(created)
         raise
+    _HELD[key] = (threading.get_ident(), candidate)
+    return created, _Held(key, candidate)
+
+
+# Lock files this process holds, by real path: (thread that claimed it, its OutputLock).
+_HELD: dict[str, tuple[int, OutputLock]] = {}
+
+
+class _Held:
+    """A held claim: `release` drops the lock and forgets it."""
+
+    def __init__(self, key: str, lock: OutputLock):
+        self.key, self.lock = key, lock
+
+    def release(self) -> None:
+        _HELD.pop(self.key, None)
+        self.lock.release()
+
+
+@contextlib.contextmanager
+def claimed(output, flag: str = "--out_dir", *, is_file: bool = False, primary: bool = True):
+    """Hold `output` for the block: checked, created and locked by the first process of a
+    job (`primary`; the others share the folder and check it only). Folders created for it
+    are removed again when the block refuses its input or fails (if they are empty).
+
+    Every entry point of a job claims through here (the CLI's plumbing, the Python API),
+    so no two runs write one folder at once, whichever way each was started."""
+    created, lock = claim_output(output, flag, is_file=is_file, lock=primary)
+    try:
+        yield
+    except (InputError, RunFailed):
+        if lock is not None:
+            lock.release()
+            lock = None
+        remove_created(created)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _read_holder(fd: int) -> str:
@@ -152,22 +232,39 @@ def _read_holder(fd: int) -> str:
     return f"process {holder['pid']}" + ("" if here else f" on host {holder['host']}")
 
 
-# Environment variables through which launchers name a process's rank: torchrun and
-# accelerate (RANK), SLURM, Open MPI, MPICH/Intel MPI, Cloud TPU pod slices.
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
-                  "CLOUD_TPU_TASK_ID")
+# How launchers describe a multi-process world to each process: (its rank, the world's
+# size). torchrun/accelerate, SLURM, Open MPI, MPICH/Intel MPI.
+LAUNCHER_WORLDS = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"),
+                   ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"))
 
 
-def is_secondary_process(process_id: int | None = None) -> bool:
-    """True in the 2nd, 3rd ... process of a multi-process job: the folder lock is taken
-    by the first alone (all of them write into, or read from, the same folder)."""
-    if process_id is not None and process_id > 0:
-        return True
-    for name in RANK_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return True
-    return False
+def launcher_rank() -> int | None:
+    """This process's rank when a launcher started it in a world of several processes:
+    the rank and a size above 1 both set, the rank below the size. A lone leftover variable
+    (RANK=1 in a shell) is no world: None, and the process locks like any other."""
+    for rank_name, size_name in LAUNCHER_WORLDS:
+        rank = os.environ.get(rank_name, "").strip()
+        size = os.environ.get(size_name, "").strip()
+        if rank.isdigit() and size.isdigit() and int(size) > 1 and int(rank) < int(size):
+            return int(rank)
+    return None
+
+
+def is_first_process(fv) -> bool:
+    """Whether the CLI's plumbing locks the output before the job runs: not in a process
+    that joins a JAX multi-process run (that job locks once its runtime knows its index)
+    nor in a launcher's process of rank > 0 (a torch job's ranks share the folder; a JAX
+    job started that way still locks, by its runtime index, see `claimed`)."""
+    return not joins_other_processes(fv) and not launcher_rank()
+
+
+def joins_other_processes(fv) -> bool:
+    """True when a job's flags ask it to join a multi-process run (--coordinator_address
+    or --distributed). Which process then holds the lock is known only once the
+    distributed runtime has started: the job claims its folder itself (`claimed`, with
+    `primary` from the runtime's process index)."""
+    return any(bool(getattr(fv, name, None))  # (absl FlagValues or a config dataclass)
+               for name in ("coordinator_address", "distributed"))
 
 
 def check_identity(saved: dict, identity: dict, where, what: str = "a different run") -> None:

@@ -24,7 +24,7 @@ from hyperface_jax.io.files import (
     save_figure,
     save_json,
 )
-from hyperface_jax.jobs.config import AnalyzeConfig
+from hyperface_jax.jobs.config import CLEAN_RULES, AnalyzeConfig
 from hyperface_jax.measure import quality
 
 
@@ -270,11 +270,19 @@ def leakage_pass(cfg, inputs: Inputs, ids) -> tuple[dict, dict]:
         to_real[s:s + chunk] = sim.max(axis=1)
     leaked = np.flatnonzero(to_real > threshold)
     leaked = leaked[np.argsort(-to_real[leaked], kind="stable")]
+    k, rule = cfg.clean_top_k, cfg.clean_rule
+    paper_rule = bool(k) and rule == "pairs"
     with _bar(cfg, len(inputs.x), "leakage") as bar:
-        best, arg = quality.nearest_reference(inputs.x, inputs.reference, block=chunk,
-                                              what=inputs.what, progress=bar.update)
-    k = cfg.clean_top_k
-    top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
+        best, arg, *found = quality.nearest_reference(
+            inputs.x, inputs.reference, block=chunk, what=inputs.what, progress=bar.update,
+            top_pairs=k if paper_rule else 0)
+    if paper_rule:
+        pairs = found[0]
+        top = pairs.distinct_rows()
+        listed = zip(pairs.rows, pairs.references, pairs.cos, strict=True)
+    else:
+        top = quality.top_k(best, k) if k else np.zeros(0, np.int64)
+        listed = ((i, arg[i], best[i]) for i in top)
     labels = inputs.labels
     return {
         "threshold": threshold,
@@ -287,8 +295,9 @@ def leakage_pass(cfg, inputs: Inputs, ids) -> tuple[dict, dict]:
                         "reference_label": int(ref_ids.labels[real_arg[i]]),
                         "cos": float(to_real[i])}
                        for i in leaked[:cfg.list_limit]],
+        "clean_rule": (None if not k else CLEAN_RULES[rule]),
         "top_k_pairs": [{"row": int(i), "label": int(labels[i]),
-                         "reference_row": int(arg[i]), "cos": float(best[i])} for i in top],
+                         "reference_row": int(r), "cos": float(c)} for i, r, c in listed],
     }, {"to_real": to_real, "top": top, "leaked": leaked}
 
 

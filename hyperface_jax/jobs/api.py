@@ -76,6 +76,8 @@ def pack_references(num_identities: int | None = None, dim: int | None = None,
     _array_or_path("gallery", gallery, options, arrays)
     _array_or_path("init", init, options, arrays)
     c = pack_config(config, flagfile=flagfile, **options)
+    # out_dir (a str or a path) is claimed by the job itself: checked and locked like the
+    # CLI's, so a notebook run and a CLI run never write one folder at once.
     c = dataclasses.replace(c, out_dir=os.fspath(out_dir) if out_dir else "")
     # report.json's flags say where the inputs came from.
     c = dataclasses.replace(c, **{name: "<array>" for name in arrays})

@@ -65,13 +65,16 @@ class PackConfig(PlacementOptions):
                                  low=0)
     seed: int = option(0, "PRNG seed for the initialisation and the mini-batch order.",
                        group="problem", low=0, high=SEED_MAX)
-    objective: str = option("max", "Inner maximum over partners: 'max' (hard, the paper's), "
+    objective: str = option("max", "Inner maximum over partners: 'max' (hard, as in Eq. 1), "
                             "'logsumexp' (smooth max of cosines, temperature annealed "
                             "upward) or 'riesz' (log Riesz energy, exponent annealed "
                             "upward).", group="objective", choices=OBJECTIVES)
-    packing_reduce: str = option("mean", "Packing term over identities: 'mean' of nearest-"
-                                 "neighbour cosines (the paper's loss) or 'max' (the literal worst "
-                                 "pair).", group="objective", choices=PACKING_REDUCTIONS)
+    packing_reduce: str = option("mean", "Packing objective: 'max' = worst pair (Eq. 1, "
+                                 "Tammes): the paper's statement; 'mean' = mean nearest-"
+                                 "neighbour (our reading of Algorithm 1's loss): the mean over "
+                                 "identities of each one's nearest-neighbour cosine. "
+                                 "report.json names the one that ran.", group="objective",
+                                 choices=PACKING_REDUCTIONS)
     temperature_start: float = option(1.0, "Smooth objectives: temperature (logsumexp) or Riesz "
                                       "exponent (riesz) at step 0 ...",
                                       group="objective", low=0, low_open=True)
@@ -82,7 +85,7 @@ class PackConfig(PlacementOptions):
     restarts: int = option(1, "Independent random starts optimised together (vmap); the one with "
                            "the lowest exact worst-pair cosine is kept. For small hard codes.",
                            group="objective", low=1)
-    polish_steps: int = option(0, "Extra steps after --steps on the literal worst pair "
+    polish_steps: int = option(0, "Extra steps after --steps on the worst pair (Eq. 1, Tammes) "
                                "(objective max, reduce max) at --polish_learning_rate.",
                                group="objective", low=0)
     polish_learning_rate: float = option(1e-4, "Constant learning rate of the polishing steps.",
@@ -123,14 +126,18 @@ class PackConfig(PlacementOptions):
                                  group="optimizer", low=0, high=1)
     steps: int = option(5000, "Total optimisation steps (a resumed run continues up to this).",
                         group="mode", low=0)
-    batch_size: int = option(0, "Mini-batch size B (paper Algorithm 2); 0 = full batch.",
+    batch_size: int = option(0, "Mini-batch size B (paper Algorithm 2); 0 = full batch. Both "
+                             "packing objectives take a maximum over partners, which App. "
+                             "B's unbiasedness (a sum over pairs) does not cover: the "
+                             "mini-batch loss is a biased (low) estimate of the full one.",
                              group="mode", low=0)
     minibatch_update: str = option("sparse", "Mini-batch mode: 'sparse' updates only the batch "
                                    "rows and their optimizer state; 'dense' lets momentum move "
                                    "every row.", group="mode", choices=MINIBATCH_UPDATES)
     project_gradient: bool = option(True, "Project gradients onto the sphere's tangent space "
                                     "before the optimizer (the gradient of the loss at "
-                                    "normalize(x)).", group="mode")
+                                    "normalize(x)). On by default: our choice, not in the "
+                                    "paper.", group="mode")
     tile_size: int = option(0, "Rows per tile of the blockwise nearest-neighbour search "
                             "(memory ~ tile_size x max(n, m) floats); 0: by backend (CPU "
                             "1024, GPU/TPU 4096).", group="speed", low=0)
@@ -225,8 +232,9 @@ class FiguresConfig(PlacementOptions):
                           "regulariser.", group="inputs")
     alpha: float = option(0.5, "Weight of the regulariser in the reported loss (with a "
                           "--gallery).", group="figures", low=0)
-    packing_reduce: str = option("mean", "Packing term of the reported loss: mean of "
-                                 "nearest-neighbour cosines (the paper's) or the worst pair.",
+    packing_reduce: str = option("mean", "Packing term of the reported loss: 'max' = worst "
+                                 "pair (Eq. 1, Tammes), the paper's statement; 'mean' = mean "
+                                 "nearest-neighbour (our reading of Algorithm 1's loss).",
                                  group="figures", choices=PACKING_REDUCTIONS)
     tile_size: int = option(0, "Rows per tile (0: by backend).", group="figures", low=0)
     out: str = option("", "JSON file for the figures (required).", group="run",
@@ -245,9 +253,18 @@ class SampleConfig(PackConfig):
     method: str = option("hyperface", f"Identity sampler: {', '.join(METHODS)} "
                          "(perturbed_gallery was called vec2face: it is ours, not Vec2Face's "
                          "method).", group="sampler")
-    min_distance: float = option(0.3, "random_margin: minimum cosine distance (1 - cos) "
-                                 "between kept identities (the paper's number: HyperFace "
-                                 "appendix E, 0.3).", group="sampler")
+    margin_reading: str = option("appendix_e", "random_margin: whose rule keeps a draw: "
+                                 "'appendix_e' (HyperFace appendix E: 1 - cos >= "
+                                 "--min_distance to every kept one) or 'rebuttal' (the authors' "
+                                 "rebuttal in the public review: cos <= --max_pair_similarity); "
+                                 f"the default is {OURS}.", group="sampler",
+                                 choices=("appendix_e", "rebuttal"))
+    min_distance: float = option(0.3, "random_margin, --margin_reading=appendix_e: minimum "
+                                 "cosine distance (1 - cos) between kept identities (appendix "
+                                 "E's number: 0.3).", group="sampler")
+    max_pair_similarity: float = option(0.3, "random_margin, --margin_reading=rebuttal: highest "
+                                        "cosine between kept identities (the rebuttal's "
+                                        "number: 0.3).", group="sampler")
     max_draws: int = option(10_000_000, "Samplers: candidates drawn at most before giving up "
                             f"(exit 2 naming how many were accepted); {OURS}.",
                             group="sampler", low=1)
@@ -279,6 +296,15 @@ class SampleConfig(PackConfig):
                 if f.name not in names}
 
 
+# analyze --clean_rule: which synthetic images --clean_top_k drops, and whose rule it is.
+CLEAN_RULES = {
+    "pairs": "HyperFace appendix D: the k most similar synthetic-real pairs over all pairs; "
+             "their distinct synthetic images are dropped (at most k)",
+    "images": "ours (the default): each synthetic image paired with its most similar real "
+              "image, the k most similar of these pairs, so exactly k distinct images",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AnalyzeConfig:
     """`python -m hyperface_jax.analyze`: the quality of a labelled set of face features."""
@@ -306,9 +332,15 @@ class AnalyzeConfig:
     leakage_threshold: float = option(0.7, "Identity leakage: a synthetic identity whose mean "
                                       "has a cosine above this to a reference identity mean "
                                       "leaks (0.7).", group="thresholds", low=-1, high=1)
-    clean_top_k: int = option(0, "With --reference: write clean_drop.txt, the k synthetic "
-                              "images most similar to a reference image (HyperFace appendix "
-                              "D: 200); 0: off.", group="cleaning", low=0)
+    clean_top_k: int = option(0, "With --reference: write clean_drop.txt, the synthetic images "
+                              "to drop by --clean_rule (HyperFace appendix D: k = 200); 0: "
+                              "off.", group="cleaning", low=0)
+    clean_rule: str = option("images", "--clean_top_k's rule: 'pairs' (HyperFace appendix D: "
+                             "the k most similar synthetic-real pairs over all pairs; their "
+                             "distinct synthetic images, at most k, are dropped) or 'images' "
+                             "(the default, ours: each synthetic image paired with its most "
+                             "similar real image, the k best of these pairs: exactly k "
+                             "distinct images).", group="cleaning", choices=("pairs", "images"))
     drop: str = option("", "Rules whose images to drop, comma-separated: clean_top_k (the "
                        "--clean_top_k images), intra_class_outliers, leaked_identities (every "
                        "image of an identity above --leakage_threshold to a reference "

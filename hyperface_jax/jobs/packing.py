@@ -5,8 +5,9 @@ exact figures and checkpoints, writes `embeddings.npy`, `report.json`, `history.
 `curves.png` into --out_dir. Re-running the same command on the same --out_dir resumes
 from the latest checkpoint. The notebook API (`hyperface_jax.pack_references`) runs the
 same `plan` and loop, in memory. Exit codes: 0 success, 2 bad input (one line on stderr,
-nothing written), 1 failure (one line, e.g. a run that diverged; the last good checkpoint
-is kept), 130 interrupted (after saving a checkpoint).
+nothing written), 1 failure (one line, e.g. a run that diverged; the last verified
+checkpoint is kept, or nothing when there is none), 130 interrupted (after saving a
+checkpoint). Every entry point (CLI and API) holds --out_dir's lock while it runs.
 """
 
 import dataclasses
@@ -25,9 +26,9 @@ import optax
 from tqdm import tqdm
 
 from hyperface_jax import cli
-from hyperface_jax.engine import neighbor_lists, neighbors, optimizers, sharding, solver
-from hyperface_jax.engine.placement import LOCAL
-from hyperface_jax.io import checkpoint, plots
+from hyperface_jax.engine import kernels, mesh, neighbor_lists, optimizers, search, solver
+from hyperface_jax.engine.placement import LOCAL, Sharded
+from hyperface_jax.io import checkpoint, plots, runs
 from hyperface_jax.io.files import (
     InputError,
     RunFailed,
@@ -37,11 +38,19 @@ from hyperface_jax.io.files import (
     unit_row_error,
 )
 from hyperface_jax.jobs.config import PackConfig
+from hyperface_jax.jobs.flag_errors import flag_error
 from hyperface_jax.jobs.problem import Problem, build_problem, effective_config
 from hyperface_jax.measure import bounds, estimates, metrics
 
 # Flags that may change between a run and its resumption (they do not alter the state).
 RUN_LENGTH_FLAGS = ("out_dir", "steps", "checkpoint_every", "max_to_keep", "log_every", "progress")
+# Flags that choose where a run executes, not what it computes: a checkpoint written with
+# one setting resumes with another.
+PLACEMENT_FLAGS = ("devices", "coordinator_address", "num_processes", "process_id",
+                   "distributed")
+# The flags the optimizer's builders take as arguments of the same names.
+OPTIMIZER_FLAGS = ("optimizer", "learning_rate", "schedule", "decay_every", "decay_rate",
+                   "final_learning_rate", *optimizers.HYPER_FLAGS)
 # Row norms further than this from 1 after a chunk mean the run has broken down.
 NORM_TOLERANCE = 1e-3
 
@@ -58,12 +67,12 @@ def build_optimizer(c: PackConfig, *, polish: bool = False) -> optax.GradientTra
                 decay_every=c.decay_every, final_learning_rate=c.final_learning_rate)
         base = optimizers.make_optimizer(c.optimizer, schedule, **c.optimizer_hyperparameters())
     except ValueError as e:
-        raise InputError(str(e)) from None
+        raise flag_error(e, OPTIMIZER_FLAGS) from None
     return optimizers.on_sphere(base, project_gradient=c.project_gradient)
 
 
 def tile_size_of(c: PackConfig) -> int:
-    return c.tile_size or neighbors.default_tile_size()
+    return c.tile_size or kernels.default_tile_size()
 
 
 def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig:
@@ -89,7 +98,7 @@ def horizon_flags(c: PackConfig) -> tuple[str, ...]:
 
 def run_identity(c: PackConfig, problem: Problem) -> dict:
     """What a resumed run must share with the run that wrote the checkpoints."""
-    free = set(RUN_LENGTH_FLAGS + sharding.PLACEMENT_FLAGS) - set(horizon_flags(c))
+    free = set(RUN_LENGTH_FLAGS + PLACEMENT_FLAGS) - set(horizon_flags(c))
     identity = {k: v for k, v in c.flag_values().items() if k not in free}
     identity.update(n=problem.n, d=problem.d, **problem.fingerprint())
     return identity
@@ -117,23 +126,42 @@ class Plan:
 
 
 def check_sparse(c: PackConfig, optimizer, n: int, d: int) -> None:
-    """Sparse mini-batch updates need an optimizer state that is per-row or shared (not a
-    factored one): refused up front, from the state's shapes alone."""
+    """A user's optimizer must run on (n, d) rows; sparse mini-batch updates need an
+    optimizer state that is per-row or shared (not a factored one): refused up front, from
+    the state's shapes alone."""
+    try:
+        optimizers.check_user_optimizer(c.optimizer, optimizer, (n, d))
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if c.batch_size in (0, n) or c.minibatch_update != "sparse":
         return
     state = jax.eval_shape(optimizer.init, jax.ShapeDtypeStruct((n, d), jnp.float32))
     try:
         solver.check_sparse_compatible(state, (n, d))
     except ValueError as e:
-        raise InputError(f"--optimizer={c.optimizer}: {e}") from None
+        raise InputError(f"--optimizer={c.optimizer}: {flag_error(e, ('minibatch_update',))}") \
+            from None
+
+
+def join_distributed(c: PackConfig) -> None:
+    """Join a multi-process run when the placement flags ask (idempotent); before any JAX
+    call, and before the out_dir lock, whose holder is the runtime's process 0."""
+    try:
+        mesh.initialize_distributed(c.coordinator_address, c.num_processes, c.process_id,
+                                    c.distributed)
+    except ValueError as e:
+        raise flag_error(e, PLACEMENT_FLAGS) from None
 
 
 def make_placement(c: PackConfig):
-    """`LOCAL`, or a `sharding.Sharded` placement over --devices (joining a multi-process
-    run first when asked)."""
-    sharding.initialize_distributed(c)
-    mesh = sharding.make_mesh(c.devices)
-    return LOCAL if mesh is None else sharding.Sharded(mesh)
+    """`LOCAL`, or a `Sharded` placement over --devices (joining a multi-process run first
+    when asked)."""
+    join_distributed(c)
+    try:
+        devices = mesh.make_mesh(c.devices)
+    except ValueError as e:
+        raise flag_error(e, PLACEMENT_FLAGS) from None
+    return LOCAL if devices is None else Sharded(devices)
 
 
 def _initial_state(problem: Problem, optimizer, config, placement, gallery):
@@ -160,8 +188,8 @@ def _figures_fn(c: PackConfig, problem: Problem, placement):
                               m=problem.m, alpha=c.alpha, reduce=c.packing_reduce,
                               tile_size=tile_size_of(c)))
     else:
-        one = jax.jit(partial(placement.figures, count=problem.n, gallery_count=problem.m,
-                              alpha=c.alpha, reduce=c.packing_reduce,
+        one = jax.jit(partial(metrics.figures, placement=placement, count=problem.n,
+                              gallery_count=problem.m, alpha=c.alpha, reduce=c.packing_reduce,
                               tile_size=tile_size_of(c)))
     if problem.restarts == 1:
         return lambda state, g: ({k: float(v) for k, v in jax.device_get(
@@ -263,19 +291,38 @@ class History:
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:
-    """Logged figures of earlier sessions up to the restored step (a torn last line from a
-    kill is dropped)."""
+    """Logged figures of earlier sessions up to the restored step. A torn last line (a
+    kill while appending) is dropped; any other line that is not an entry is refused."""
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")
     history = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
             continue
-        if entry.get("step", upto + 1) <= upto:
+        entry = _history_entry(line)
+        if entry is None:
+            if number == len(lines):  # no newline after it: torn
+                continue
+            raise InputError(f"{path} line {number} is not a logged step ({line[:40]!r}); "
+                             "delete the file to resume without the earlier figures, or "
+                             "use a new --out_dir")
+        if entry["step"] <= upto:
             history.append(entry)
     return history
+
+
+def _history_entry(line: bytes) -> dict | None:
+    """The entry a history line holds, None if it holds none."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    numbers = ("seconds", "max_cos", "mean_nn_cos")
+    if not (isinstance(entry, dict) and type(entry.get("step")) is int
+            and all(isinstance(entry.get(k), (int, float)) for k in numbers)):
+        return None
+    return entry
 
 
 def save_json_lines(path: Path, entries: list[dict]) -> None:
@@ -312,8 +359,7 @@ def check_finite(embeddings, n: int, step: int, c: PackConfig) -> None:
         suspects.append(f"--alpha={c.alpha}")
     if c.objective != "max":
         suspects.append(f"--temperature_end={c.temperature_end}")
-    raise RunFailed(f"the run diverged by step {step}: {what}; check {', '.join(suspects)} "
-                    "(the last good checkpoint is kept)")
+    raise RunFailed(f"the run diverged by step {step}: {what}; check {', '.join(suspects)}")
 
 
 def run_loop(p: Plan, state, step: int, history: History, *, save, log, progress: bool):
@@ -370,17 +416,15 @@ def make_report(p: Plan, history: History, *, step, started, stepping, steps_run
     if last_terms is not None:
         best = history.entries[-1].get("restart", 0)
         pick = (lambda a: float(np.ravel(a)[best]))
-        temperature = (None if c.objective == "max" else float(
-            solver.objective.annealed_temperature(
-                step - 1, start=c.temperature_start, end=c.temperature_end,
-                anneal_steps=c.anneal_steps or c.steps)))
+        smoothed = c.objective != "max" and step <= c.steps  # polishing: the hard maximum
+        temperature = pick(last_terms.temperature) if smoothed else None
         optimised = {"objective": c.objective if step <= c.steps else "max (polish)",
                      "reduce": c.packing_reduce if step <= c.steps else "max",
                      "temperature": temperature,
                      "loss": pick(last_terms.total), "packing": pick(last_terms.packing),
                      "regulariser": pick(last_terms.regulariser),
                      "note": "the optimised objective at the start of the last step; "
-                             "figures.loss is the paper's mean-of-max loss, exact"}
+                             "figures.loss is the packing_objective's loss, exact"}
     return {
         "figures": final,
         # --figure_sample: figures (and history) are sample statistics; max_cos is a lower
@@ -389,6 +433,7 @@ def make_report(p: Plan, history: History, *, step, started, stepping, steps_run
         "estimates": estimated,
         "initial_figures": _figures_only(history.entries[0]),
         "optimised_loss": optimised,
+        "packing_objective": search.packing_objective(c.packing_reduce),
         "bound_max_cos": bound,
         "gap_to_bound": final["max_cos"] - bound,
         "n": problem.n, "d": problem.d, "m": problem.m,
@@ -437,12 +482,23 @@ def run(c: PackConfig, *, log=None) -> dict:
 
 def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, np.ndarray]:
     """Run (or resume) a packing job: (report, embeddings without padding). With
-    --out_dir, outputs and checkpoints are written there; without (the API), nothing is
-    written. In-memory `gallery` / `init` arrays take the place of the files."""
+    --out_dir, outputs and checkpoints are written there, under its lock (whichever entry
+    point started the job: the first process of a multi-process run holds it); without
+    (the API), nothing is written. In-memory `gallery` / `init` arrays take the place of
+    the files."""
+    if not c.out_dir:
+        return _run_job(c, log=log, gallery=gallery, init=init)
+    join_distributed(c)  # the runtime's process index decides who locks
+    with runs.claimed(c.out_dir, "--out_dir", primary=mesh.is_writer()), \
+            checkpoint.quiet_library_errors():
+        return _run_job(c, log=log, gallery=gallery, init=init)
+
+
+def _run_job(c: PackConfig, *, log, gallery, init) -> tuple[dict, np.ndarray]:
     started = time.time()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     p = plan(c, gallery=gallery, init=init)
-    writer = sharding.is_writer()  # process 0 alone writes outputs
+    writer = mesh.is_writer()  # process 0 alone writes outputs
     if not writer:
         log = lambda msg: None  # noqa: E731
     out = Path(c.out_dir) if c.out_dir else None
@@ -454,8 +510,10 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
                                                          max_to_keep=c.max_to_keep)
     p.state = None  # the step-0 state: donated below, or superseded by a checkpoint
     step = solver.step_of(state)
-    history = History(out / "history.jsonl" if out else None, step, writer)
-    sharding.barrier("history read")
+    # A run that starts over keeps no history of an earlier attempt.
+    history = History(out / "history.jsonl" if out else None,
+                      step if resumed_from is not None else -1, writer)
+    mesh.barrier("history read")
     if not history.entries:
         record(p, state, step, 0.0, history)
     _log_start(p, step, history.entries[-1], log)
@@ -467,9 +525,15 @@ def run_job(c: PackConfig, *, log=None, gallery=None, init=None) -> tuple[dict, 
     try:
         state, terms, stepping, steps_run = run_loop(
             p, state, step, history, save=save, log=log, progress=c.progress and writer)
-    finally:
+    except RunFailed as e:
+        kept = ("nothing was written" if manager is None
+                else checkpoint.discard_unresumable(out, manager))
+        manager = None
+        raise RunFailed(f"{e} ({kept})") from None
+    except BaseException:  # an interrupt (its checkpoint saved) or a failed save
         if manager is not None:
-            manager.wait_until_finished()
+            checkpoint.close_after_failure(manager)
+        raise
     if manager is not None:
         manager.close()
     step = solver.step_of(state)

@@ -5,6 +5,7 @@ Everything here runs before anything is written, so bad input leaves no trace on
 
 import dataclasses
 import hashlib
+import os
 
 import jax
 import numpy as np
@@ -85,6 +86,32 @@ def check_settings(c: PackConfig) -> None:
         raise InputError("--schedule=geometric needs --final_learning_rate > 0")
 
 
+def memory_bytes() -> int | None:
+    """What this process's devices can hold: their allocator limits where the backend
+    reports them (GPU, TPU), else the host's physical memory (CPU); None if unknown."""
+    devices = jax.local_devices()
+    limits = [(dev.memory_stats() or {}).get("bytes_limit") for dev in devices]
+    if all(limits):
+        return int(sum(limits))
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return None
+
+
+def check_fits_in_memory(n: int, d: int, restarts: int) -> None:
+    """Refuse, before anything is allocated, a problem whose rows alone cannot fit: the
+    solver holds at least the rows and their gradient (2 x restarts x n x d float32; the
+    optimizer's state comes on top). XLA would otherwise abort the process."""
+    need = 2 * 4 * restarts * n * d
+    have = memory_bytes()
+    if have is not None and need > have:
+        raise InputError(f"n={n} x d={d}" + (f" x {restarts} restarts" if restarts > 1 else "")
+                         + f" needs at least {need / 1e9:.3g} GB for the rows and their "
+                         f"gradient, more than the {have / 1e9:.3g} GB of memory here; "
+                         "lower --num_identities or --dim")
+
+
 def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
     """The validated problem of `c`. In-memory `gallery` / `init` arrays (the Python API)
     take the place of the --gallery / --init files and are validated the same way."""
@@ -131,6 +158,7 @@ def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
         raise InputError(f"--figure_sample={c.figure_sample} exceeds the n={n} identities")
     if c.batch_size == 1 or c.batch_size > n:
         raise InputError(f"--batch_size={c.batch_size} must be 0 (full batch) or in [2, n={n}]")
+    check_fits_in_memory(n, d, c.restarts)
 
     def start(r: int) -> np.ndarray:
         key = init_key if r == 0 else jax.random.fold_in(init_key, r)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from hyperface_jax.baselines import samplers
+from hyperface_jax.engine import search
 from hyperface_jax.io.files import (
     InputError,
     load_embeddings,
@@ -28,8 +29,12 @@ from hyperface_jax.io.files import (
 )
 from hyperface_jax.jobs import packing, problem
 from hyperface_jax.jobs.config import PackConfig, SampleConfig
+from hyperface_jax.jobs.sampler_flags import (  # noqa: F401 - re-exported
+    SAMPLER_FLAGS,
+    define_sampler_flags,
+    sampler_options,
+)
 from hyperface_jax.measure import bounds, metrics
-from hyperface_jax.options import flag_fields as options_of
 
 
 def check_method(method: str) -> None:
@@ -93,6 +98,8 @@ def draw(method: str, c: PackConfig, options: dict, inputs: Inputs):
     common = {"max_draws": options["max_draws"], "seed": c.seed}
     if method == "random_margin":
         return samplers.random_margin(n, inputs.d, min_distance=options["min_distance"],
+                                      margin_reading=options["margin_reading"],
+                                      max_pair_similarity=options["max_pair_similarity"],
                                       **common)
     if method == "diffr":
         return samplers.diffr(n, gallery, inputs.labels, nms_threshold=options["nms_threshold"],
@@ -126,22 +133,6 @@ def _paper_and_choices(method: str, c: PackConfig, options: dict) -> dict:
     values = {**c.flag_values(), **options}
     paper, choices = samplers.stated_and_chosen(method, values)
     return {"paper": paper, "choices": choices}
-
-
-# The sampler options: SampleConfig's fields beyond PackConfig's (compare takes them too).
-SAMPLER_FLAGS = tuple(f.name for f in options_of(SampleConfig)
-                      if f.name not in {g.name for g in options_of(PackConfig)})
-
-
-def define_sampler_flags(fv, names=None) -> None:
-    """Define the sampler flags (all, or `names`) on an absl FlagValues."""
-    from hyperface_jax import cli
-
-    cli.define_dataclass_flags(fv, SampleConfig, names=names or SAMPLER_FLAGS)
-
-
-def sampler_options(fv) -> dict:
-    return {name: fv[name].value for name in SAMPLER_FLAGS if name in fv and name != "method"}
 
 
 def run_sample(sc: SampleConfig, *, log=None) -> dict:
@@ -178,6 +169,7 @@ def run(method: str, c: PackConfig, options: dict, *, log=None) -> dict:
         "method": method,
         **_paper_and_choices(method, c, options),
         "figures": figures,
+        "packing_objective": search.packing_objective(c.packing_reduce),
         "sampler": info,
         "bound_max_cos": bound,
         "gap_to_bound": figures["max_cos"] - bound,

@@ -34,14 +34,14 @@ import numpy as np
 from jax import lax
 from scipy import stats
 
-from hyperface_jax.engine import neighbors
+from hyperface_jax.engine import kernels
 
 DEFAULT_CONFIDENCE = 0.99
 
 
 @partial(jax.jit, static_argnames=("tile_size", "count", "exclude_self"))
 def sample_nearest(x: jax.Array, rows: jax.Array, *,
-                   tile_size: int = neighbors.DEFAULT_TILE_SIZE, count: int | None = None,
+                   tile_size: int = kernels.DEFAULT_TILE_SIZE, count: int | None = None,
                    queries: jax.Array | None = None,
                    exclude_self: bool = True) -> tuple[jax.Array, jax.Array]:
     """Exact nearest-neighbour cosine and partner of x[rows] among the first `count` rows
@@ -53,24 +53,19 @@ def sample_nearest(x: jax.Array, rows: jax.Array, *,
     num_tiles = -(-n // t)
     queries = x[rows] if queries is None else queries
 
-    def visit(carry, tile_index):
+    def visit(best, tile_index):
         # Tiles are slices of x, the last one shifted back to end at row n: no padded copy
-        # of x (2 GB at 1M x 512); a column seen twice does not change a maximum.
-        best, partner = carry
+        # of x (2 GB at 1M x 512); a column seen twice does not change a maximum. Each tile
+        # is a block of the nearest-partner kernel, combined as the ring combines blocks.
         start = jnp.minimum(tile_index * t, n - t)
-        xt = lax.dynamic_slice_in_dim(x, start, t)
-        columns = start + jnp.arange(t)
-        s = neighbors.similarity(queries, xt, lax.Precision.HIGHEST)
-        if exclude_self:
-            s = jnp.where(columns[None, :] == rows[:, None], -jnp.inf, s)
-        j = jnp.argmax(s, axis=1)
-        value = jnp.take_along_axis(s, j[:, None], axis=1)[:, 0]
-        better = value > best
-        return (jnp.where(better, value, best), jnp.where(better, columns[j], partner)), None
+        block = lax.dynamic_slice_in_dim(x, start, t)
+        found = kernels.nearest_in_block(queries, block, row_ids=rows if exclude_self else None,
+                                         offset=start, tile_size=queries.shape[0])
+        return kernels.keep_better(best, found), None
 
     start = (jnp.full(rows.shape, -jnp.inf, x.dtype), jnp.zeros(rows.shape, jnp.int32))
-    (best, partner), _ = lax.scan(visit, start, jnp.arange(num_tiles))
-    return best, partner.astype(jnp.int32)
+    best, _ = lax.scan(visit, start, jnp.arange(num_tiles))
+    return best
 
 
 def draw_sample(key: jax.Array, n: int, sample_size: int) -> jax.Array:
@@ -82,7 +77,7 @@ def draw_sample(key: jax.Array, n: int, sample_size: int) -> jax.Array:
 
 def estimate_figures(x: jax.Array, key: jax.Array, *, sample_size: int,
                      confidence: float = DEFAULT_CONFIDENCE,
-                     tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> dict:
+                     tile_size: int = kernels.DEFAULT_TILE_SIZE) -> dict:
     """Worst pair and mean nearest-neighbour cosine of `x` from `sample_size` random rows,
     with the statements explained in the module docstring. Plain JSON-ready values."""
     if not 0 < confidence < 1:
@@ -93,7 +88,7 @@ def estimate_figures(x: jax.Array, key: jax.Array, *, sample_size: int,
 
 def summarize_rows(x: jax.Array, rows: jax.Array, *, count: int | None = None,
                    confidence: float = DEFAULT_CONFIDENCE,
-                   tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> dict:
+                   tile_size: int = kernels.DEFAULT_TILE_SIZE) -> dict:
     """`summarize` of the sampled `rows` of x (its first `count` rows real, default all),
     each searched exactly, naming the pair behind the worst-pair lower bound."""
     nn, partner = jax.device_get(sample_nearest(x, rows, tile_size=tile_size, count=count))

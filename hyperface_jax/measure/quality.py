@@ -328,16 +328,20 @@ def cosine_to_own(x, labels: np.ndarray, targets: np.ndarray, *, block: int = 40
 
 
 def nearest_reference(x, reference: np.ndarray, *, block: int = 4096, what: str = "embeddings",
-                      progress=None):
+                      progress=None, top_pairs: int = 0):
     """For every row of `x` (memory-mapped, read blockwise), the largest cosine to a row of
-    `reference` and that row's index."""
+    `reference` and that row's index; with `top_pairs` = k > 0 also, from the same pass,
+    the k most similar (row, reference row) pairs over all pairs (`TopPairs`)."""
     n = x.shape[0]
     best = np.full(n, -np.inf, np.float32)
     arg = np.zeros(n, np.int64)
+    pairs = TopPairs(top_pairs)
     for s in range(0, n, block):
         xb = _rows(x, slice(s, min(n, s + block)), what)
         for r in range(0, len(reference), block):
             sim = xb @ reference[r:r + block].T
+            if top_pairs:
+                pairs.offer(sim, s, r)
             j = sim.argmax(axis=1)
             v = sim[np.arange(len(xb)), j]
             better = v > best[s:s + len(xb)]
@@ -345,7 +349,37 @@ def nearest_reference(x, reference: np.ndarray, *, block: int = 4096, what: str 
             arg[s:s + len(xb)][better] = r + j[better]
         if progress is not None:
             progress(len(xb))
-    return best, arg
+    return (best, arg, pairs) if top_pairs else (best, arg)
+
+
+class TopPairs:
+    """The k largest entries seen of blocks of a (rows x reference) similarity matrix:
+    `rows`, `references`, `cos`, most similar first (equal cosines by row, then reference
+    row, among the entries kept). A block only contributes its entries at or above the current k-th
+    value, so after the first blocks each costs one comparison pass."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.rows = np.zeros(0, np.int64)
+        self.references = np.zeros(0, np.int64)
+        self.cos = np.zeros(0, np.float32)
+
+    def offer(self, sim: np.ndarray, row0: int, reference0: int) -> None:
+        floor = self.cos[-1] if len(self.cos) >= self.k else -np.inf
+        i, j = np.nonzero(sim >= floor)
+        if len(i) > self.k:  # keep the block's k best before the merge
+            part = np.argpartition(-sim[i, j], self.k - 1)[:self.k]
+            i, j = i[part], j[part]
+        rows = np.concatenate([self.rows, row0 + i])
+        refs = np.concatenate([self.references, reference0 + j])
+        cos = np.concatenate([self.cos, sim[i, j].astype(np.float32)])
+        order = np.lexsort((refs, rows, -cos))[:self.k]
+        self.rows, self.references, self.cos = rows[order], refs[order], cos[order]
+
+    def distinct_rows(self) -> np.ndarray:
+        """The rows of the pairs, each once, in the order of its most similar pair."""
+        _, first = np.unique(self.rows, return_index=True)
+        return self.rows[np.sort(first)]
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:

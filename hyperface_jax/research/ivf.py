@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hyperface_jax.engine import neighbors
+from hyperface_jax.engine import kernels
 
 
 class InvertedLists(NamedTuple):
@@ -36,14 +36,14 @@ class InvertedLists(NamedTuple):
 
 
 def assign_cells(x: jax.Array, centroids: jax.Array,
-                 tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> jax.Array:
+                 tile_size: int = kernels.DEFAULT_TILE_SIZE) -> jax.Array:
     """Index of each row's nearest centroid (blockwise, no n x C matrix beyond a tile)."""
-    return neighbors.nearest_neighbors(x, centroids, tile_size=tile_size)[1]
+    return kernels.nearest_neighbors(x, centroids, tile_size=tile_size)[1]
 
 
 @partial(jax.jit, static_argnames=("num_cells", "iterations", "tile_size"))
 def spherical_kmeans(x: jax.Array, key: jax.Array, *, num_cells: int, iterations: int = 10,
-                     tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> jax.Array:
+                     tile_size: int = kernels.DEFAULT_TILE_SIZE) -> jax.Array:
     """(num_cells, d) centroids: random distinct rows, then Lloyd steps with normalised
     means; a cell that empties keeps its previous centroid."""
     n = x.shape[0]
@@ -62,7 +62,7 @@ def spherical_kmeans(x: jax.Array, key: jax.Array, *, num_cells: int, iterations
 
 @partial(jax.jit, static_argnames=("capacity", "tile_size"))
 def build_lists(x: jax.Array, centroids: jax.Array, *, capacity: int,
-                tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> InvertedLists:
+                tile_size: int = kernels.DEFAULT_TILE_SIZE) -> InvertedLists:
     """Each row in the slot array of its nearest centroid's cell."""
     n, num_cells = x.shape[0], centroids.shape[0]
     members, counts = _slots(assign_cells(x, centroids, tile_size), num_cells, capacity, n)
@@ -70,9 +70,9 @@ def build_lists(x: jax.Array, centroids: jax.Array, *, capacity: int,
 
 
 def nearest_cells(x: jax.Array, centroids: jax.Array, nprobe: int,
-                  tile_size: int = neighbors.DEFAULT_TILE_SIZE) -> jax.Array:
+                  tile_size: int = kernels.DEFAULT_TILE_SIZE) -> jax.Array:
     """(n, nprobe) indices of each row's nearest centroids, nearest first."""
-    return neighbors.map_similarity_tiles(x, centroids, lambda s, xt: lax.top_k(s, nprobe)[1],
+    return kernels.map_similarity_tiles(x, centroids, lambda s, xt: lax.top_k(s, nprobe)[1],
                                           tile_size=tile_size).astype(jnp.int32)
 
 
@@ -90,7 +90,7 @@ def _slots(cell: jax.Array, num_cells: int, capacity: int, empty: int):
 @partial(jax.jit, static_argnames=("k", "nprobe", "query_capacity", "tile_size"))
 def search_lists(x: jax.Array, lists: InvertedLists, *, k: int, nprobe: int,
                  query_capacity: int,
-                 tile_size: int = neighbors.DEFAULT_TILE_SIZE):
+                 tile_size: int = kernels.DEFAULT_TILE_SIZE):
     """Each row's k best candidates among the rows of its `nprobe` nearest cells: cosines
     (n, k) and indices (n, k), best first, self excluded (slots beyond the candidates
     found hold -inf and index n), and a flag: some cell was probed by more than
@@ -111,7 +111,7 @@ def search_lists(x: jax.Array, lists: InvertedLists, *, k: int, nprobe: int,
     def one_cell(args):
         entry, members = args
         rows = jnp.where(entry < entries, entry // nprobe, n)
-        s = neighbors.similarity(padded[rows], padded[members], hi)
+        s = kernels.similarity(padded[rows], padded[members], hi)
         invalid = (members[None, :] == n) | (members[None, :] == rows[:, None])
         values, at = lax.top_k(jnp.where(invalid, -jnp.inf, s), kc)
         return values, jnp.where(jnp.isfinite(values), members[at], n)
@@ -137,7 +137,7 @@ def default_num_cells(n: int) -> int:
 
 def approximate_top_k(x: jax.Array, k: int, *, key: jax.Array, num_cells: int = 0,
                       nprobe: int = 8, iterations: int = 10, capacity_factor: float = 1.5,
-                      tile_size: int = neighbors.DEFAULT_TILE_SIZE):
+                      tile_size: int = kernels.DEFAULT_TILE_SIZE):
     """Host driver: k-means, lists, search; rebuilds the lists with the largest cell's size
     as capacity when a cell overflowed. Returns (values, indices, info)."""
     n = x.shape[0]
