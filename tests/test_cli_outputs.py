@@ -201,9 +201,9 @@ def test_a_flipped_byte_in_a_training_checkpoint_is_named_on_resume(tmp_path):
 
     folder = tmp_path / "checkpoints"
     path = folder / "epoch_001.pt"
-    blob = {k: 0 for k in ("identity", "trainee", "optimizer", "scaler", "epoch", "step",
+    blob = {k: 0 for k in ("trainee", "optimizer", "scaler", "epoch", "step",
                            "step_rows", "epoch_rows")}
-    blob["trainee"] = {"w": torch.arange(1000.0)}
+    blob["identity"], blob["trainee"] = {}, {"w": torch.arange(1000.0)}
     train._save_torch(path, blob, ledger_keep=[path.name])
     assert train._load_checkpoint(path)["trainee"]["w"].sum() == sum(range(1000))
     _flip_a_byte(path)

@@ -242,13 +242,13 @@ def check_user_optimizer(name: str, transform: optax.GradientTransformation,
         updates, _ = jax.eval_shape(transform.update, rows, state, rows)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the user's code
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ValueError(f"--optimizer={name}: its init/update failed on {shape} float32 "
+        raise ValueError(f"optimizer={name}: its init/update failed on {shape} float32 "
                          f"rows ({type(e).__name__}: {first})") from None
     shape_of = getattr(updates, "shape", None)
     if shape_of != shape or getattr(updates, "dtype", None) != rows.dtype:
         got = (f"{shape_of} {updates.dtype}" if shape_of is not None
                else type(updates).__name__)
-        raise ValueError(f"--optimizer={name}: its update returned {got} for {shape} float32 "
+        raise ValueError(f"optimizer={name}: its update returned {got} for {shape} float32 "
                          "rows; an update has the shape and dtype of the parameters")
 
 

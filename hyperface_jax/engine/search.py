@@ -46,7 +46,7 @@ PACKING_OBJECTIVES = {
 
 
 def packing_objective(reduce: str) -> dict:
-    """What `--packing_reduce=reduce` optimises, for report.json: its name and whether it
+    """What the packing reduction `reduce` optimises, for report.json: its name and whether it
     is the paper's statement or our reading."""
     return {"packing_reduce": reduce, **PACKING_OBJECTIVES[reduce]}
 

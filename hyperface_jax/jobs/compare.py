@@ -34,7 +34,7 @@ from hyperface_jax.jobs import packing, problem
 from hyperface_jax.jobs import sampling as sample
 from hyperface_jax.jobs.compare_config import SELECTIONS, TIME_KEYS, Tuning
 from hyperface_jax.jobs.config import PackConfig
-from hyperface_jax.jobs.workers import start_sweep_worker
+from hyperface_jax.jobs.workers import start_sweep_worker, use_cache
 from hyperface_jax.measure import bounds
 from hyperface_jax.research import compare_tables, search_spaces, suite, tuning
 
@@ -180,12 +180,6 @@ def _compilation_cache(out: Path):
             jax.config.update(name, value)
         compilation_cache.reset_cache()
 
-
-def use_cache(directory: str) -> None:
-    compilation_cache.reset_cache()  # (re)initialised at the first compile, in this folder
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 

@@ -23,6 +23,15 @@ def start_sweep_worker(parent: int, cache: str) -> None:
     """The initializer of `compare`'s worker pool: the guard first, then the shared
     compilation cache (which imports JAX)."""
     die_with_parent(parent)
-    from hyperface_jax.jobs import compare
+    use_cache(cache)
 
-    compare.use_cache(cache)
+
+def use_cache(directory: str) -> None:
+    """JAX's persistent compilation cache in `directory` (runs of one sweep share it)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()  # (re)initialised at the first compile, in this folder
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
