@@ -1,0 +1,194 @@
+"""Every command README.md and docs/*.md show in a code block runs in CI's default run.
+
+Each documented command is matched by exactly one rule below: it runs (a smoke run at a
+small size: the documented command with size flags appended, which override the
+flagfile's since absl keeps the last value) or it is skipped with the reason written next
+to it. A command added to the docs that no rule covers fails
+`test_every_documented_command_has_a_rule`, so the docs cannot grow a command CI never
+runs. The commands run in document order (README first) in one scratch folder laid out
+like the repository root (`configs/` linked, small random .npy files where a command reads
+the user's own gallery or packing). docs/walkthrough.md, which runs every bridges command
+on the demo models, is run as written by tests/test_walkthrough.py.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, cli_env
+
+DOCS = [REPO / "README.md",
+        *sorted(p for p in (REPO / "docs").glob("*.md") if p.name != "walkthrough.md")]
+SMALL_N = 64  # identities of every smoke packing
+COMMAND = re.compile(r"^(python|torchrun|accelerate|pip|[A-Z_]+=\S+ |nice|taskset|for |export |"
+                     r"cd |gcloud|ruff)")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(doc file, command) for each command line of the docs' code blocks, in order."""
+    found = []
+    for doc in DOCS:
+        for block in re.findall(r"```\w*\n(.*?)```", doc.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                command = " ".join(re.sub(r"\s+#.*$", "", line).split())
+                if COMMAND.match(command):
+                    found.append((doc.name, command))
+    return found
+
+
+# ------------------------------------------------------------------------------- rules
+
+PACK_SMALL = f"--num_identities={SMALL_N} --steps=4 --log_every=2 --checkpoint_every=4 --noprogress"
+COMPARE_SMALL = (f"--num_identities={SMALL_N} --steps=4 --log_every=2 --checkpoint_every=4 "
+                 "--seeds=1 --noprogress")
+
+
+def skip(reason: str):
+    return ("skip", reason)
+
+
+def run(append: str = "", *, own_out_dir: bool = False):
+    """Run the command with `append`; `own_out_dir`: in a folder of its own (the same
+    documented folder with other sizes would be refused as another run's)."""
+    return ("run", (append, own_out_dir))
+
+
+FRAGMENT = skip("a fragment: '...', $VARIABLES or [optional] parts stand for the user's own "
+                "values; the full form of the same command runs under another rule")
+# (pattern searched in the command, action). The first match wins.
+RULES = [
+    (r"^pip install -e \. && python -m hyperface_jax\.pack --flagfile=configs/quickstart\.flags$",
+     run()),  # the README's first command, at its full size (the install is .ci/run's)
+    (r"^pip install", skip("installs packages: .ci/run installs the project the same way")),
+    (r"python -m pytest|^ruff ", skip("the tests and the linter: CI's own job")),
+    (r"=\.\.\.|\s\.\.\.(\s|$)|\$[A-Z]|\[--|^export |^FLAGS=|^for (head|k) in", FRAGMENT),
+    (r"--distributed|--coordinator_address|--nnodes|^gcloud |^cd hyperface-jax",
+     skip("several hosts: tests/test_sharding.py runs 2 local processes of 2 devices")),
+    (r"^torchrun --nproc_per_node=8|^accelerate launch --num_processes=8",
+     skip("8 processes: tests/test_recognition_train.py and tests/test_bridges_generate.py "
+          "run the same launchers with 2")),
+    (r"^accelerate launch --multi_gpu", FRAGMENT),
+    (r"SLURM_ARRAY_TASK_ID", skip("a SLURM array job: the --identities slice it uses runs in "
+                                  "tests/test_bridges_generate.py")),
+    (r"--ijb=/data/", skip("needs the IJB-B/C data: tests/test_ijb.py runs --ijb on a set in "
+                           "the IJB layout")),
+    (r"^(nice -n \d+ |taskset -c \d+ )*python benchmarks/",
+     skip("a benchmark at its measured size (minutes to hours)")),
+    (r"^python -m bridges\.recognition\.digits|^for s in 0 1 2; do python -m bridges\.evaluate",
+     skip("trains and evaluates 9 models on digits: tests/test_recognition_digits.py")),
+    (r"/tmp/ddp", skip("docs/recognition.md's DDP check: tests/test_recognition_train.py runs "
+                       "it")),
+    (r"^python -m bridges\.|^torchrun --nproc_per_node=4 -m bridges\.|^python -c \"import numpy",
+     skip("a bridges command on the published weights: the same command on the demo models "
+          "runs in docs/walkthrough.md (tests/test_walkthrough.py); smoke runs of these forms "
+          "are not in this file yet")),
+    (r"^[A-Z]+=\"", FRAGMENT),
+    (r"python -m hyperface_jax\.compare --suite=", skip("the workload suite: tests/test_compare.py "
+                                                       "runs this command at 2 % of its size")),
+    (r"python -m hyperface_jax\.analyze --embeddings=(runs/gen|features|runs/simulated)",
+     skip("reads embeddings of a generated dataset (bridges.embed) or a benchmark's "
+          "simulation: analyze runs on such files in docs/walkthrough.md")),
+    (r"python -m hyperface_jax\.compare .*--gallery=runs/gallery128",
+     skip("needs benchmarks/synthetic_gallery.py's gallery; tests/test_compare.py runs "
+          "compare with a gallery and samplers")),
+    (r"python -m hyperface_jax\.pack --help", run()),
+    (r"python -m hyperface_jax\.pack --flagfile=configs/paper_10k\.flags", run(PACK_SMALL)),
+    (r"python -m hyperface_jax\.pack .*(million|paper_50k_stochastic)\.flags",
+     run(PACK_SMALL + " --batch_size=16 --figure_sample=32", own_out_dir=True)),
+    (r"python -m hyperface_jax\.pack .*codes_10k\.flags",
+     run(PACK_SMALL + " --neighbor_refresh_every=2", own_out_dir=True)),
+    (r"python -m hyperface_jax\.pack --flagfile=configs/spherical_codes\.flags",
+     run("--steps=4 --log_every=2 --checkpoint_every=4 --noprogress", own_out_dir=True)),
+    (r"python -m hyperface_jax\.pack ", run(PACK_SMALL, own_out_dir=True)),
+    (r"python -m hyperface_jax\.sample --method=hyperface", run(PACK_SMALL, own_out_dir=True)),
+    (r"python -m hyperface_jax\.sample ", run(f"--num_identities={SMALL_N}", own_out_dir=True)),
+    (r"python -m hyperface_jax\.compare .*--tune",
+     run(COMPARE_SMALL + " --tune_trials=2 --final_seeds=1", own_out_dir=True)),
+    (r"python -m hyperface_jax\.compare ", run(COMPARE_SMALL, own_out_dir=True)),
+    (r"python -m hyperface_jax\.figures ", run()),
+]
+
+
+def rule_for(command: str):
+    for pattern, action in RULES:
+        if re.search(pattern, command):
+            return action
+    return None
+
+
+def test_every_documented_command_has_a_rule():
+    missing = [(doc, c) for doc, c in documented_commands() if rule_for(c) is None]
+    assert not missing, f"documented commands that no rule runs or skips: {missing}"
+
+
+def test_the_docs_show_many_commands_and_most_run():
+    actions = [rule_for(c)[0] for _, c in documented_commands()]
+    assert len(actions) > 60 and actions.count("run") > 25
+
+
+# ------------------------------------------------------------------------------ the runs
+
+def _unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A scratch folder laid out like the repository root, with small random inputs in
+    place of the user's gallery, init faces and packings."""
+    root = tmp_path_factory.mktemp("docs_commands")
+    (root / "configs").symlink_to(REPO / "configs")
+    rng = np.random.default_rng(0)
+    (root / "runs").mkdir()
+    for name, rows in (("runs/gallery.npy", 96), ("runs/init.npy", SMALL_N),
+                       ("runs/init50k.npy", SMALL_N), ("G.npy", 96), ("gallery.npy", 512)):
+        np.save(root / name, _unit_rows(rng, rows, 512))
+    np.save(root / "gallery_labels.npy", np.repeat(np.arange(256), 2))  # identities: diffr
+    # The packings docs/frontier.md measures (made by a benchmark at 50k-100k rows).
+    for run_dir in ("frontier/n50000", "frontier/n100000", "frontier_2h/n50000",
+                    "batches_alg2/n100000"):
+        (root / "runs" / run_dir).mkdir(parents=True)
+        np.save(root / "runs" / run_dir / "embeddings.npy", _unit_rows(rng, SMALL_N, 512))
+    # docs/optimizers.md's own-optimizer example names my_package.my_module:my_factory.
+    (root / "my_package").mkdir()
+    (root / "my_package" / "__init__.py").write_text("")
+    (root / "my_package" / "my_module.py").write_text(
+        "import optax\n\n\ndef my_factory(learning_rate, momentum=None):\n"
+        "    return optax.sgd(learning_rate, momentum=momentum)\n")
+    return root
+
+
+def _run(command: str, cwd, timeout=900) -> subprocess.CompletedProcess:
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(cwd), str(REPO)]))
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _runnable():
+    params = []
+    for i, (doc, command) in enumerate(documented_commands()):
+        action = rule_for(command)
+        if action and action[0] == "run":
+            params.append(pytest.param(i, command, id=f"{doc}:{i}:{command[:60]}"))
+    return params
+
+
+@pytest.mark.parametrize("index,command", _runnable())
+def test_documented_command_runs_at_a_small_size(index, command, work):
+    append, own_out_dir = rule_for(command)[1]
+    words = shlex.split(command.removeprefix("pip install -e . && "))
+    if "--help" not in words:
+        words += shlex.split(append)
+        if own_out_dir:
+            words.append(f"--out_dir=smoke/{index}")
+    r = _run(shlex.join(words), work)
+    assert r.returncode == 0, (shlex.join(words), r.stderr[-3000:])
+    if index == 0:  # the README's first command: the quickstart at its full size
+        embeddings = np.load(work / "runs" / "quickstart" / "embeddings.npy")
+        assert embeddings.shape == (2000, 512)
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)
