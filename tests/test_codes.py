@@ -113,3 +113,22 @@ def test_bad_sizes_are_refused():
         codes.algebraic_code(1025, 32)
     with pytest.raises(ValueError, match="odd m"):
         codes.gold_words(4)
+
+
+def test_pack_init_code_starts_on_the_rotated_code_and_refuses_sizes_without_one(
+        tmp_path, capsys):
+    from hyperface_jax import pack, pack_references
+
+    start = pack_references(100, 32, init="code", steps=0, restarts=2, log=lambda s: None)
+    assert start.figures["max_cos"] == pytest.approx(1 / math.sqrt(32), abs=1e-6)  # Hadamard
+    hadamard = codes.algebraic_code(100, 32)[0]
+    assert np.abs(start.embeddings - hadamard).max() > 0.1    # rotated, not the raw code
+    other = pack_references(100, 32, init="code", steps=0, seed=1, log=lambda s: None)
+    assert np.abs(other.embeddings - start.embeddings).max() > 0.1
+    capsys.readouterr()
+    out = tmp_path / "none"
+    assert pack.main(["pack", "--init=code", "--num_identities=300", "--dim=16",
+                      f"--out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init=code: no algebraic code" in err[0]
+    assert not out.exists() or not any(out.iterdir())
