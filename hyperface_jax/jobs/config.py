@@ -10,16 +10,15 @@ from typing import Any
 
 from hyperface_jax import options
 from hyperface_jax.baselines.samplers import METHODS, NOT_IN_PAPER
+from hyperface_jax.engine.choices import (  # the engine's own names, without JAX
+    MATMUL_PRECISIONS,
+    MINIBATCH_UPDATES,
+    NEIGHBOR_REBUILDS,
+    OBJECTIVES,
+    PACKING_REDUCTIONS,
+    SCHEDULES,
+)
 from hyperface_jax.options import SEED_MAX, option
-
-# The choices of the engine's named options (tests/test_cli_options.py checks each equals
-# the engine's own tuple; spelled here so that --help imports no JAX).
-OBJECTIVES = ("max", "logsumexp", "riesz")
-PACKING_REDUCTIONS = ("mean", "max")
-SCHEDULES = ("constant", "staircase", "exponential", "cosine", "geometric")
-MINIBATCH_UPDATES = ("sparse", "dense")
-MATMUL_PRECISIONS = ("highest", "high", "default", "bfloat16")
-NEIGHBOR_REBUILDS = ("displacement", "every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +339,7 @@ class AnalyzeConfig:
                              "distinct synthetic images, at most k, are dropped) or 'images' "
                              "(the default, ours: each synthetic image paired with its most "
                              "similar real image, the k best of these pairs: exactly k "
-                             "distinct images).", group="cleaning", choices=("pairs", "images"))
+                             "distinct images).", group="cleaning", choices=tuple(CLEAN_RULES))
     drop: str = option("", "Rules whose images to drop, comma-separated: clean_top_k (the "
                        "--clean_top_k images), intra_class_outliers, leaked_identities (every "
                        "image of an identity above --leakage_threshold to a reference "
