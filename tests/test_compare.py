@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from hyperface_jax import compare
+from hyperface_jax import cli, compare
+from hyperface_jax.jobs.compare_config import CompareConfig
 from hyperface_jax.measure import bounds
 
 BASE = ["--num_identities=40", "--dim=8", "--alpha=0", "--steps=20", "--log_every=10",
@@ -289,7 +290,7 @@ def test_tuning_and_resume_bad_input_exit_2(tmp_path, capsys):
         (["--tune_trials=2", "--final_seeds=0"], "--final_seeds"),
         (["--tune_trials=1"], "--tune_trials must be >= 2"),
         (["--tune", "--targets=0.5,1.5"], "--targets must be fractions"),
-        (["--tune", "--selection=fastest"], "unknown --selection"),
+        (["--tune", "--selection=fastest"], "--selection=fastest: value should be one of"),
         (["--tune", "--selection=time", "--selection_target=0.6"], "--selection_target"),
         (["--resume"], "no sweep was started"),
         (["--tune_trials=2", "--optimizers=sgd,sgd"], "names one optimizer twice"),
@@ -423,9 +424,7 @@ def test_the_documented_suite_command_at_a_tiny_size(tmp_path):
 
 def test_tuning_defaults_and_tune_trials_0_meaning_no_tuning():
     def tuning_of(*args):
-        fv = compare.make_flag_values()
-        fv(["compare", *args])
-        return compare.tuning_of(fv)
+        return cli.config_from_argv(CompareConfig, list(args)).tuning()
 
     assert tuning_of() is None and tuning_of("--tune_trials=0") is None
     default = tuning_of("--tune")
