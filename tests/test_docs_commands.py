@@ -76,6 +76,7 @@ RULES = [
                                   "tests/test_bridges_generate.py")),
     (r"--ijb=/data/", skip("needs the IJB-B/C data: tests/test_ijb.py runs --ijb on a set in "
                            "the IJB layout")),
+    (r"^python benchmarks/gemm_limit\.py --n 256 ", run()),  # its own smoke size
     (r"^(nice -n \d+ |taskset -c \d+ )*python benchmarks/",
      skip("a benchmark at its measured size (minutes to hours)")),
     (r"^python -m bridges\.recognition\.digits|^for s in 0 1 2; do python -m bridges\.evaluate",
@@ -143,6 +144,7 @@ def work(tmp_path_factory):
     place of the user's gallery, init faces and packings."""
     root = tmp_path_factory.mktemp("docs_commands")
     (root / "configs").symlink_to(REPO / "configs")
+    (root / "benchmarks").symlink_to(REPO / "benchmarks")
     rng = np.random.default_rng(0)
     (root / "runs").mkdir()
     for name, rows in (("runs/gallery.npy", 96), ("runs/init.npy", SMALL_N),
