@@ -86,7 +86,7 @@ def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig
         tile_size=tile_size_of(c), precision=c.matmul_precision,
         neighbor_list_size=0 if polish else c.neighbor_list_size,
         gallery_list_size=c.gallery_list_size, neighbor_refresh_every=c.neighbor_refresh_every,
-        neighbor_rebuild=c.neighbor_rebuild)
+        neighbor_rebuild=c.neighbor_rebuild, neighbor_descent_every=c.neighbor_descent_every)
 
 
 def horizon_flags(c: PackConfig) -> tuple[str, ...]:
