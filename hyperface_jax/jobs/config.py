@@ -56,9 +56,11 @@ class PackConfig(PlacementOptions):
                           group="problem")
     init: str = option("random", "Initial references: 'random' (Gaussian, normalised), 'gallery' "
                        "(a random subset of n gallery rows: with m = n every identity "
-                       "starts on a gallery face and the regulariser starts at 0) or a "
-                       ".npy file (the paper: embeddings of faces generated separately "
-                       "from the gallery).", group="problem")
+                       "starts on a gallery face and the regulariser starts at 0), 'code' "
+                       "(the best algebraic code of n points in d-D, hyperface_jax.baselines."
+                       "codes.algebraic_code, turned by a random rotation drawn from --seed; "
+                       "ours, not the paper's) or a .npy file (the paper: embeddings of faces "
+                       "generated separately from the gallery).", group="problem")
     alpha: float | None = option(None, "Weight of the manifold regulariser R. Unset: the "
                                  "paper's 0.5 with a --gallery, 0 without one (report."
                                  "json's flags say the value used).", group="problem",
