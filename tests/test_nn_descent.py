@@ -51,6 +51,9 @@ def test_a_descent_never_worsens_a_list_and_is_exact_where_the_true_neighbours_a
                                gather_floats=3 * (K + K * K) * 16)
     np.testing.assert_array_equal(small[1], new)
     np.testing.assert_array_equal(small[0], values)
+    # A sample of each partner's list (its nearest 2): fewer candidates, still never worse.
+    sampled = nn_descent.descend(x, jnp.asarray(old), sample=2)[0]
+    assert np.all(np.asarray(sampled) >= old_values) and np.all(np.asarray(sampled) <= values)
 
 
 def test_descent_recovers_most_true_neighbours_after_the_points_move():
