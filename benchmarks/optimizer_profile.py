@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from hyperface_jax.jobs.compare_config import PROFILE_COSTS
 from hyperface_jax.research import suite
 
 
@@ -21,7 +22,7 @@ def main():
     p.add_argument("sweeps", nargs="+", help="folders of compare --tune runs")
     p.add_argument("--fraction", type=float, default=0.8,
                    help="which of the sweeps' targets (its fraction) to time")
-    p.add_argument("--cost", choices=suite.PROFILE_COSTS, default="steps")
+    p.add_argument("--cost", choices=PROFILE_COSTS, default="steps")
     p.add_argument("--out", default="runs/profile")
     args = p.parse_args()
     results = {Path(d).name: json.loads((Path(d) / "compare.json").read_text())

@@ -14,11 +14,11 @@ sha256 of every image), `generation.json` (the settings that fix the pixels; a r
 others is refused) and `report.json`. Then `bridges.embed --images=<out_dir>` makes the
 gallery (or init) embeddings, listing and dropping the images without a face.
 
-Image n is a function of (--seed, n, --batch_size) and the model: its noise is drawn from
-its own stream (seed, n), whatever batch, process or run draws it; the images a denoiser
-call computes together are always the tile n // --batch_size (its kernels sum in another
-order for another batch shape, so --batch_size is part of the pixels, as --micro_batch is
-in bridges.generate). Not on the number of processes, interruptions or --num_images.
+Image n is a function of (--seed, n, --steps) and the model alone: its noise is drawn from
+its own stream (seed, n), and the denoiser computes it alone (a batch of one), since its
+kernels sum in another order for another batch shape. So --batch_size (images drawn and
+written per step), the number of processes, interruptions and --num_images never change
+its bits.
 Re-running redraws only missing or damaged images (sha256 of manifest.jsonl).
 
 Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 failure,
@@ -43,7 +43,10 @@ from hyperface_jax.options import option
 
 IMAGE_NAME = re.compile(r"^(\d{6,})\.png$")
 # Flags whose change alters the pixels of image n: recorded in generation.json.
-PIXEL_FLAGS = ("seed", "steps", "batch_size")
+PIXEL_FLAGS = ("seed", "steps")
+# Images per denoiser call: one, so that no image depends on what it was batched with
+# (recorded, so a folder drawn in batches by an earlier version is refused, not mixed).
+DENOISER_BATCH = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +62,9 @@ class GalleryConfig:
                         "steps).", group="images", low=1)
     seed: int = option(0, "Seed; image n is drawn from the stream (seed, n). Use another seed "
                        "for a disjoint set (e.g. the init faces).", group="images", low=0)
-    batch_size: int = option(8, "Images the denoiser computes together: always the tile n // "
-                             "batch_size. Part of the pixels (kernels sum in another order for "
-                             "another batch shape).", group="images", low=1)
+    batch_size: int = option(8, "Images drawn and written per step (the tile a process claims). "
+                             "Not part of the pixels: the denoiser draws each image alone.",
+                             group="images", low=1)
     out_dir: str = option("", "Folder of <n:06d>.png, manifest.jsonl, report.json. Re-running on "
                           "it resumes.", group="run", role="output_dir")
     device: str = option("", "torch device; empty: the process's device (cuda:<local rank> when "
@@ -119,6 +122,7 @@ def plan(fv) -> Plan:
     proc, device = resumable.open_processes(fv.device)
     pipe = unconditional.load(fv.generator, device=device)
     identity = {k: getattr(fv, k) for k in PIXEL_FLAGS}
+    identity["denoiser_batch"] = DENOISER_BATCH
     # The folder's path is not part of it (it may be mounted elsewhere); it is in the report.
     identity.update(pipeline=name, image_size=unconditional.image_size(pipe),
                     device_type=device.type,
@@ -155,15 +159,14 @@ def resume(p: Plan, log) -> Work:
 
 
 def draw_tile(p: Plan, tile: int, drawn: Drawn) -> None:
-    """Draw a tile and store those of its images not on disk yet."""
+    """Draw the tile's images not on disk yet, each alone (batch-invariant bits)."""
     from bridges import unconditional
 
-    indices = p.indices(tile)
-    rgb = unconditional.draw(p.pipe, [unconditional.image_seed(p.fv.seed, n) for n in indices],
-                             steps=p.fv.steps)
-    for j, n in enumerate(indices):
+    for n in p.indices(tile):
         if not image_path(p.out, n).exists():
-            drawn.checksums.append((n, resumable.write_png(image_path(p.out, n), rgb[j])))
+            rgb = unconditional.draw(p.pipe, [unconditional.image_seed(p.fv.seed, n)],
+                                     steps=p.fv.steps)[0]
+            drawn.checksums.append((n, resumable.write_png(image_path(p.out, n), rgb)))
             drawn.written += 1
 
 

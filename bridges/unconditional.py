@@ -12,8 +12,8 @@ Image n of a run with seed s is drawn from its own torch generator seeded with
 `image_seed(s, n)`: its starting noise and, for DDPM, every step's noise come from that
 stream alone, so which other images share its batch, process or run never changes the
 noise it sees. (The denoiser's arithmetic does depend on the batch it runs in: CPU and GPU
-kernels sum in a different order for another batch shape, so bits are fixed by the tile
-of images computed together; see bridges.gallery.)
+kernels sum in a different order for another batch shape, so bridges.gallery draws every
+image alone.)
 
 StyleGAN, the paper's default, is published as pickles that run code when loaded; it is
 not supported (docs/bridges.md).

@@ -32,6 +32,7 @@ from hyperface_jax.options import (  # noqa: F401 - the flag makers, re-exported
     field_with_role,
     flag_fields,
     help_groups,
+    joins_other_processes,
     make_checked,
     make_flag_values,
     parse_flag_lines,
@@ -40,32 +41,34 @@ from hyperface_jax.options import (  # noqa: F401 - the flag makers, re-exported
 
 
 def run_main(argv: list[str] | None, config, job: Callable, *,
-             describe: Callable[[InputError], str] = str, **legacy) -> int:
+             describe: Callable[[InputError], str] = str) -> int:
     """Parse `argv` (sys.argv when None) into `config`, a config dataclass (see
     `hyperface_jax.options`), run `job(config_instance)`, return the exit code.
 
     The field with role "output_dir" (or "output_file") is required, checked and locked
     before `job` runs, and folders created for it are removed again if the job then
-    refuses its input. (`config` may still be an absl FlagValues, `job(fv)`, with the
-    output flag named by `output=`/`output_is_file=`: for CLIs not yet on a dataclass.)
+    refuses its input. Nothing here reads a flag by name: the fields' roles say which
+    is the output and which make the job join a multi-process run.
     """
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(help_text(config, legacy.get("help_groups")))
+        print(help_text(config))
         return 0
     try:
-        parsed, output = _parse(config, argv[1:], legacy)
+        parsed = config_from_argv(config, argv[1:])
     except InputError as e:
         return _error(e)
-    output_name, is_file, location = output
-    if output_name and not location:
-        return _error(f"--{output_name} is required")
+    output = field_with_role(config, "output_dir") or field_with_role(config, "output_file")
+    location = "" if output is None else getattr(parsed, output.name)
+    if output is not None and not location:
+        return _error(f"--{output.name} is required")
     try:
         with sigterm_as_interrupt():
             # A multi-process job locks its folder itself once it knows its process index
             # (runs.is_first_process); then the folder is only checked here.
-            claim = (runs.claimed(location, f"--{output_name}", is_file=is_file,
-                                  primary=runs.is_first_process(parsed))
+            claim = (runs.claimed(location, f"--{output.name}",
+                                  is_file=output.metadata["role"] == "output_file",
+                                  primary=runs.is_first_process(joins_other_processes(parsed)))
                      if location else contextlib.nullcontext())
             with claim:
                 job(parsed)
@@ -108,21 +111,6 @@ def exit_process(code: int) -> typing.NoReturn:
 
 
 
-def _parse(config, args: list[str], legacy: dict):
-    """`(what the job takes, (output flag, is a file, its value))`."""
-    if isinstance(config, flags.FlagValues):
-        parse_flag_values(config, expand_flagfiles(args))
-        name = legacy.get("output", "out_dir")
-        name = name if name in config else ""
-        return config, (name, legacy.get("output_is_file", False),
-                        config[name].value if name else "")
-    parsed = config_from_argv(config, args)
-    output = field_with_role(config, "output_dir") or field_with_role(config, "output_file")
-    return parsed, ("" if output is None else output.name,
-                    output is not None and output.metadata["role"] == "output_file",
-                    "" if output is None else getattr(parsed, output.name))
-
-
 def _disk_full_errno(error: BaseException) -> OSError | None:
     """The OSError with ENOSPC or EDQUOT behind `error` (itself or what caused it), or
     None. (Libraries that lose the errno are translated where they are called, e.g. orbax
@@ -140,13 +128,6 @@ def _error(message, code: int = 2) -> int:
     text = " ".join(str(message).split("\n")).strip() or "failed"
     print(f"error: {text}", file=sys.stderr)
     return code
-
-
-def parse_flags(fv: flags.FlagValues, argv: list[str]) -> list[str]:
-    """`fv(argv)` with the flagfiles expanded (`options.expand_flagfiles`); every flag error,
-    a stray argument included, raises `InputError` with one line."""
-    parse_flag_values(fv, expand_flagfiles(argv[1:]))
-    return argv[:1]
 
 
 @contextlib.contextmanager
@@ -231,18 +212,15 @@ def dataclass_values(fv: flags.FlagValues, cls) -> tuple[dict, frozenset]:
 
 # --------------------------------------------------------------------------- help
 
-def help_text(config, groups: dict[str, tuple[str, ...]] | None = None) -> str:
-    """Every flag of `config` (a config dataclass, or a FlagValues with `groups`) with its
-    help, bounds and default, grouped by topic in order (flags in no group follow, in
-    definition order), instead of absl's alphabetical list, which splits flags that read
-    together (e.g. --temperature_start ... --temperature_end)."""
-    if isinstance(config, flags.FlagValues):
-        fv = config
-    else:
-        fv, groups = make_flag_values(config), help_groups(config)
+def help_text(config) -> str:
+    """Every flag of the config dataclass `config` with its help, bounds and default,
+    grouped by topic in order (flags in no group follow, in definition order), instead
+    of absl's alphabetical list, which splits flags that read together (e.g.
+    --temperature_start ... --temperature_end)."""
+    fv, groups = make_flag_values(config), help_groups(config)
     defined = [name for name, flag in fv._flags().items() if name == flag.name]
     sections, placed = [], set()
-    for title, names in (groups or {}).items():
+    for title, names in groups.items():
         members = [n for n in names if n in defined]
         placed.update(members)
         if members:

@@ -42,8 +42,9 @@ def option(default, help_text: str, *, choices: tuple | None = None, low=None, h
            role: str = "", flag: bool = True):
     """A config field: `help_text` for --help; `choices` (an enum flag); `low`/`high`
     bounds, inclusive unless `*_open`; `group`, its --help topic; `role`: "output_dir",
-    "output_file" (checked and locked before the job) or "process_index" (which process
-    of a multi-host run this is: only process 0 locks the output)."""
+    "output_file" (checked and locked before the job) or "multi_process" (set, the job
+    joins a multi-process run and locks its output itself, once its runtime knows which
+    process is first)."""
     return dataclasses.field(default=default, metadata={
         "help": help_text, "choices": choices, "low": low, "high": high,
         "low_open": low_open, "high_open": high_open, "group": group, "role": role,
@@ -76,6 +77,13 @@ def field_kind(f: dataclasses.Field) -> tuple[type, bool]:
 
 def field_with_role(cls, role: str) -> dataclasses.Field | None:
     return next((f for f in flag_fields(cls) if f.metadata.get("role") == role), None)
+
+
+def joins_other_processes(config) -> bool:
+    """Whether a config asks its job to join a multi-process run: one of its fields with
+    role "multi_process" is set."""
+    return any(bool(getattr(config, f.name)) for f in flag_fields(type(config))
+               if f.metadata.get("role") == "multi_process")
 
 
 def help_groups(cls) -> dict[str, tuple[str, ...]]:

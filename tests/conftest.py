@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 import subprocess
@@ -8,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from hyperface_jax.options import option
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutDir:
+    """The smallest CLI config: an output folder (for tests of `cli.run_main`)."""
+    out_dir: str = option("", "out", role="output_dir")
 
 
 def cli_env(**extra) -> dict:

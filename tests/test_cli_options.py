@@ -1,7 +1,7 @@
 """Options declared once (hyperface_jax/options.py): one bounds table for every numeric
-flag, enum choices equal to the engine's, the notebook API built from keywords with the
-CLI's checks, flagfiles and shipped configs usable from any folder, and --help that
-imports no JAX or torch."""
+flag, enum choices (the engine's, from engine/choices.py), the notebook API built from
+keywords with the CLI's checks, flagfiles and shipped configs usable from any folder,
+and --help that imports no JAX or torch."""
 
 import json
 import subprocess
@@ -86,18 +86,6 @@ def test_figures_refuses_one_dimension(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "need d >= 2" in err[0], err
     assert not (tmp_path / "f.json").exists()
-
-
-def test_choices_are_the_engines_own():
-    from hyperface_jax.engine import kernels, objective, optimizers, search, solver
-    from hyperface_jax.jobs import config
-
-    assert config.OBJECTIVES == objective.OBJECTIVES
-    assert config.PACKING_REDUCTIONS == search.PACKING_REDUCTIONS
-    assert config.SCHEDULES == optimizers.SCHEDULES
-    assert config.MINIBATCH_UPDATES == solver.MINIBATCH_UPDATES
-    assert config.NEIGHBOR_REBUILDS == solver.NEIGHBOR_REBUILDS
-    assert config.MATMUL_PRECISIONS == kernels.MATMUL_PRECISIONS
 
 
 def test_train_choices_are_the_models_own():

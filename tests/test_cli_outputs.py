@@ -9,7 +9,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
+from conftest import OutDir
 
 from hyperface_jax import cli
 from hyperface_jax.io import checkpoint, files, integrity
@@ -41,10 +41,8 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_free_space(tmp_path, ca
         f.write(b"{")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    fv = flags.FlagValues()
-    flags.DEFINE_string("out_dir", "", "out", flag_values=fv)
     target = tmp_path / "report.json"
-    code = cli.run_main(["prog", f"--out_dir={tmp_path}"], fv,
+    code = cli.run_main(["prog", f"--out_dir={tmp_path}"], OutDir,
                         lambda fv: files.atomic_write(target, half_written))
     err = capsys.readouterr().err
     assert code == 1
@@ -257,9 +255,7 @@ def test_a_full_disk_inside_a_library_is_one_line_too(tmp_path, capsys):
             raise ValueError("Error writing local file \"/x/d/abc\": [OS error: No space "
                              "left on device]\n[tensorstore_spec=...]")
 
-    fv = flags.FlagValues()
-    flags.DEFINE_string("out_dir", "", "out", flag_values=fv)
-    assert cli.run_main(["prog", f"--out_dir={tmp_path}"], fv, job) == 1
+    assert cli.run_main(["prog", f"--out_dir={tmp_path}"], OutDir, job) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left on device" in err and "MB free" in err
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 from absl import flags
-from conftest import cli_env
+from conftest import OutDir, cli_env
 
-from hyperface_jax import cli
+from hyperface_jax import cli, options
 from hyperface_jax.io import runs
 from hyperface_jax.io.files import InputError, save_json
 from hyperface_jax.jobs import config
@@ -74,10 +74,7 @@ def test_dataclass_flags_round_trip_with_explicit_names():
     fv(["train", "--lr=0.5", "--noamp", "--arch=ir18"])
     c = config_from_flags(fv)
     assert (c.lr, c.amp, c.arch, c.epochs) == (0.5, False, "ir18", TrainConfig.epochs)
-    fv = flags.FlagValues()
-    config.define_flags(fv)
-    fv(["pack", "--b1=0.8", "--steps=7"])
-    c = config.config_from_flags(fv)
+    c = cli.config_from_argv(config.PackConfig, ["--b1=0.8", "--steps=7"])
     assert (c.b1, c.b2, c.steps) == (0.8, None, 7)
     assert c.explicit == {"b1", "steps"}
 
@@ -118,14 +115,8 @@ def test_an_output_folder_under_proc_is_refused_first(capsys, module, output):
 def test_an_output_folder_without_permission_is_refused(tmp_path, capsys):
     locked = tmp_path / "ro"
     locked.mkdir(mode=0o500)
-    assert cli.run_main(["prog", f"--out_dir={locked / 'x'}"], _fv(), lambda fv: None) == 2
+    assert cli.run_main(["prog", f"--out_dir={locked / 'x'}"], OutDir, lambda fv: None) == 2
     assert "cannot be used" in capsys.readouterr().err
-
-
-def _fv() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    flags.DEFINE_string("out_dir", "", "out", flag_values=fv)
-    return fv
 
 
 def test_folders_made_for_a_run_that_refuses_its_input_are_removed(tmp_path, capsys):
@@ -133,7 +124,7 @@ def test_folders_made_for_a_run_that_refuses_its_input_are_removed(tmp_path, cap
         raise InputError("bad input")
 
     out = tmp_path / "a" / "b"
-    assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), refuse) == 2
+    assert cli.run_main(["prog", f"--out_dir={out}"], OutDir, refuse) == 2
     assert capsys.readouterr().err == "error: bad input\n"
     assert not (tmp_path / "a").exists()
 
@@ -190,7 +181,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     holder.wait()
     assert (out / runs.LOCK_NAME).exists()  # the file outlives its holder ...
     ran = []
-    assert cli.run_main(["prog", f"--out_dir={out}"], _fv(), lambda fv: ran.append(
+    assert cli.run_main(["prog", f"--out_dir={out}"], OutDir, lambda fv: ran.append(
         (out / runs.LOCK_NAME).read_text())) == 0
     assert str(os.getpid()) in ran[0]  # ... but the lock was free: taken over
     assert not (out / runs.LOCK_NAME).exists()  # and removed at the end
@@ -206,10 +197,14 @@ def test_only_the_first_process_of_a_multi_process_job_locks(tmp_path):
                 pass
             assert (out / runs.LOCK_NAME).exists()
         assert not (out / runs.LOCK_NAME).exists()
-    multi = flags.FlagValues()
-    flags.DEFINE_string("coordinator_address", "", "", flag_values=multi)
-    multi(["prog", "--coordinator_address=127.0.0.1:1234"])
-    assert runs.joins_other_processes(multi) and not runs.joins_other_processes(_fv())
+    # Whether a job joins a multi-process run is its config's to say (fields with role
+    # "multi_process"); such a job locks its output itself, by its runtime's index.
+    joins = cli.config_from_argv(config.PackConfig, ["--coordinator_address=127.0.0.1:1234"])
+    assert options.joins_other_processes(joins)
+    assert options.joins_other_processes(config.PackConfig(distributed=True))
+    assert not options.joins_other_processes(config.PackConfig())
+    assert not options.joins_other_processes(OutDir())
+    assert not runs.is_first_process(joins_other_processes=True)
 
 
 def test_a_launchers_world_needs_rank_and_size(monkeypatch):
@@ -217,9 +212,9 @@ def test_a_launchers_world_needs_rank_and_size(monkeypatch):
                  "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RANK", "1")
-    assert runs.launcher_rank() is None and runs.is_first_process(_fv())
+    assert runs.launcher_rank() is None and runs.is_first_process(joins_other_processes=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert runs.launcher_rank() == 1 and not runs.is_first_process(_fv())
+    assert runs.launcher_rank() == 1 and not runs.is_first_process(joins_other_processes=False)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert runs.launcher_rank() is None
 
@@ -269,25 +264,25 @@ def test_sigterm_during_a_job_exits_130(tmp_path):
         time.sleep(5)
         raise AssertionError("not interrupted")
 
-    assert cli.run_main(["prog", f"--out_dir={tmp_path}"], _fv(), job) == 130
+    assert cli.run_main(["prog", f"--out_dir={tmp_path}"], OutDir, job) == 130
     assert not (tmp_path / runs.LOCK_NAME).exists()
 
 
 def test_a_non_utf8_flagfile_is_one_line_naming_it(tmp_path, capsys):
     bad = tmp_path / "latin1.flags"
     bad.write_bytes("--out_dir=caf\xe9\n".encode("latin-1"))
-    assert cli.run_main(["prog", f"--flagfile={bad}"], _fv(), lambda fv: None) == 2
+    assert cli.run_main(["prog", f"--flagfile={bad}"], OutDir, lambda fv: None) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and "UTF-8" in err
     nested = tmp_path / "outer.flags"
     nested.write_text(f"--flagfile={bad}\n")
-    assert cli.run_main(["prog", f"--flagfile={nested}"], _fv(), lambda fv: None) == 2
+    assert cli.run_main(["prog", f"--flagfile={nested}"], OutDir, lambda fv: None) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "UTF-8" in err
 
 
 def test_a_missing_flagfile_is_one_line(tmp_path, capsys):
-    assert cli.run_main(["prog", f"--flagfile={tmp_path / 'no.flags'}"], _fv(),
+    assert cli.run_main(["prog", f"--flagfile={tmp_path / 'no.flags'}"], OutDir,
                         lambda fv: None) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no.flags" in err
@@ -312,5 +307,5 @@ def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, mon
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.warns(UserWarning, match="cannot lock"):
-        assert cli.run_main(["prog", f"--out_dir={tmp_path}"], _fv(), lambda fv: None) == 0
+        assert cli.run_main(["prog", f"--out_dir={tmp_path}"], OutDir, lambda fv: None) == 0
     assert not (tmp_path / runs.LOCK_NAME).exists()

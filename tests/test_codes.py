@@ -57,9 +57,45 @@ def test_kerdock_code_in_512d_has_132096_points():
     assert codes.kerdock_code_size(512) == 132_096
 
 
+@pytest.mark.parametrize("m", [3, 5, 7, 9])
+def test_every_gold_word_has_one_of_the_three_gold_correlations(m):
+    """The code is linear (a word plus a word is a word), so the 4^m - 1 non-zero words'
+    correlations with the zero word are every pairwise correlation: all must be -1 or
+    -1 +- 2^((m+1)/2), both extremes present (so no two words are equal: their sum would
+    be a non-zero word of correlation 2^m - 1); the b = 0 block is the simplex code."""
+    words = codes.gold_words(m)
+    length = (1 << m) - 1
+    assert words.shape == (4 ** m, length)
+    correlation = length - 2 * words[1:].sum(axis=1, dtype=np.int64)
+    step = 1 << ((m + 1) // 2)
+    assert set(correlation.tolist()) == {-1, -1 + step, -1 - step}
+    assert set(correlation[: (1 << m) - 1].tolist()) == {-1}
+    assert codes.gold_worst_pair(m) == (step - 1) / length
+
+
+def test_gold_code_worst_pair_by_the_blockwise_search_and_its_simplex_prefix():
+    x = codes.gold_code(32)                               # m = 5: 1,024 points in 31 of 32-D
+    assert x.shape == (1024, 32) and not x[:, 31:].any()
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
+    figures = metrics.to_python(metrics.packing_figures(x, tile_size=300))
+    assert figures["max_cos"] == pytest.approx(7 / 31, abs=1e-6)
+    simplex = x[:32] @ x[:32].T
+    np.testing.assert_allclose(simplex[~np.eye(32, dtype=bool)], -1 / 31, atol=1e-6)
+
+
+def test_the_field_polynomials_are_primitive():
+    # x generates GF(2^n)^*: x^(2^n - 1) = 1 and x^((2^n - 1) / p) != 1 for each prime p.
+    for n in codes._IRREDUCIBLE:
+        order = (1 << n) - 1
+        primes = [p for p in range(2, order + 1) if order % p == 0
+                  and all(p % q for q in range(2, int(p ** 0.5) + 1))]
+        assert codes._gf_pow(2 if n > 1 else 1, order, n) == 1
+        assert n == 1 or all(codes._gf_pow(2, order // p, n) != 1 for p in primes)
+
+
 @pytest.mark.parametrize("n, name, worst", [
-    (64, "cross-polytope", 0.0), (100, "hadamard", 1 / math.sqrt(32)),
-    (128, "hadamard", 1 / math.sqrt(32)), (129, "kerdock", 0.25), (500, "kerdock", 0.25)])
+    (20, "gold", -1 / 31), (64, "cross-polytope", 0.0), (100, "hadamard", 1 / math.sqrt(32)),
+    (128, "hadamard", 1 / math.sqrt(32)), (129, "gold", 7 / 31), (1024, "gold", 7 / 31)])
 def test_algebraic_code_prefixes_keep_the_proven_worst_pair(n, name, worst):
     x, got_name, proven = codes.algebraic_code(n, 32)
     assert (x.shape, got_name) == ((n, 32), name)
@@ -74,4 +110,25 @@ def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="even m"):
         codes.kerdock_bases(3)
     with pytest.raises(ValueError, match="no algebraic code"):
-        codes.algebraic_code(codes.kerdock_code_size(32) + 1, 32)
+        codes.algebraic_code(1025, 32)
+    with pytest.raises(ValueError, match="odd m"):
+        codes.gold_words(4)
+
+
+def test_pack_init_code_starts_on_the_rotated_code_and_refuses_sizes_without_one(
+        tmp_path, capsys):
+    from hyperface_jax import pack, pack_references
+
+    start = pack_references(100, 32, init="code", steps=0, restarts=2, log=lambda s: None)
+    assert start.figures["max_cos"] == pytest.approx(1 / math.sqrt(32), abs=1e-6)  # Hadamard
+    hadamard = codes.algebraic_code(100, 32)[0]
+    assert np.abs(start.embeddings - hadamard).max() > 0.1    # rotated, not the raw code
+    other = pack_references(100, 32, init="code", steps=0, seed=1, log=lambda s: None)
+    assert np.abs(other.embeddings - start.embeddings).max() > 0.1
+    capsys.readouterr()
+    out = tmp_path / "none"
+    assert pack.main(["pack", "--init=code", "--num_identities=300", "--dim=16",
+                      f"--out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init=code: no algebraic code" in err[0]
+    assert not out.exists() or not any(out.iterdir())

@@ -1,6 +1,7 @@
 """`python -m hyperface_jax.compare`: variants on the same init, mean/std over seeds, resume."""
 
 import contextlib
+import dataclasses
 import json
 import re
 import shutil
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from hyperface_jax import compare
+from hyperface_jax import InputError, cli, compare
+from hyperface_jax.jobs.compare_config import CompareConfig
 from hyperface_jax.measure import bounds
 
 BASE = ["--num_identities=40", "--dim=8", "--alpha=0", "--steps=20", "--log_every=10",
@@ -289,7 +291,7 @@ def test_tuning_and_resume_bad_input_exit_2(tmp_path, capsys):
         (["--tune_trials=2", "--final_seeds=0"], "--final_seeds"),
         (["--tune_trials=1"], "--tune_trials must be >= 2"),
         (["--tune", "--targets=0.5,1.5"], "--targets must be fractions"),
-        (["--tune", "--selection=fastest"], "unknown --selection"),
+        (["--tune", "--selection=fastest"], "--selection=fastest: value should be one of"),
         (["--tune", "--selection=time", "--selection_target=0.6"], "--selection_target"),
         (["--resume"], "no sweep was started"),
         (["--tune_trials=2", "--optimizers=sgd,sgd"], "names one optimizer twice"),
@@ -312,6 +314,10 @@ def test_help_imports_no_jax():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--tune_trials" in done.stdout and "--suite" in done.stdout
+    titles = [line for line in done.stdout.splitlines() if line.endswith(":")
+              and not line.startswith(" ")]
+    assert titles[1:4] == ["compare:", "tuned comparison:", "workload suite:"]
+    assert "other:" not in titles and titles[-1] == "sampler:"  # every flag has a topic
 
 
 def _children(pid):
@@ -423,9 +429,7 @@ def test_the_documented_suite_command_at_a_tiny_size(tmp_path):
 
 def test_tuning_defaults_and_tune_trials_0_meaning_no_tuning():
     def tuning_of(*args):
-        fv = compare.make_flag_values()
-        fv(["compare", *args])
-        return compare.tuning_of(fv)
+        return cli.config_from_argv(CompareConfig, list(args)).tuning()
 
     assert tuning_of() is None and tuning_of("--tune_trials=0") is None
     default = tuning_of("--tune")
@@ -433,3 +437,36 @@ def test_tuning_defaults_and_tune_trials_0_meaning_no_tuning():
                                                                    (0.5, 0.7, 0.75, 0.8, 0.95))
     assert tuning_of("--tune_trials=24").trials == 24
     assert tuning_of("--suite=minimal").trials == 16
+
+
+def test_resume_rebuilds_the_recorded_config_and_what_the_command_line_gave(tmp_path):
+    # A flagfile's values are defaults (a suite workload's or an --init file's win over
+    # them), the command line's are statements: the record keeps the difference.
+    flagfile = tmp_path / "f.flags"
+    flagfile.write_text("--num_identities=500\n--tune_trials=4\n--steps=30\n")
+    out = tmp_path / "o"
+    out.mkdir()
+    c = cli.config_from_argv(CompareConfig, [f"--flagfile={flagfile}", "--dim=8",
+                                             f"--out_dir={out}", "--optimizers=adam,sgd"])
+    assert c.explicit == {"dim", "out_dir", "optimizers"} and c.tuning().trials == 4
+    (out / "compare_args.json").write_text(json.dumps(compare.recorded_flags(c)))
+    again = cli.config_from_argv(CompareConfig, [f"--out_dir={out}", "--resume", "--workers=2"])
+    assert compare._resumed(again) == dataclasses.replace(c, workers=2)
+    # A record from before the command line was recorded: every flag counts as given.
+    (out / "compare_args.json").write_text(json.dumps({"num_identities": 24, "dim": 8}))
+    old = compare._resumed(again)
+    assert (old.num_identities, old.workers) == (24, 2)
+    assert old.explicit == {"num_identities", "dim", "out_dir", "workers"}
+
+
+def test_the_job_checks_its_python_arguments_with_the_flags_table():
+    from hyperface_jax.jobs import compare as job
+    from hyperface_jax.jobs.compare_config import Tuning
+    from hyperface_jax.jobs.config import PackConfig
+
+    for t, words in ((Tuning(selection="fastest"), "--selection=fastest: value should be"),
+                     (Tuning(studies=0), "--studies must be >= 1, got 0"),
+                     (Tuning(best_known=1.5), "--best_known must be in [-1, 1], got 1.5"),
+                     (Tuning(trials=1), "--tune_trials must be >= 2, got 1")):
+        with pytest.raises(InputError, match=re.escape(words)):
+            job.validate_tuning(PackConfig(), [], t, [], [])

@@ -10,6 +10,11 @@
 - `kerdock_code(d)`: those bases of R^(d/2) placed on the two orthogonal halves of R^d,
   with antipodes: 2 * 2 * (d/2) * (d/4 + 1) points (132,096 in 512-D), worst pair
   sqrt(2/d) (1/16 in 512-D).
+- `gold_code(d)`: the binary Gold code of length 2^m - 1 (m odd, the largest with
+  2^m - 1 <= d) as +-1/sqrt(2^m - 1) vectors zero-padded to R^d: 4^m points, worst pair
+  (2^((m+1)/2) - 1) / (2^m - 1) (262,144 points in 512-D at 31/511 = 0.0607, below the
+  Kerdock code's 1/16 with twice its points). Its first 2^m points are a regular simplex
+  (every inner product -1/(2^m - 1)).
 - `algebraic_code(n, d)`: the first n points of the best of these for n points.
 
 The Kerdock set, built exactly (no search): for n = m - 1 (odd), F = GF(2^n) and a point
@@ -31,7 +36,8 @@ import math
 import numpy as np
 
 # Irreducible polynomials of GF(2^n) for the odd n used (bit i = coefficient of t^i).
-_IRREDUCIBLE = {1: 0b11, 3: 0b1011, 5: 0b100101, 7: 0b10000011, 9: 0b1000010001}
+_IRREDUCIBLE = {1: 0b11, 3: 0b1011, 5: 0b100101, 7: 0b10000011, 9: 0b1000010001,
+                11: 0b100000000101}
 
 
 def _check_power_of_two(d: int, what: str) -> int:
@@ -143,19 +149,94 @@ def kerdock_code_size(d: int) -> int:
     return 2 * 2 * (d // 2) * (d // 4 + 1)
 
 
+def _gf_mul_arrays(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """_gf_mul elementwise over broadcast integer arrays (n shift-and-add rounds)."""
+    poly = _IRREDUCIBLE[n]
+    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+    a, b, out = a.copy(), b.copy(), np.zeros(a.shape, np.int64)
+    for _ in range(n):
+        out ^= np.where(b & 1, a, 0)
+        b >>= 1
+        a <<= 1
+        a ^= np.where(a >> n, poly, 0)
+    return out
+
+
+def gold_degree(d: int) -> int:
+    """The largest odd m with 2^m - 1 <= d that gold_code supports (0 if none)."""
+    return max((m for m in _IRREDUCIBLE if m >= 3 and (1 << m) - 1 <= d), default=0)
+
+
+def gold_words(m: int, count: int | None = None) -> np.ndarray:
+    """(count, 2^m - 1) uint8: the first `count` (default all 4^m) words of the Gold code,
+    c_{a,b}(x) = Tr(a x + b x^3) for x over the non-zero elements of GF(2^m), in the order
+    b = 0, 1, ... and within each b, a = 0, 1, ... (b = 0 is the simplex code)."""
+    if m not in _IRREDUCIBLE or m < 3 or m % 2 == 0:
+        supported = sorted(k for k in _IRREDUCIBLE if k >= 3)
+        raise ValueError(f"Gold codes here have odd m in {supported}, got m={m}")
+    size = 1 << m
+    count = size * size if count is None else count
+    trace = np.array([_gf_trace(a, m) for a in range(size)], dtype=np.uint8)
+    xs = np.arange(1, size)
+    cubes = _gf_mul_arrays(_gf_mul_arrays(xs, xs, m), xs, m)
+    linear = trace[_gf_mul_arrays(np.arange(size)[:, None], xs[None, :], m)]  # Tr(a x)
+    blocks = []
+    for b in range(math.ceil(count / size)):
+        cubic = trace[_gf_mul_arrays(b, cubes, m)]                       # Tr(b x^3)
+        blocks.append(linear ^ cubic[None, :])
+    return np.concatenate(blocks)[:count]
+
+
+def gold_worst_pair(m: int) -> float:
+    """The Gold code's largest inner product between two distinct words as unit vectors:
+    correlations take the values -1 and -1 +- 2^((m+1)/2) (Gold 1967, m odd)."""
+    return ((1 << ((m + 1) // 2)) - 1) / ((1 << m) - 1)
+
+
+def gold_code(d: int = 512, count: int | None = None) -> np.ndarray:
+    """(count, d) float32: the first `count` (default 4^m) Gold words as +-1/sqrt(2^m - 1)
+    vectors, zero-padded from 2^m - 1 to d coordinates. A linear code: the inner product of
+    two words is that of their sum (another word) with the zero word, so the weights of the
+    4^m words give every pairwise inner product (tests/test_codes.py checks them all)."""
+    m = gold_degree(d)
+    if not m:
+        raise ValueError(f"gold_code needs d >= 7, got {d}")
+    words = gold_words(m, count)
+    x = np.zeros((len(words), d), np.float32)
+    x[:, :words.shape[1]] = (1.0 - 2.0 * words) / math.sqrt(words.shape[1])
+    return x
+
+
 def algebraic_code(n: int, d: int = 512) -> tuple[np.ndarray, str, float]:
     """The first n points of the best code here for n points in d-D: (points, name,
-    proven worst-pair cosine). Cross-polytope up to 2d points (worst pair 0), the Hadamard
-    code up to 4d (1/sqrt d), the Kerdock code beyond (sqrt(2/d))."""
-    _check_power_of_two(d, "algebraic_code")
+    proven worst-pair cosine). Among the cross-polytope (2d points, worst pair 0), the
+    Hadamard code (4d, 1/sqrt d; d a power of 2), the Kerdock code (sqrt(2/d); d = 2^(m+1),
+    m even) and the Gold code (4^m, simplex prefix of 2^m), the lowest proven worst pair
+    among those with n points."""
     if n < 2:
         raise ValueError(f"need n >= 2 points, got {n}")
-    if n <= 2 * d:
+    power_of_two = d >= 1 and not d & (d - 1)
+    candidates = [(0.0, 2 * d, "cross-polytope")]
+    if power_of_two:
+        candidates.append((1.0 / math.sqrt(d), 4 * d, "hadamard"))
+        if (d.bit_length() - 2) % 2 == 0 and d >= 8:
+            candidates.append((math.sqrt(2.0 / d), kerdock_code_size(d), "kerdock"))
+    m = gold_degree(d)
+    if m:
+        simplex = -1.0 / ((1 << m) - 1)
+        candidates.append((simplex if n <= 1 << m else gold_worst_pair(m), 4 ** m, "gold"))
+    fitting = [c for c in candidates if c[1] >= n]
+    if not fitting:
+        raise ValueError(f"no algebraic code here has {n} points in {d}-D (the largest has "
+                         f"{max(c[1] for c in candidates)})")
+    worst, _, name = min(fitting)
+    if name == "cross-polytope":
         eye = np.eye(d, dtype=np.float32)
-        return np.concatenate([eye, -eye])[:n], "cross-polytope", 0.0
-    if n <= 4 * d:
-        return hadamard_code(d)[:n], "hadamard", 1.0 / math.sqrt(d)
-    if n <= kerdock_code_size(d):
-        return kerdock_code(d)[:n], "kerdock", math.sqrt(2.0 / d)
-    raise ValueError(f"no algebraic code here has {n} points in {d}-D "
-                     f"(the Kerdock code has {kerdock_code_size(d)})")
+        x = np.concatenate([eye, -eye])[:n]
+    elif name == "hadamard":
+        x = hadamard_code(d)[:n]
+    elif name == "kerdock":
+        x = kerdock_code(d)[:n]
+    else:
+        x = gold_code(d, n)
+    return x, name, worst

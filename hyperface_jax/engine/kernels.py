@@ -32,18 +32,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from hyperface_jax.engine.choices import MATMUL_PRECISIONS
 from hyperface_jax.engine.ring import LOCAL_RING
 
 DEFAULT_TILE_SIZE = 1024
 # Rows per tile by backend: the (tile, m) similarity block should fill the accelerator's
 # matrix units but stay a small share of its memory.
 TILE_SIZE_BY_BACKEND = {"cpu": 1024, "gpu": 4096, "tpu": 4096}
-
-# Matmul precisions: the three XLA precisions for float32 inputs, and "bfloat16", which
-# casts the inputs of the search to bfloat16 (float32 accumulation) and then recomputes
-# the selected pairs' cosines exactly in float32, so values (and gradients) stay exact
-# and only the choice of arg-max can differ, between near-ties.
-MATMUL_PRECISIONS = ("highest", "high", "default", "bfloat16")
 
 
 def default_tile_size(backend: str | None = None) -> int:

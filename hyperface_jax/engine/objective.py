@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from hyperface_jax.engine import kernels
+from hyperface_jax.engine.choices import OBJECTIVES
 from hyperface_jax.engine.neighbor_lists import Partners
 from hyperface_jax.engine.search import (
     LOCAL_SEARCH,
@@ -39,7 +40,6 @@ from hyperface_jax.engine.search import (
     reduce_rows,
 )
 
-OBJECTIVES = ("max", "logsumexp", "riesz")
 __all__ = ["OBJECTIVES", "PACKING_REDUCTIONS", "LossTerms", "Partners", "hyperface_loss",
            "loss_terms", "annealed_temperature", "check_objective"]
 

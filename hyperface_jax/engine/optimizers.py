@@ -20,11 +20,11 @@ import optax
 import optax.contrib
 
 from hyperface_jax.engine import riemannian, sphere
+from hyperface_jax.engine.choices import SCHEDULES
 
 # The common ones (each is tested on a small packing in tests/test_solver.py).
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "lamb", "lion", "adafactor", "nadam",
               "adabelief", "adagrad", "yogi", "novograd")
-SCHEDULES = ("constant", "staircase", "exponential", "cosine", "geometric")
 # The hyper-parameter flags of PackConfig that an optimizer may take.
 HYPER_FLAGS = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov", "decay")
 

@@ -26,9 +26,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from hyperface_jax.engine import kernels
+from hyperface_jax.engine.choices import PACKING_REDUCTIONS
 from hyperface_jax.engine.ring import LOCAL_RING, Ring
-
-PACKING_REDUCTIONS = ("mean", "max")
 
 # One name for each packing objective (the values of --packing_reduce), used by the flag
 # help, report.json and the docs. The paper's Eq. 1 is stated in words as the Tammes

@@ -35,12 +35,8 @@ import optax
 from jax import lax
 
 from hyperface_jax.engine import kernels, neighbor_lists, objective, sphere
+from hyperface_jax.engine.choices import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
 from hyperface_jax.engine.placement import LOCAL
-
-MINIBATCH_UPDATES = ("sparse", "dense")
-# When neighbour lists are rebuilt: when the displacement bound says a list may have gone
-# stale (`neighbor_lists.may_be_stale`), or every `neighbor_refresh_every` steps.
-NEIGHBOR_REBUILDS = ("displacement", "every")
 
 
 @flax.struct.dataclass

@@ -250,21 +250,13 @@ def launcher_rank() -> int | None:
     return None
 
 
-def is_first_process(fv) -> bool:
-    """Whether the CLI's plumbing locks the output before the job runs: not in a process
-    that joins a JAX multi-process run (that job locks once its runtime knows its index)
-    nor in a launcher's process of rank > 0 (a torch job's ranks share the folder; a JAX
-    job started that way still locks, by its runtime index, see `claimed`)."""
-    return not joins_other_processes(fv) and not launcher_rank()
-
-
-def joins_other_processes(fv) -> bool:
-    """True when a job's flags ask it to join a multi-process run (--coordinator_address
-    or --distributed). Which process then holds the lock is known only once the
-    distributed runtime has started: the job claims its folder itself (`claimed`, with
-    `primary` from the runtime's process index)."""
-    return any(bool(getattr(fv, name, None))  # (absl FlagValues or a config dataclass)
-               for name in ("coordinator_address", "distributed"))
+def is_first_process(joins_other_processes: bool) -> bool:
+    """Whether the CLI's plumbing locks the output before the job runs: not when the job
+    joins a JAX multi-process run (`joins_other_processes`: which process holds the lock
+    is known only once its runtime has started, so the job claims its folder itself, by
+    its runtime index, see `claimed`), nor in a launcher's process of rank > 0 (a torch
+    job's ranks share the folder)."""
+    return not joins_other_processes and not launcher_rank()
 
 
 def check_identity(saved: dict, identity: dict, where, what: str = "a different run") -> None:

@@ -64,7 +64,7 @@ def pack_references(num_identities: int | None = None, dim: int | None = None,
     """Pack `num_identities` references in `dim` dimensions and return them in memory.
 
     `gallery` and `init` are arrays (n x d, rows normalised as the CLI does) or .npy paths
-    (str or pathlib.Path); `init` may also be "random" or "gallery". `num_identities` and
+    (str or pathlib.Path); `init` may also be "random", "gallery" or "code". `num_identities` and
     `dim` left None are not given (the config's, or the init/gallery file's). Every other
     option of the CLI is a keyword argument (`learning_rate=0.01`, `objective="logsumexp"`,
     `devices="all"`, ...). `log` receives the progress lines (default: stderr, as the CLI).

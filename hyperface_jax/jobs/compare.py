@@ -32,13 +32,22 @@ from hyperface_jax.engine.objective import OBJECTIVES
 from hyperface_jax.io.files import InputError, atomic_write, load_embeddings, save_json
 from hyperface_jax.jobs import packing, problem
 from hyperface_jax.jobs import sampling as sample
-from hyperface_jax.jobs.compare_config import SELECTIONS, TIME_KEYS, Tuning
+from hyperface_jax.jobs.compare_config import ARGUMENTS, TIME_KEYS, CompareConfig, Tuning
 from hyperface_jax.jobs.config import PackConfig
 from hyperface_jax.jobs.workers import start_sweep_worker, use_cache
 from hyperface_jax.measure import bounds
+from hyperface_jax.options import check_value, flag_fields
 from hyperface_jax.research import compare_tables, search_spaces, suite, tuning
 
 FIGURES = ("max_cos", "mean_nn_cos", "min_angle_deg", "mean_gallery_cos", "loss")
+_OPTIONS = {f.name: f for f in flag_fields(CompareConfig)}
+
+
+def check_options(**values) -> None:
+    """The job's own arguments checked by their flags' fields (the one bounds table of
+    `hyperface_jax.options`), so a call from Python is refused as the CLI refuses it."""
+    for name, value in values.items():
+        check_value(_OPTIONS[name], value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +91,7 @@ def config_of(c: PackConfig, v: Variant, seed: int, directory: Path) -> PackConf
 
 def validate(c: PackConfig, vs: list[Variant], options: dict, seeds: int) -> None:
     """Every check that needs no computation, before anything is written."""
-    if seeds < 1:
-        raise InputError(f"--seeds must be >= 1, got {seeds}")
+    check_options(seeds=seeds)
     built = problem.build_problem(c)  # names, ranges, gallery and init files
     for v in vs:
         if v.kind == "packing":
@@ -276,8 +284,6 @@ def _compare_variants(c: PackConfig, vs: list[Variant], seeds: int, options: dic
 
 # --- The tuned comparison (docs/optimizers.md) ---
 
-ARGUMENTS = "compare_args.json"  # the sweep's flags, read back by --resume
-
 
 def _load_table(path: str) -> dict:
     if not path:
@@ -294,21 +300,15 @@ def _load_table(path: str) -> dict:
 def validate_tuning(c: PackConfig, vs: list[Variant], t: Tuning, objectives: list[str],
                     methods: list[str]) -> dict:
     """The tuning options and the search-space table, checked before anything runs."""
-    for name, value, low in (("--tune_trials", t.trials, 2), ("--final_seeds", t.final_seeds, 1),
-                             ("--workers", t.workers, 1), ("--studies", t.studies, 1)):
-        if value < low:
-            raise InputError(f"{name} must be >= {low}, got {value}")
-    if t.selection not in SELECTIONS:
-        raise InputError(f"unknown --selection {t.selection!r}; choose from "
-                         f"{', '.join(SELECTIONS)}")
+    if t.trials < 2:  # (0, the flag's "no tuning", is no number of trials here)
+        raise InputError(f"--tune_trials must be >= 2, got {t.trials}")
+    check_options(final_seeds=t.final_seeds, workers=t.workers, studies=t.studies,
+                  selection=t.selection, target=t.target, best_known=t.best_known)
     if not t.targets or not all(0 < f <= 1 for f in t.targets):
         raise InputError(f"--targets must be fractions in (0, 1], got {list(t.targets)}")
     if t.selection in TIME_KEYS and t.selection_target not in t.targets:
         raise InputError(f"--selection_target={t.selection_target} must be one of --targets "
                          f"({', '.join(map(str, t.targets))})")
-    for name, value in (("--target", t.target), ("--best_known", t.best_known)):
-        if value is not None and not -1 <= value <= 1:
-            raise InputError(f"{name} max_cos must be in [-1, 1], got {value}")
     if methods:
         raise InputError("--tune_trials compares optimizers; run --samplers in another compare")
     if len(objectives) > 1:
@@ -642,11 +642,7 @@ def run_suite(base: PackConfig, names: list[str], *, scale: float, optimizers: l
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if not base.out_dir:
         raise InputError("--out_dir is required")
-    if not scale > 0:
-        raise InputError(f"--suite_scale must be > 0, got {scale}")
-    if cost not in suite.PROFILE_COSTS:
-        raise InputError(f"unknown --profile_cost {cost!r}; choose from "
-                         f"{', '.join(suite.PROFILE_COSTS)}")
+    check_options(suite_scale=scale, profile_cost=cost)
     if fraction not in t.targets:
         raise InputError(f"--profile_target={fraction} must be one of --targets "
                          f"({', '.join(map(str, t.targets))})")

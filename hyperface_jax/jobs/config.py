@@ -10,16 +10,15 @@ from typing import Any
 
 from hyperface_jax import options
 from hyperface_jax.baselines.samplers import METHODS, NOT_IN_PAPER
+from hyperface_jax.engine.choices import (  # the engine's own names, without JAX
+    MATMUL_PRECISIONS,
+    MINIBATCH_UPDATES,
+    NEIGHBOR_REBUILDS,
+    OBJECTIVES,
+    PACKING_REDUCTIONS,
+    SCHEDULES,
+)
 from hyperface_jax.options import SEED_MAX, option
-
-# The choices of the engine's named options (tests/test_cli_options.py checks each equals
-# the engine's own tuple; spelled here so that --help imports no JAX).
-OBJECTIVES = ("max", "logsumexp", "riesz")
-PACKING_REDUCTIONS = ("mean", "max")
-SCHEDULES = ("constant", "staircase", "exponential", "cosine", "geometric")
-MINIBATCH_UPDATES = ("sparse", "dense")
-MATMUL_PRECISIONS = ("highest", "high", "default", "bfloat16")
-NEIGHBOR_REBUILDS = ("displacement", "every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +28,14 @@ class PlacementOptions:
                           "device runs the single-device solver.", group="devices")
     coordinator_address: str = option("", "Multi-host: host:port of process 0's coordinator "
                                       "(jax.distributed.initialize); empty: one process.",
-                                      group="devices")
+                                      group="devices", role="multi_process")
     num_processes: int = option(0, "Multi-host: number of processes (with --coordinator_address).",
                                 group="devices", low=0)
     process_id: int = option(-1, "Multi-host: this process's index in [0, --num_processes).",
-                             group="devices", low=-1, role="process_index")
+                             group="devices", low=-1)
     distributed: bool = option(False, "Multi-host without the three flags above: let JAX detect "
                                "the cluster (TPU pod slice, SLURM, Open MPI, Kubernetes).",
-                               group="devices")
+                               group="devices", role="multi_process")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +55,11 @@ class PackConfig(PlacementOptions):
                           group="problem")
     init: str = option("random", "Initial references: 'random' (Gaussian, normalised), 'gallery' "
                        "(a random subset of n gallery rows: with m = n every identity "
-                       "starts on a gallery face and the regulariser starts at 0) or a "
-                       ".npy file (the paper: embeddings of faces generated separately "
-                       "from the gallery).", group="problem")
+                       "starts on a gallery face and the regulariser starts at 0), 'code' "
+                       "(the best algebraic code of n points in d-D, hyperface_jax.baselines."
+                       "codes.algebraic_code, turned by a random rotation drawn from --seed; "
+                       "ours, not the paper's) or a .npy file (the paper: embeddings of faces "
+                       "generated separately from the gallery).", group="problem")
     alpha: float | None = option(None, "Weight of the manifold regulariser R. Unset: the "
                                  "paper's 0.5 with a --gallery, 0 without one (report."
                                  "json's flags say the value used).", group="problem",
@@ -191,6 +192,13 @@ class PackConfig(PlacementOptions):
     def flag_values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in flag_fields()}
 
+    def pack_config(self) -> "PackConfig":
+        """The packing options alone, of a config that holds more (sample's, compare's):
+        what `packing.run` and its resume check see."""
+        names = [f.name for f in dataclasses.fields(PackConfig)]
+        values = {k: getattr(self, k) for k in names}
+        return PackConfig(**{**values, "explicit": self.explicit & set(names)})
+
 
 def flag_fields():
     return options.flag_fields(PackConfig)
@@ -200,21 +208,6 @@ def make_config(**values) -> PackConfig:
     """A PackConfig from keyword arguments, remembering which were given explicitly
     (unchecked: `problem.check_settings` checks it before a run)."""
     return PackConfig(**values, explicit=frozenset(values))
-
-
-def define_flags(flag_values) -> None:
-    """Define one absl flag per PackConfig field on `flag_values` (e.g. absl.flags.FLAGS)."""
-    from hyperface_jax import cli
-
-    cli.define_dataclass_flags(flag_values, PackConfig)
-
-
-def config_from_flags(flag_values) -> PackConfig:
-    """The checked PackConfig of parsed flags (InputError on a value out of bounds)."""
-    from hyperface_jax import cli
-
-    values, explicit = cli.dataclass_values(flag_values, PackConfig)
-    return options.make_checked(PackConfig, values, explicit)
 
 
 # `--help` lists the flags by topic in this order (each field's `group`).
@@ -246,13 +239,10 @@ OURS = NOT_IN_PAPER
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleConfig(PackConfig):
-    """`python -m hyperface_jax.sample`: a baseline sampler, or pack itself (hyperface)."""
-    HELP_ORDER = ("sampler",) + PackConfig.HELP_ORDER
+class SamplerOptions:
+    """The identity samplers' settings: sample's (with its --method) and compare's (with
+    --samplers)."""
 
-    method: str = option("hyperface", f"Identity sampler: {', '.join(METHODS)} "
-                         "(perturbed_gallery was called vec2face: it is ours, not Vec2Face's "
-                         "method).", group="sampler")
     margin_reading: str = option("appendix_e", "random_margin: whose rule keeps a draw: "
                                  "'appendix_e' (HyperFace appendix E: 1 - cos >= "
                                  "--min_distance to every kept one) or 'rebuttal' (the authors' "
@@ -285,15 +275,23 @@ class SampleConfig(PackConfig):
     max_similarity: float = option(0.3, "perturbed_gallery: highest cosine between two "
                                    f"accepted identities; {OURS}.", group="sampler")
 
-    def pack_config(self) -> PackConfig:
-        """The packing options alone (what `packing.run` and its resume check see)."""
-        names = [f.name for f in dataclasses.fields(PackConfig)]
-        return PackConfig(**{k: getattr(self, k) for k in names})
-
     def sampler_options(self) -> dict:
-        names = {f.name for f in dataclasses.fields(PackConfig)} | {"method"}
-        return {f.name: getattr(self, f.name) for f in options.flag_fields(SampleConfig)
-                if f.name not in names}
+        return {f.name: getattr(self, f.name) for f in options.flag_fields(SamplerOptions)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerMethod:
+    """Which sampler `sample` runs (compare takes a list instead, --samplers)."""
+    method: str = option("hyperface", f"Identity sampler: {', '.join(METHODS)} "
+                         "(perturbed_gallery was called vec2face: it is ours, not Vec2Face's "
+                         "method).", group="sampler")
+
+
+# (Bases in this order: the fields follow PackConfig's, --method before its settings.)
+@dataclasses.dataclass(frozen=True)
+class SampleConfig(SamplerOptions, SamplerMethod, PackConfig):
+    """`python -m hyperface_jax.sample`: a baseline sampler, or pack itself (hyperface)."""
+    HELP_ORDER = ("sampler",) + PackConfig.HELP_ORDER
 
 
 # analyze --clean_rule: which synthetic images --clean_top_k drops, and whose rule it is.
@@ -340,7 +338,7 @@ class AnalyzeConfig:
                              "distinct synthetic images, at most k, are dropped) or 'images' "
                              "(the default, ours: each synthetic image paired with its most "
                              "similar real image, the k best of these pairs: exactly k "
-                             "distinct images).", group="cleaning", choices=("pairs", "images"))
+                             "distinct images).", group="cleaning", choices=tuple(CLEAN_RULES))
     drop: str = option("", "Rules whose images to drop, comma-separated: clean_top_k (the "
                        "--clean_top_k images), intra_class_outliers, leaked_identities (every "
                        "image of an identity above --leakage_threshold to a reference "

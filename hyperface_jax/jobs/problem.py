@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from hyperface_jax import options
+from hyperface_jax.baselines import codes
 from hyperface_jax.engine import sphere
 from hyperface_jax.io.files import InputError, load_embeddings, validated_rows
 from hyperface_jax.jobs.config import PackConfig
@@ -69,6 +70,23 @@ def effective_config(c: PackConfig, *, has_gallery: bool) -> PackConfig:
     return c
 
 
+# --init values that name a way to draw the start rather than a file.
+GENERATED_INITS = ("random", "gallery", "code")
+
+
+def code_start(key, n: int, d: int) -> np.ndarray:
+    """The best algebraic code of n points in d-D, turned by a random rotation (a rotation
+    keeps every inner product; it matters against a gallery, and gives restarts distinct
+    starts)."""
+    try:
+        x, _, _ = codes.algebraic_code(n, d)
+    except ValueError as e:
+        raise InputError(f"--init=code: {e}") from None
+    rotation = np.asarray(jax.random.orthogonal(key, d), np.float64)
+    rows = x.astype(np.float64) @ rotation
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 def check_settings(c: PackConfig) -> None:
     """Checks that need no file: each value against its field's choices and bounds (the
     table in jobs/config.py), then the rules that tie options together."""
@@ -76,8 +94,8 @@ def check_settings(c: PackConfig) -> None:
     if c.temperature_start > c.temperature_end:
         raise InputError("need 0 < --temperature_start <= --temperature_end, got "
                          f"{c.temperature_start} and {c.temperature_end}")
-    if c.restarts > 1 and c.init not in ("random", "gallery"):
-        raise InputError("--restarts > 1 needs --init=random or --init=gallery "
+    if c.restarts > 1 and c.init not in GENERATED_INITS:
+        raise InputError("--restarts > 1 needs --init=random, gallery or code "
                          "(restarts from one file would all be the same)")
     if c.figure_sample == 1:
         raise InputError(f"--figure_sample must be 0 (exact figures) or >= 2 rows, got "
@@ -124,9 +142,9 @@ def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
     if init is not None:
         init = validated_rows(init, "init array")
         if c.restarts > 1:
-            raise InputError("--restarts > 1 needs --init=random or --init=gallery "
+            raise InputError("--restarts > 1 needs --init=random, gallery or code "
                              "(restarts from one array would all be the same)")
-    elif c.init not in ("random", "gallery"):
+    elif c.init not in GENERATED_INITS:
         init = load_embeddings(c.init, "init")
     if c.alpha and gallery is None:
         raise InputError(f"--alpha={c.alpha} needs a --gallery (leave --alpha unset for pure "
@@ -164,6 +182,8 @@ def build_problem(c: PackConfig, *, gallery=None, init=None) -> Problem:
         key = init_key if r == 0 else jax.random.fold_in(init_key, r)
         if c.init == "random":
             return np.asarray(sphere.random_unit_vectors(key, n, d))
+        if c.init == "code":
+            return code_start(key, n, d)
         rows = np.asarray(jax.random.permutation(key, gallery.shape[0])[:n])
         return gallery[np.sort(rows)]
 

@@ -29,11 +29,6 @@ from hyperface_jax.io.files import (
 )
 from hyperface_jax.jobs import packing, problem
 from hyperface_jax.jobs.config import PackConfig, SampleConfig
-from hyperface_jax.jobs.sampler_flags import (  # noqa: F401 - re-exported
-    SAMPLER_FLAGS,
-    define_sampler_flags,
-    sampler_options,
-)
 from hyperface_jax.measure import bounds, metrics
 
 

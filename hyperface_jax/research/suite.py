@@ -43,7 +43,6 @@ WORKLOADS = (
                                       "log_every": 20}),
 )
 SUITES = {"minimal": tuple(w.name for w in WORKLOADS)}
-PROFILE_COSTS = ("steps", "seconds")
 
 
 def workloads_of(names: list[str]) -> list[Workload]:
