@@ -42,7 +42,7 @@ from hyperface_jax.measure import (  # noqa: E402
 from hyperface_jax.research import ivf  # noqa: E402
 
 CONFIGS = {2048: "configs/codes_2k.flags", 10_000: "configs/codes_10k.flags",
-           50_000: "configs/codes_100k.flags", 100_000: "configs/codes_100k.flags"}
+           50_000: "configs/codes_100k_random.flags", 100_000: "configs/codes_100k_random.flags"}
 DIM = 512
 FALL_BELOW = 0.1  # the worst pair must not rise after it first falls below this
 

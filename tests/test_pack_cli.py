@@ -194,7 +194,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 
 @pytest.mark.parametrize("name", ["quickstart", "paper_10k", "paper_50k_stochastic", "fast_10k",
                                   "spherical_codes", "million", "codes_2k", "codes_10k",
-                                  "codes_100k"])
+                                  "codes_50k", "codes_100k", "codes_100k_random"])
 def test_every_pack_config_parses_and_passes_validation(name):
     from hyperface_jax import cli
     from hyperface_jax.jobs.config import PackConfig
