@@ -96,6 +96,12 @@ def horizon_flags(c: PackConfig) -> tuple[str, ...]:
     return ("steps",) if c.schedule in ("cosine", "geometric") or annealed else ()
 
 
+def option_defaults() -> dict:
+    """Each pack option's default: a checkpoint written before an option existed ran with
+    the behaviour its default keeps, so it resumes under that default."""
+    return {f.name: f.default for f in dataclasses.fields(PackConfig)}
+
+
 def run_identity(c: PackConfig, problem: Problem) -> dict:
     """What a resumed run must share with the run that wrote the checkpoints."""
     free = set(RUN_LENGTH_FLAGS + PLACEMENT_FLAGS) - set(horizon_flags(c))
@@ -507,7 +513,8 @@ def _run_job(c: PackConfig, *, log, gallery, init) -> tuple[dict, np.ndarray]:
         state, manager, resumed_from = checkpoint.resume(out, p.state, p.identity,
                                                          total_steps=p.total_steps,
                                                          writer=writer, log=log,
-                                                         max_to_keep=c.max_to_keep)
+                                                         max_to_keep=c.max_to_keep,
+                                                         defaults=option_defaults())
     p.state = None  # the step-0 state: donated below, or superseded by a checkpoint
     step = solver.step_of(state)
     # A run that starts over keeps no history of an earlier attempt.
