@@ -42,7 +42,7 @@ from hyperface_jax.measure import (  # noqa: E402
 from hyperface_jax.research import ivf  # noqa: E402
 
 CONFIGS = {2048: "configs/codes_2k.flags", 10_000: "configs/codes_10k.flags",
-           50_000: "configs/codes_100k.flags", 100_000: "configs/codes_100k.flags"}
+           50_000: "configs/codes_100k_random.flags", 100_000: "configs/codes_100k_random.flags"}
 DIM = 512
 FALL_BELOW = 0.1  # the worst pair must not rise after it first falls below this
 
@@ -60,9 +60,9 @@ def run_pack(a) -> None:
         if (out / "report.json").exists() and not a.extra:
             print(f"n={n}: {out}/report.json exists, not rerun", file=sys.stderr)
             continue
-        argv = [sys.executable, "-m", "hyperface_jax.pack", f"--flagfile={config_for(n)}",
-                f"--out_dir={out}", f"--num_identities={n}", f"--dim={DIM}",
-                "--progress=false", *a.extra]
+        argv = [sys.executable, "-m", "hyperface_jax.pack",
+                f"--flagfile={REPO / config_for(n)}", f"--out_dir={out.resolve()}",
+                f"--num_identities={n}", f"--dim={DIM}", "--progress=false", *a.extra]
         load_before = os.getloadavg()
         t = time.perf_counter()
         subprocess.run(argv, cwd=REPO, check=True)
@@ -374,5 +374,4 @@ def main():
 
 
 if __name__ == "__main__":
-    os.chdir(REPO)
     main()

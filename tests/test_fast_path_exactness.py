@@ -312,6 +312,7 @@ def test_pack_cli_reports_the_neighbor_list_audit(tmp_path, batch):
     report = json.loads((out / "report.json").read_text())
     audit = report["neighbor_list_audit"]
     assert audit["rebuilds_audited"] == 5 and audit["rebuild"] == "every"
+    assert "descent_refreshes" not in audit  # off by default (tests/test_nn_descent.py)
     assert audit["rebuilds_per_100_steps"] == pytest.approx(100 * 5 / 60)
     assert report["figures"]["max_cos"] < report["initial_figures"]["max_cos"]
 
