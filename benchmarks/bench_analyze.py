@@ -69,7 +69,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_dir", default="/tmp/bench_analyze")
     a = p.parse_args(argv)
-    data = Path(a.data_dir)
+    data = Path(a.data_dir).resolve()  # analyze runs from the repository root
     gen_seconds = generate(data, a.rows, a.dim, a.per_identity, a.spread, a.seed)
     out = data / f"analysis_{a.rows}"
     cmd = [sys.executable, "-m", "hyperface_jax.analyze",

@@ -43,7 +43,9 @@ def main():
     from hyperface_jax.measure.compiled import largest_array_bytes
 
     key = jax.random.PRNGKey(0)
-    x0 = sphere.random_unit_vectors(key, args.n, args.d)
+    # On the host: each setting's state is a fresh copy (the runner donates its state, so
+    # a device array shared between settings would be deleted by the first).
+    x0 = np.asarray(sphere.random_unit_vectors(key, args.n, args.d))
     gallery = (np.asarray(sphere.random_unit_vectors(jax.random.fold_in(key, 1), args.m, args.d))
                if args.m else None)
     opt = optimizers.on_sphere(

@@ -60,9 +60,9 @@ def run_pack(a) -> None:
         if (out / "report.json").exists() and not a.extra:
             print(f"n={n}: {out}/report.json exists, not rerun", file=sys.stderr)
             continue
-        argv = [sys.executable, "-m", "hyperface_jax.pack", f"--flagfile={config_for(n)}",
-                f"--out_dir={out}", f"--num_identities={n}", f"--dim={DIM}",
-                "--progress=false", *a.extra]
+        argv = [sys.executable, "-m", "hyperface_jax.pack",
+                f"--flagfile={REPO / config_for(n)}", f"--out_dir={out.resolve()}",
+                f"--num_identities={n}", f"--dim={DIM}", "--progress=false", *a.extra]
         load_before = os.getloadavg()
         t = time.perf_counter()
         subprocess.run(argv, cwd=REPO, check=True)
@@ -374,5 +374,4 @@ def main():
 
 
 if __name__ == "__main__":
-    os.chdir(REPO)
     main()

@@ -5,7 +5,10 @@
     python -m bridges.embed --images=crops/ --recognizer=arcface.onnx --aligned --flip \
         --out=runs/gallery.npy
 
-Reads every .jpg/.jpeg/.png under --images (recursively, sorted by path). With --detector
+Reads every .jpg/.jpeg/.png under --images (recursively, sorted by path). When identity
+sub-folders hold images, they are the samples: images loose at the root are not (e.g. the
+`identity_cos.png` that `bridges.generate` writes beside its identity folders); they are
+listed in the sidecar as "ignored". With --detector
 the largest face of each image is aligned to 112 x 112 with the ArcFace 5-point template;
 with --aligned the inputs must already be 112 x 112 crops. --flip averages each feature
 with its mirror image's. Writes --out (float32 (rows, d), unit rows), `<out stem>_labels.npy`
@@ -58,9 +61,16 @@ class EmbedConfig:
     progress: bool = option(True, "Show a progress bar.", group="run")
 
 
-def find_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in EXTENSIONS)
+def find_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(samples, ignored), sorted by path: every image under `folder`, except that when
+    identity sub-folders hold images, those alone are samples and the images at the root
+    are ignored (a dataset's own files, such as bridges.generate's identity_cos.png)."""
+    images = sorted(p for p in folder.rglob("*")
+                    if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    in_folders = [p for p in images if p.parent != folder]
+    if not in_folders:
+        return images, []
+    return in_folders, [p for p in images if p.parent == folder]
 
 
 def labels_path(out: Path) -> Path:
@@ -108,7 +118,7 @@ def run(fv, *, log=None) -> dict:
         raise InputError("give exactly one of --detector (mtcnn or an SCRFD .onnx) and "
                          "--aligned")
     folder = require_path(fv.images, "--images folder", "folder")
-    paths = find_images(folder)
+    paths, ignored = find_images(folder)
     if not paths:
         raise InputError(f"--images folder {folder} holds no .jpg/.jpeg/.png files")
     recognizer = faces.load_recognizer(fv.recognizer)
@@ -162,7 +172,8 @@ def run(fv, *, log=None) -> dict:
         "images": str(folder), "recognizer": fv.recognizer,
         "detector": fv.detector or None, "aligned": bool(fv.aligned), "flip": bool(fv.flip),
         "rows": rows, "labels": labels_path(out).name, "identities": identities,
-        "skipped": skipped, "count": len(rows), "dim": int(gallery.shape[1]),
+        "skipped": skipped, "ignored": [str(p.relative_to(folder)) for p in ignored],
+        "count": len(rows), "dim": int(gallery.shape[1]),
         "counts": skip_counts(len(paths), len(rows), skipped),
         "seconds": round(time.time() - started, 3),
     }
@@ -173,7 +184,9 @@ def run(fv, *, log=None) -> dict:
     log(f"{len(rows)} embeddings ({gallery.shape[1]}-D) of {len(identities)} identities -> "
         f"{out}, labels {labels_path(out).name}; {len(skipped)} files skipped ("
         f"{counts['no_face']} without a face, {counts['unreadable']} unreadable, "
-        f"{counts['wrong_size']} of the wrong size; listed in {out.with_suffix('.json')})")
+        f"{counts['wrong_size']} of the wrong size; listed in {out.with_suffix('.json')})"
+        + (f"; {len(ignored)} images at the root ignored (not in an identity folder)"
+           if ignored else ""))
     return listing
 
 

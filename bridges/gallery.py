@@ -204,6 +204,7 @@ def run(fv, *, log=None) -> dict:
                 log("removed temporary files left by an interrupted run")
         p.proc.barrier()
         work = resume(p, log)
+        resumable.log_resume(p.out, work.skipped, work.todo, p.proc, log)
         log(f"process {p.proc.index}/{p.proc.count} on {p.device} ({p.threads} threads): "
             f"{p.identity['pipeline']}, {fv.num_images} images, {work.todo} to draw, "
             f"{work.skipped} already done, batch {fv.batch_size}")

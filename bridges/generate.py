@@ -352,6 +352,7 @@ def run(fv, *, log=None) -> dict:
     try:
         prepare_out_dir(p, log)  # inputs are valid: from here on, files are written
         work = resume(p, log)
+        resumable.log_resume(p.out, work.skipped, work.todo, p.proc, log)
         log_start(p, work, log)
         drawn = run_loop(p, work, log)
         results = gather(p, work, drawn)

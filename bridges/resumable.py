@@ -107,6 +107,15 @@ def check_same_settings(path: Path, identity: dict) -> None:
         runs.check_identity(before, identity, path.parent, "images made with other settings")
 
 
+def log_resume(out: Path, found: int, todo: int, proc: Processes, log) -> None:
+    """The line a re-run prints (as pack's "resuming from the checkpoint at step ..."):
+    how many of this process's images an earlier run left intact, how many it still draws."""
+    if found:
+        share = "" if proc.count == 1 else f" (process {proc.index}/{proc.count}'s share)"
+        log(f"resuming in {out}: {found} of {found + todo} images{share} already there and "
+            f"intact, {todo} left to draw")
+
+
 def tile_owner(tile_number: int, processes: int) -> int:
     """The process that draws tile `tile_number`: a function of the tile alone, so every
     process agrees without communicating, whatever exists on disk."""

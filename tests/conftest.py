@@ -1,8 +1,10 @@
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def walkthrough_commands() -> list[str]:
+    """The commands of docs/walkthrough.md's bash block, continuation lines joined."""
+    text = (REPO / "docs" / "walkthrough.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    joined = re.sub(r"\\\n\s*", "", block)
+    return [line.strip() for line in joined.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.fixture(scope="session")
+def walked_demo(tmp_path_factory) -> dict:
+    """docs/walkthrough.md run once per session, as written, in a scratch folder (failing
+    at the first command that does not exit 0). Its `demo/` (tiny random models in the
+    published layouts and every stage's outputs) is what tests/test_walkthrough.py checks
+    and what tests/test_docs_commands.py runs the docs' bridges commands on: the demo
+    models are built once. {"root": the folder holding demo/, "seconds": per command}."""
+    root = tmp_path_factory.mktemp("walkthrough")
+    seconds = {}
+    for i, command in enumerate(walkthrough_commands()):
+        t = time.perf_counter()
+        r = subprocess.run(command, shell=True, cwd=root, env=cli_env(),
+                           capture_output=True, text=True, timeout=900)
+        seconds[f"{i} {command[:40]}"] = round(time.perf_counter() - t, 1)
+        assert r.returncode == 0, (command, r.stderr[-2000:])
+    return {"root": root, "seconds": seconds}

@@ -32,9 +32,12 @@ def aligned_tree(tmp_path):
     cv2.imwrite(str(root / "a" / "1.png"), _noise(1))
     cv2.imwrite(str(root / "a" / "2.jpg"), _noise(2))
     cv2.imwrite(str(root / "b" / "c" / "3.PNG"), _noise(3))
-    cv2.imwrite(str(root / "small.png"), _noise(4, size=64))
-    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cv2.imwrite(str(root / "a" / "small.png"), _noise(4, size=64))
+    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (root / "notes.txt").write_text("not an image")
+    # A dataset's own file beside its identity folders (bridges.generate writes this one):
+    # 112 x 112, so it would be embedded as a sample of identity "." if it were one.
+    cv2.imwrite(str(root / "identity_cos.png"), _noise(5))
     return root
 
 
@@ -63,7 +66,8 @@ def test_aligned_inputs_rows_listing_and_values(onnx_models, aligned_tree, tmp_p
     assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 1]
     assert listing["identities"] == ["a", "b/c"] and listing["labels"] == "gallery_labels.npy"
     assert {s["path"]: s["reason"] for s in listing["skipped"]} == {
-        "broken.jpg": "unreadable", "small.png": "not 112x112 (64x64)"}
+        "b/broken.jpg": "unreadable", "a/small.png": "not 112x112 (64x64)"}
+    assert listing["ignored"] == ["identity_cos.png"] and listing["counts"]["images"] == 5
     images = [cv2.imread(str(aligned_tree / r)) for r in listing["rows"]]
     ref = _reference_features(onnx_models["recognizer"], images)
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)

@@ -182,7 +182,11 @@ def test_damaged_images_are_redrawn_and_more_images_keep_the_earlier_ones(
     truncated = out / "000008.png"
     truncated.write_bytes(truncated.read_bytes()[:100])
     assert gallery.main(_args(generators["ldm"], out, f"--num_images={N + 3}")) == 0
-    assert "redrawing 2 damaged images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "redrawing 2 damaged images" in err
+    # The re-run says it resumes: what it found intact, what is left.
+    assert f"resuming in {out}: {N - 2} of {N + 3} images already there and intact, 5 left " \
+        "to draw" in err
     now = _pngs(out)
     assert {k: now[k] for k in _pngs(reference["ldm"])} == _pngs(reference["ldm"])
     assert len(now) == N + 3

@@ -344,7 +344,9 @@ def test_damaged_images_found_on_resume_are_redrawn(models, reference_run, tmp_p
     (out / "manifest.jsonl").write_text("".join(
         line for line in lines if '"path": "000003/000.png"' not in line))
     assert generate.main(_args(models, out, "--batch_size=4")) == 0
-    assert "redrawing 2 damaged images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "redrawing 2 damaged images" in err
+    assert f"resuming in {out}: 13 of 15 images already there and intact, 2 left to draw" in err
     assert _pngs(out) == _pngs(reference_run)
     assert (out / "manifest.jsonl").read_bytes() == (reference_run / "manifest.jsonl").read_bytes()
     report = json.loads((out / "report.json").read_text())

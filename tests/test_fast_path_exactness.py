@@ -82,6 +82,31 @@ def test_top_k_neighbors_match_a_full_sort():
     np.testing.assert_array_equal(idx, np.argsort(-np.asarray(x @ y.T), axis=1)[:, :4])
 
 
+def test_grouped_arg_max_and_top_k_equal_the_plain_ones_with_ties():
+    # Small integers: every product is exact, ties are everywhere, and -inf fills a column
+    # group, so only exact tie-breaking (the lowest column, as jnp.argmax / lax.top_k) passes.
+    s = jax.random.randint(jax.random.PRNGKey(4), (40, 600), -3, 4).astype(jnp.float32)
+    s = s.at[:, 60:120].set(-jnp.inf).at[7].set(-jnp.inf)
+    assert kernels.group_width(600, kernels.ARGMAX_GROUP) > 1
+    assert 1 < kernels.top_k_group_width(600, 5) and 600 // kernels.top_k_group_width(600, 5) >= 5
+    v, j = kernels.row_argmax(s)
+    np.testing.assert_array_equal(j, jnp.argmax(s, axis=1))
+    np.testing.assert_array_equal(v, jnp.max(s, axis=1))
+    for k in (1, 5, 20):
+        for got, want in zip(kernels.row_top_k(s, k), lax.top_k(s, k), strict=True):
+            np.testing.assert_array_equal(got, want)
+    # through the kernels, rows against themselves (self pairs skipped) and duplicated rows
+    x = jax.random.randint(jax.random.PRNGKey(5), (150, 8), -2, 3).astype(jnp.float32)
+    x = jnp.concatenate([x, x[:30]])
+    dense = jnp.where(jnp.eye(180, dtype=bool), -jnp.inf, x @ x.T)
+    for got, want in zip(kernels.top_k(x, x, 6, exclude_self=True, tile_size=64),
+                         lax.top_k(dense, 6), strict=True):
+        np.testing.assert_array_equal(got, want)
+    v, j = kernels.nearest(x, x, True, tile_size=64)
+    np.testing.assert_array_equal(j, jnp.argmax(dense, axis=1))
+    np.testing.assert_array_equal(v, jnp.max(dense, axis=1))
+
+
 def test_gathered_similarity_and_its_gradient_equal_a_plain_gather():
     x, y = _problem(70, 40, 6, seed=5)
     idx = jax.random.randint(jax.random.PRNGKey(9), (70, 5), 0, 40)
@@ -287,6 +312,7 @@ def test_pack_cli_reports_the_neighbor_list_audit(tmp_path, batch):
     report = json.loads((out / "report.json").read_text())
     audit = report["neighbor_list_audit"]
     assert audit["rebuilds_audited"] == 5 and audit["rebuild"] == "every"
+    assert "descent_refreshes" not in audit  # off by default (tests/test_nn_descent.py)
     assert audit["rebuilds_per_100_steps"] == pytest.approx(100 * 5 / 60)
     assert report["figures"]["max_cos"] < report["initial_figures"]["max_cos"]
 

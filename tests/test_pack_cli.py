@@ -134,6 +134,27 @@ def test_non_unit_rows_are_normalised_with_a_warning(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
 
 
+def test_checkpoints_older_than_an_option_resume_under_its_default(tmp_path, capsys):
+    """A run written before an option existed (its run.json and step records lack it) ran
+    with the behaviour the option's default keeps: it resumes under the default and is
+    refused under another value."""
+    from hyperface_jax.io import integrity
+
+    out = tmp_path / "o"
+    assert pack.main(["pack", f"--out_dir={out}", *SMALL]) == 0
+    for path in [out / "checkpoints" / "run.json",
+                 *(out / "checkpoints").glob(f"*/{integrity.LEDGER}")]:
+        record = json.loads(path.read_text())
+        run = record.get("run", record)
+        assert run.pop("neighbor_descent_every") == 0
+        path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert pack.main(["pack", f"--out_dir={out}", *SMALL, "--neighbor_descent_every=3"]) == 2
+    assert "neighbor_descent_every: 0 -> 3" in capsys.readouterr().err
+    assert pack.main(["pack", f"--out_dir={out}", *SMALL, "--steps=30"]) == 0
+    assert json.loads((out / "report.json").read_text())["resumed_from_step"] > 0
+
+
 def test_resuming_with_different_flags_is_refused(tmp_path, capsys):
     out = tmp_path / "o"
     assert pack.main(["pack", f"--out_dir={out}", *SMALL]) == 0

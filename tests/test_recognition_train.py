@@ -84,11 +84,14 @@ def test_training_writes_model_curves_and_checkpoints(dataset, tmp_path):
     assert model(torch.zeros(2, 3, 16, 16))["embedding"].shape == (2, 16)
 
 
-def test_resume_after_an_epoch_matches_the_uninterrupted_run(dataset, tmp_path):
+def test_resume_after_an_epoch_matches_the_uninterrupted_run(dataset, tmp_path, capsys):
     args = [f"--data={dataset}", "--head=groupface", "--groups=3", "--augment=flip,erase", *TINY]
     assert train.main(["train", f"--out_dir={tmp_path / 'straight'}", "--epochs=2", *args]) == 0
     assert train.main(["train", f"--out_dir={tmp_path / 'split'}", "--epochs=1", *args]) == 0
+    capsys.readouterr()
     assert train.main(["train", f"--out_dir={tmp_path / 'split'}", "--epochs=2", *args]) == 0
+    resumed = tmp_path / "split" / "checkpoints" / "epoch_001.pt"
+    assert f"resuming after epoch 1 of 2 (step 2) from {resumed}" in capsys.readouterr().err
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()

@@ -80,8 +80,10 @@ FEATURES = {
                                              batch_size=18, minibatch_update="dense", **SMOOTH),
     "neighbor_lists_logsumexp": dict(objective="logsumexp", neighbor_list_size=6,
                                      gallery_list_size=3, neighbor_refresh_every=5, **SMOOTH),
-    "listed_minibatch_logsumexp": dict(objective="logsumexp", batch_size=18, neighbor_list_size=6,
-                                       gallery_list_size=3, neighbor_refresh_every=5, **SMOOTH),
+    "listed_minibatch_logsumexp_descent": dict(objective="logsumexp", batch_size=18,
+                                               neighbor_list_size=6, gallery_list_size=3,
+                                               neighbor_refresh_every=5,
+                                               neighbor_descent_every=2, **SMOOTH),
     "restarts_with_displacement_lists": dict(
         restarts=2, objective="logsumexp", neighbor_list_size=6, gallery_list_size=3,
         neighbor_rebuild="displacement", **SMOOTH),

@@ -4,20 +4,10 @@ command that breaks must fail CI, and the walk-through is the users' first path.
 
 import json
 import re
-import subprocess
-import time
 
 import numpy as np
 
-from tests.conftest import REPO, cli_env
-
-
-def walkthrough_commands() -> list[str]:
-    text = (REPO / "docs" / "walkthrough.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
-    joined = re.sub(r"\\\n\s*", "", block)
-    return [line.strip() for line in joined.splitlines()
-            if line.strip() and not line.strip().startswith("#")]
+from tests.conftest import walkthrough_commands
 
 
 def test_the_block_is_the_stages_from_generated_faces_without_a_photo():
@@ -30,19 +20,17 @@ def test_the_block_is_the_stages_from_generated_faces_without_a_photo():
     assert not any("photos" in c for c in commands)
 
 
-def test_walkthrough_runs_end_to_end(tmp_path):
-    seconds = {}
-    for i, command in enumerate(walkthrough_commands()):
-        t = time.perf_counter()
-        r = subprocess.run(command, shell=True, cwd=tmp_path, env=cli_env(),
-                           capture_output=True, text=True, timeout=900)
-        seconds[f"{i} {command[:40]}"] = round(time.perf_counter() - t, 1)
-        assert r.returncode == 0, (command, r.stderr[-2000:])
-    demo = tmp_path / "demo"
+def test_walkthrough_runs_end_to_end(walked_demo):
+    """Every command exited 0 (the session fixture runs them, in order); their outputs."""
+    demo = walked_demo["root"] / "demo"
     assert len(list((demo / "faces" / "gallery").glob("*.png"))) == 16
     assert np.load(demo / "runs" / "init.npy").shape == (8, 512)
     assert len(list((demo / "dataset").glob("0*/*.png"))) == 64
     assert np.load(demo / "runs" / "features.npy").shape == (64, 512)
+    # generate's own identity_cos.png beside the identity folders is not a sample.
+    listing = json.loads((demo / "runs" / "features.json").read_text())
+    assert listing["ignored"] == ["identity_cos.png"] and listing["skipped"] == []
     results = json.loads((demo / "runs" / "eval" / "results.json").read_text())
     assert list(results["results"]) == ["demo"]
+    seconds = walked_demo["seconds"]
     print(json.dumps(seconds, indent=1), "total", round(sum(seconds.values()), 1))

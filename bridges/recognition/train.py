@@ -234,7 +234,8 @@ def resume(p: Plan, log) -> History:
     restore_state(p, blob, existing[-1])
     epoch_rows = blob["epoch_rows"]
     if p.rank == 0:
-        log(f"resuming after epoch {blob['epoch']} (step {blob['step']}) from {existing[-1]}")
+        log(f"resuming after epoch {blob['epoch']} of {p.config.epochs} (step {blob['step']}) "
+            f"from {existing[-1]}")
     return History(blob["step"], blob["epoch"], blob["step_rows"], epoch_rows,
                    epoch_rows[-1]["seconds"] if epoch_rows else 0.0)
 

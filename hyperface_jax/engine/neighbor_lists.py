@@ -11,6 +11,10 @@ lists are rebuilt by an exact blockwise top-K search when the rebuild rule says:
 - ``displacement``: when the rows have moved far enough since the last rebuild that a
   list may have lost what the loss needs (`may_be_stale`), so no step uses a stale list.
 
+With the ``every`` rule, the packing lists can also be refreshed cheaply between exact
+rebuilds from their neighbours' neighbours (`nn_descent.descend`, n K^2 d instead of n^2 d;
+`descended` counts them).
+
 Every rebuild audits the lists it replaces: the share of rows whose new nearest partner
 was missing from their old list (`audit`). Runs report it, so a user sees what the speed
 cost in exactness.
@@ -46,6 +50,8 @@ class NeighborLists:
     # margins (n, 2) [packing, gallery] (`search_partners`); None for a fixed schedule.
     anchor: jax.Array | None = None
     margins: jax.Array | None = None
+    # int32: refreshes by neighbours' neighbours (`nn_descent`) so far; None when they are off.
+    descents: jax.Array | None = None
 
 
 def _margin(values, size: int, spare: bool, whole_list: bool):
@@ -113,12 +119,13 @@ def may_be_stale(x, anchor, margins, search, precision="highest"):
     return search.maximum(stale.astype(jnp.float32)) > 0
 
 
-def fresh(partners, margins=None, anchor=None) -> NeighborLists:
+def fresh(partners, margins=None, anchor=None, *, descending: bool = False) -> NeighborLists:
     """Lists with an empty audit; `margins` and `anchor` (the rows now) for lists rebuilt
-    by displacement."""
+    by displacement; with `descending`, a count of refreshes by neighbours' neighbours."""
     zero = jnp.zeros((), jnp.float32)
-    return NeighborLists(partners.packing, partners.gallery, jnp.zeros((), jnp.int32),
-                         zero, zero, zero, zero, anchor, margins)
+    count = jnp.zeros((), jnp.int32)
+    return NeighborLists(partners.packing, partners.gallery, count, zero, zero, zero, zero,
+                         anchor, margins, count if descending else None)
 
 
 def _missed_share(old, new):
@@ -134,11 +141,18 @@ def audited(lists: NeighborLists, partners, count: int, margins=None,
     g_missed = (jnp.zeros((), jnp.float32) if partners.gallery is None
                 else _missed_share(lists.gallery[:count], partners.gallery[:count]))
     return fresh(partners, margins, anchor).replace(
+        descents=lists.descents,
         rebuilds=lists.rebuilds + 1,
         missed_sum=lists.missed_sum + missed,
         missed_max=jnp.maximum(lists.missed_max, missed),
         gallery_missed_sum=lists.gallery_missed_sum + g_missed,
         gallery_missed_max=jnp.maximum(lists.gallery_missed_max, g_missed))
+
+
+def descended(lists: NeighborLists, packing) -> NeighborLists:
+    """`packing` (refreshed by `nn_descent.descend`) as the packing lists, counted; the
+    gallery lists wait for the next exact rebuild."""
+    return lists.replace(packing=packing, descents=lists.descents + 1)
 
 
 def audit(lists: NeighborLists, steps: int | None = None) -> dict[str, float | int]:
@@ -150,6 +164,10 @@ def audit(lists: NeighborLists, steps: int | None = None) -> dict[str, float | i
     rebuilds = int(lists.rebuilds)
     mean = (lambda s: float(s) / rebuilds if rebuilds else 0.0)
     per_100 = {} if not steps else {"rebuilds_per_100_steps": 100.0 * rebuilds / steps}
+    if lists.descents is not None:  # refreshes by neighbours' neighbours between rebuilds
+        per_100["descent_refreshes"] = int(lists.descents)
+        if steps:
+            per_100["descent_refreshes_per_100_steps"] = 100.0 * int(lists.descents) / steps
     return {
         "rebuild": rule,
         "rebuilds_audited": rebuilds,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from hyperface_jax.engine import kernels, neighbor_lists, objective, sphere
+from hyperface_jax.engine import kernels, neighbor_lists, nn_descent, objective, sphere
 from hyperface_jax.engine.choices import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
 from hyperface_jax.engine.placement import LOCAL
 
@@ -65,6 +65,9 @@ class SolverConfig:
     gallery_list_size: int = 4
     neighbor_refresh_every: int = 20
     neighbor_rebuild: str = "every"
+    # With the "every" rule: refresh the packing lists by their neighbours' neighbours
+    # (`nn_descent`) every this many steps between exact rebuilds; 0 = never.
+    neighbor_descent_every: int = 0
 
     @property
     def uses_lists(self) -> bool:
@@ -73,6 +76,10 @@ class SolverConfig:
     @property
     def rebuilds_by_displacement(self) -> bool:
         return self.uses_lists and self.neighbor_rebuild == "displacement"
+
+    @property
+    def descends(self) -> bool:
+        return self.uses_lists and self.neighbor_descent_every > 0
 
 
 def step_of(state: SolverState) -> int:
@@ -139,6 +146,16 @@ def partner_search(config: SolverConfig, count: int, gallery_count: int | None,
     return placement.rowwise(local, in_rows=(True, True), out_rows=True)
 
 
+def partner_descent(config: SolverConfig, placement=LOCAL):
+    """`descend(x, packing) -> packing`: the packing lists of every row refreshed by their
+    neighbours' neighbours (`nn_descent.descend`), on the placement's rows."""
+    def local(x, packing):
+        return nn_descent.descend(x, packing, placement.search(
+            None, None, config.tile_size, config.precision).ring)[1]
+
+    return placement.rowwise(local, in_rows=(True, True), out_rows=True)
+
+
 def stale_check(config: SolverConfig, count: int, gallery_count: int | None,
                 placement=LOCAL):
     """`check(x, lists) -> bool scalar`: `neighbor_lists.may_be_stale` over every real row
@@ -168,7 +185,8 @@ def init_state(embeddings, optimizer: optax.GradientTransformation, key: jax.Arr
         find = partner_search(config, count, gallery_count, placement)
         partners, margins = find(embeddings, gallery)
         lists = (neighbor_lists.fresh(partners, margins, embeddings)
-                 if config.rebuilds_by_displacement else neighbor_lists.fresh(partners))
+                 if config.rebuilds_by_displacement
+                 else neighbor_lists.fresh(partners, descending=config.descends))
     return SolverState(
         embeddings=embeddings,
         opt_state=optimizer.init(embeddings),
@@ -193,6 +211,9 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
     if config.neighbor_rebuild not in NEIGHBOR_REBUILDS:
         raise ValueError(f"unknown neighbor_rebuild {config.neighbor_rebuild!r}; "
                          f"choose one of {', '.join(NEIGHBOR_REBUILDS)}")
+    if config.descends and config.rebuilds_by_displacement:
+        raise ValueError("refreshes by neighbours' neighbours need neighbor_rebuild='every' "
+                         "(the displacement bound needs exact margins)")
     objective.check_objective(config.objective)
     smooth = config.objective != "max"
 
@@ -235,7 +256,8 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
 
     def refreshed(state, gallery):
         """The neighbour lists for this step: rebuilt (and audited) when the displacement
-        bound says one may be stale, or every `neighbor_refresh_every` steps."""
+        bound says one may be stale, or every `neighbor_refresh_every` steps; between
+        rebuilds, refreshed by neighbours' neighbours every `neighbor_descent_every` steps."""
         m = real_gallery_rows(gallery)
         x = state.embeddings
         if config.rebuilds_by_displacement:
@@ -250,7 +272,16 @@ def make_step(optimizer: optax.GradientTransformation, config: SolverConfig, n: 
                 return neighbor_lists.audited(state.lists, partners, n)
             return neighbor_lists.audited(state.lists, partners, n, margins, x)
 
-        return lax.cond(due, rebuild, lambda: state.lists)
+        def between():
+            if not config.descends:
+                return state.lists
+            descend = partner_descent(config, placement)
+            return lax.cond(
+                (state.step > 0) & (state.step % config.neighbor_descent_every == 0),
+                lambda: neighbor_lists.descended(state.lists, descend(x, state.lists.packing)),
+                lambda: state.lists)
+
+        return lax.cond(due, rebuild, between)
 
     def step(state: SolverState, gallery, order=None):
         """`order`: optionally, the current epoch's row permutation (mini-batch mode)."""

@@ -32,11 +32,12 @@ class ChecksummedManager(ocp.CheckpointManager):
     (process 0 writes the record) and then keeps the newest `keep` steps. orbax's own
     `max_to_keep` is off: it would delete an old step before the new one is recorded."""
 
-    def __init__(self, directory, identity: dict, keep: int | None):
+    def __init__(self, directory, identity: dict, keep: int | None, defaults: dict | None = None):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None, cleanup_tmp_directories=True, create=True)
         super().__init__(directory, options=options)
         self.identity, self.keep, self.unrecorded = identity, keep, set()
+        self.defaults = defaults or {}  # for settings older records lack (runs.check_identity)
         if jax.process_index() == 0:
             integrity.remove_stale_temporaries(directory)  # left by older versions
 
@@ -105,9 +106,9 @@ def close_after_failure(manager: ChecksummedManager) -> None:
         pass
 
 
-def open_manager(directory, identity: dict | None = None, *,
-                 max_to_keep: int = 3) -> ChecksummedManager:
-    return ChecksummedManager(Path(directory).absolute(), identity or {}, max_to_keep)
+def open_manager(directory, identity: dict | None = None, *, max_to_keep: int = 3,
+                 defaults: dict | None = None) -> ChecksummedManager:
+    return ChecksummedManager(Path(directory).absolute(), identity or {}, max_to_keep, defaults)
 
 
 def save(manager: ocp.CheckpointManager, state) -> None:
@@ -130,7 +131,7 @@ def latest_verified_step(manager: ChecksummedManager, log=None) -> int | None:
             unrecorded.append(step)
             continue
         runs.check_identity(saved["run"], manager.identity, directory,
-                            "checkpoints of a different run")
+                            "checkpoints of a different run", manager.defaults)
         integrity.check_files(saved["files"], folder, folder, label)
         chosen = step
         break
@@ -161,7 +162,7 @@ def restore_latest(manager: ChecksummedManager, template, log=None):
             f"this run ({first_line[:200]}); delete it or use a new --out_dir") from None
 
 
-def check_same_run(directory, identity: dict) -> None:
+def check_same_run(directory, identity: dict, defaults: dict | None = None) -> None:
     """Refuse to resume a checkpoint folder written by a run with other defining flags.
 
     `identity` holds the flags that change the optimisation (not --steps, which may be
@@ -170,7 +171,8 @@ def check_same_run(directory, identity: dict) -> None:
     """
     saved = runs.read_identity(Path(directory) / RUN_FILE)
     if saved is not None:
-        runs.check_identity(saved, identity, directory, "checkpoints of a different run")
+        runs.check_identity(saved, identity, directory, "checkpoints of a different run",
+                            defaults)
 
 
 def record_run(directory, identity: dict) -> None:
@@ -178,7 +180,7 @@ def record_run(directory, identity: dict) -> None:
 
 
 def resume(out: Path, initial_state, identity: dict, *, total_steps: int, writer: bool,
-           log, max_to_keep: int = 3) -> tuple:
+           log, max_to_keep: int = 3, defaults: dict | None = None) -> tuple:
     """Open the checkpoints of the run in `out` (checking it is the same run, creating the
     folder otherwise): (state to start from, manager, step resumed from or None). A folder
     without a verified step starts over with this run's flags (a first chunk that
@@ -186,9 +188,9 @@ def resume(out: Path, initial_state, identity: dict, *, total_steps: int, writer
     out = Path(out)
     directory = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
-    manager = open_manager(directory, identity, max_to_keep=max_to_keep)
+    manager = open_manager(directory, identity, max_to_keep=max_to_keep, defaults=defaults)
     if manager.all_steps():
-        check_same_run(directory, identity)
+        check_same_run(directory, identity, defaults)
     restored = restore_latest(manager, initial_state, log)
     if writer:
         record_run(directory, identity)

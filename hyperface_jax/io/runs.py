@@ -259,11 +259,18 @@ def is_first_process(joins_other_processes: bool) -> bool:
     return not joins_other_processes and not launcher_rank()
 
 
-def check_identity(saved: dict, identity: dict, where, what: str = "a different run") -> None:
+def check_identity(saved: dict, identity: dict, where, what: str = "a different run",
+                   defaults: dict | None = None) -> None:
     """Refuse to resume `where` when the settings that define the run differ from the ones
-    stored there; the one-line message lists every differing value as `name: then -> now`."""
-    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}"
-             for k, v in identity.items() if saved.get(k) != v]
+    stored there; the one-line message lists every differing value as `name: then -> now`.
+    A setting the stored record lacks (an option added since it was written) counts as its
+    value in `defaults`: an option's default keeps the behaviour from before it existed."""
+    defaults = defaults or {}
+
+    def then(k):
+        return saved[k] if k in saved else defaults.get(k)
+
+    diffs = [f"{k}: {then(k)!r} -> {v!r}" for k, v in identity.items() if then(k) != v]
     if diffs:
         raise InputError(f"{where} holds {what} ({'; '.join(diffs)}); use a new --out_dir "
                          "or the same flags")

@@ -168,6 +168,13 @@ class PackConfig(PlacementOptions):
                                    "approximation).", group="speed", choices=NEIGHBOR_REBUILDS)
     neighbor_refresh_every: int = option(20, "With --neighbor_rebuild=every: steps between exact "
                                          "rebuilds.", group="speed", low=1)
+    neighbor_descent_every: int = option(0, "With --neighbor_rebuild=every: every S steps between "
+                                         "exact rebuilds, refresh each row's list from its "
+                                         "neighbours' neighbours (NN-descent: K + K^2 "
+                                         "candidates searched exactly, n K^2 d instead of "
+                                         "n^2 d; gallery lists wait for the exact rebuild). "
+                                         "0: off. report.json counts the refreshes.",
+                                         group="speed", low=0)
     out_dir: str = option("", "Folder for embeddings.npy, report.json, curves.png, checkpoints/. "
                           "Re-running on the same folder resumes.", group="run", role="output_dir")
     checkpoint_every: int = option(500, "Steps between orbax checkpoints.", group="run", low=1)

@@ -86,7 +86,7 @@ def solver_config(c: PackConfig, *, polish: bool = False) -> solver.SolverConfig
         tile_size=tile_size_of(c), precision=c.matmul_precision,
         neighbor_list_size=0 if polish else c.neighbor_list_size,
         gallery_list_size=c.gallery_list_size, neighbor_refresh_every=c.neighbor_refresh_every,
-        neighbor_rebuild=c.neighbor_rebuild)
+        neighbor_rebuild=c.neighbor_rebuild, neighbor_descent_every=c.neighbor_descent_every)
 
 
 def horizon_flags(c: PackConfig) -> tuple[str, ...]:
@@ -94,6 +94,12 @@ def horizon_flags(c: PackConfig) -> tuple[str, ...]:
     schedule's horizon (cosine, geometric, or temperature annealing over --steps)."""
     annealed = c.objective != "max" and c.anneal_steps == 0
     return ("steps",) if c.schedule in ("cosine", "geometric") or annealed else ()
+
+
+def option_defaults() -> dict:
+    """Each pack option's default: a checkpoint written before an option existed ran with
+    the behaviour its default keeps, so it resumes under that default."""
+    return {f.name: f.default for f in dataclasses.fields(PackConfig)}
 
 
 def run_identity(c: PackConfig, problem: Problem) -> dict:
@@ -507,7 +513,8 @@ def _run_job(c: PackConfig, *, log, gallery, init) -> tuple[dict, np.ndarray]:
         state, manager, resumed_from = checkpoint.resume(out, p.state, p.identity,
                                                          total_steps=p.total_steps,
                                                          writer=writer, log=log,
-                                                         max_to_keep=c.max_to_keep)
+                                                         max_to_keep=c.max_to_keep,
+                                                         defaults=option_defaults())
     p.state = None  # the step-0 state: donated below, or superseded by a checkpoint
     step = solver.step_of(state)
     # A run that starts over keeps no history of an earlier attempt.

@@ -102,6 +102,9 @@ def check_settings(c: PackConfig) -> None:
                          f"{c.figure_sample}")
     if c.schedule == "geometric" and c.final_learning_rate <= 0:
         raise InputError("--schedule=geometric needs --final_learning_rate > 0")
+    if c.neighbor_descent_every and c.neighbor_list_size and c.neighbor_rebuild != "every":
+        raise InputError("--neighbor_descent_every needs --neighbor_rebuild=every (the "
+                         "displacement rule needs the exact margins of an exact rebuild)")
 
 
 def memory_bytes() -> int | None:

@@ -19,7 +19,8 @@ RECIPE_FLAGS = ("schedule", "decay_rate", "decay_every", "final_learning_rate",
                 "temperature_start", "temperature_end", "anneal_steps", "packing_reduce",
                 "batch_size", "minibatch_update", "project_gradient", "restarts",
                 "polish_steps", "polish_learning_rate", "neighbor_list_size",
-                "gallery_list_size", "neighbor_rebuild", "neighbor_refresh_every")
+                "gallery_list_size", "neighbor_rebuild", "neighbor_refresh_every",
+                "neighbor_descent_every")
 TUNABLE = ("learning_rate",) + HYPER_FLAGS + RECIPE_FLAGS
 VALIDATION = ("mean over the tuning seeds of the final worst-pair cosine (max_cos); "
               "a trial with a failed or non-finite run counts as +inf")
