@@ -78,6 +78,19 @@ def _gf_mul(a: int, b: int, n: int) -> int:
     return out
 
 
+def _gf_mul_arrays(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """_gf_mul elementwise over broadcast integer arrays (n shift-and-add rounds)."""
+    poly = _IRREDUCIBLE[n]
+    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+    a, b, out = a.copy(), b.copy(), np.zeros(a.shape, np.int64)
+    for _ in range(n):
+        out ^= np.where(b & 1, a, 0)
+        b >>= 1
+        a <<= 1
+        a ^= np.where(a >> n, poly, 0)
+    return out
+
+
 def _gf_pow(a: int, e: int, n: int) -> int:
     out = 1
     while e:
@@ -107,7 +120,8 @@ def kerdock_forms(m: int) -> np.ndarray:
         raise ValueError(f"kerdock_forms supports m in {sorted(k + 1 for k in _IRREDUCIBLE)}")
     size = 1 << n
     trace = np.array([_gf_trace(a, n) for a in range(size)], dtype=np.uint8)
-    product = np.array([[_gf_mul(u, x, n) for x in range(size)] for u in range(size)])
+    elements = np.arange(size)
+    product = _gf_mul_arrays(elements[:, None], elements[None, :], n)
     q = np.zeros((size, size), dtype=np.uint8)               # q[u, x] = Q_u(x, 0)
     for i in range(1, (n - 1) // 2 + 1):
         power = np.array([_gf_pow(a, (1 << i) + 1, n) for a in range(size)])
@@ -147,19 +161,6 @@ def kerdock_code(d: int = 512) -> np.ndarray:
 
 def kerdock_code_size(d: int) -> int:
     return 2 * 2 * (d // 2) * (d // 4 + 1)
-
-
-def _gf_mul_arrays(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """_gf_mul elementwise over broadcast integer arrays (n shift-and-add rounds)."""
-    poly = _IRREDUCIBLE[n]
-    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
-    a, b, out = a.copy(), b.copy(), np.zeros(a.shape, np.int64)
-    for _ in range(n):
-        out ^= np.where(b & 1, a, 0)
-        b >>= 1
-        a <<= 1
-        a ^= np.where(a >> n, poly, 0)
-    return out
 
 
 def gold_degree(d: int) -> int:
