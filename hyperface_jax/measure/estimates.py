@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from scipy import stats
 
 from hyperface_jax.engine import kernels
 
@@ -102,6 +101,8 @@ def summarize(nn: np.ndarray, n: int, *, confidence: float = DEFAULT_CONFIDENCE,
               worst_pair: tuple[int, int] | None = None) -> dict:
     """The estimates from the exact nearest-neighbour cosines `nn` of s rows sampled
     without replacement from n."""
+    from scipy import stats  # here, not at the top: ~1 s of every CLI's start-up
+
     s = len(nn)
     mean = float(np.mean(nn))
     finite_population = math.sqrt((n - s) / (n - 1)) if n > 1 else 0.0
