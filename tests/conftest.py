@@ -3,7 +3,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -21,21 +20,8 @@ class OutDir:
     out_dir: str = option("", "out", role="output_dir")
 
 
-# One JAX compilation cache for the subprocesses of this test session (fresh each session,
-# so no run starts from an earlier one's programs): a resume, a second process or a docs
-# command at a size an earlier test compiled loads the program instead of compiling it
-# again (~1.5 s of a tiny pack run's ~8 s). Only XLA's compile is skipped: tracing, the
-# computation and every output are the same.
-COMPILATION_CACHE = tempfile.mkdtemp(prefix="hyperface_jax_test_xla_cache_")
-for _name, _value in (("JAX_COMPILATION_CACHE_DIR", COMPILATION_CACHE),
-                      ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
-                      ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
-    os.environ.setdefault(_name, _value)  # this process and every subprocess it starts
-
-
 def cli_env(**extra) -> dict:
-    """Environment for a CLI subprocess: this checkout first on the path, CPU JAX (and, from
-    os.environ, the session's compilation cache)."""
+    """Environment for a CLI subprocess: this checkout first on the path, CPU JAX."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("JAX_PLATFORMS", "cpu")
@@ -115,9 +101,3 @@ def walked_demo(tmp_path_factory) -> dict:
         seconds[f"{i} {command[:40]}"] = round(time.perf_counter() - t, 1)
         assert r.returncode == 0, (command, r.stderr[-2000:])
     return {"root": root, "seconds": seconds}
-
-
-def pytest_sessionfinish(session, exitstatus):
-    import shutil
-
-    shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)

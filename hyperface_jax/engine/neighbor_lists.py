@@ -25,9 +25,10 @@ through the search value the caller passes): this module holds the lists and the
 
 from typing import NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
+
+from hyperface_jax.engine import pytrees
 
 
 class Partners(NamedTuple):
@@ -37,7 +38,7 @@ class Partners(NamedTuple):
     gallery: jax.Array | None
 
 
-@flax.struct.dataclass
+@pytrees.dataclass
 class NeighborLists:
     packing: jax.Array  # (n, K) int32: each row's K nearest other rows at the last rebuild
     gallery: jax.Array | None  # (n, Kg) int32 nearest gallery rows, or None without gallery

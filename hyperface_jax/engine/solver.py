@@ -28,18 +28,17 @@ gradient. With complete lists it equals the exact search of the batch against al
 import dataclasses
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
-from hyperface_jax.engine import kernels, neighbor_lists, nn_descent, objective, sphere
+from hyperface_jax.engine import kernels, neighbor_lists, nn_descent, objective, pytrees, sphere
 from hyperface_jax.engine.choices import MINIBATCH_UPDATES, NEIGHBOR_REBUILDS
 from hyperface_jax.engine.placement import LOCAL
 
 
-@flax.struct.dataclass
+@pytrees.dataclass
 class SolverState:
     embeddings: jax.Array  # (n, d) float32, unit rows (zero padding rows on a mesh)
     opt_state: Any  # the optax state for `embeddings`
