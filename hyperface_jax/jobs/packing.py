@@ -28,7 +28,7 @@ from tqdm import tqdm
 from hyperface_jax import cli
 from hyperface_jax.engine import kernels, mesh, neighbor_lists, optimizers, search, solver
 from hyperface_jax.engine.placement import LOCAL, Sharded
-from hyperface_jax.io import checkpoint, plots, runs
+from hyperface_jax.io import checkpoint, runs
 from hyperface_jax.io.files import (
     InputError,
     RunFailed,
@@ -576,6 +576,8 @@ def _log_start(p: Plan, step: int, first: dict, log) -> None:
 
 def write_outputs(out: Path, p: Plan, report: dict, embeddings: np.ndarray) -> None:
     """embeddings.npy, report.json and curves.png, each written atomically."""
+    from hyperface_jax.io import plots  # matplotlib: here, not in every command's start-up
+
     c, pr = p.config, p.problem
     save_embeddings(out / "embeddings.npy", embeddings)
     save_json(out / "report.json", report)
